@@ -1,0 +1,21 @@
+# simpleloggers — the commands a newcomer and CI run. `make` lists the targets.
+CARGO ?= cargo
+
+.PHONY: help test fmt lint unit demo bench-log
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+test: fmt lint unit ## every test: formatting, clippy, unit and integration tests
+
+fmt: ## rustfmt check
+	$(CARGO) fmt --all -- --check
+
+lint: ## clippy with warnings as errors
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit: ## cargo test (unit + integration tests over loopback)
+	$(CARGO) test --locked
+
+demo: ## the one-command local cluster
+	$(CARGO) run --release --locked -- demo

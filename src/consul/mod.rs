@@ -1,0 +1,1 @@
+//! Typed Consul HTTP client (placeholder until the client lands).

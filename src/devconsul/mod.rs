@@ -1,0 +1,1 @@
+//! Embedded Consul-compatible dev server (placeholder).

@@ -1,0 +1,15 @@
+//! simpleloggers: a distributed, durable log service whose nodes elect one leader through
+//! HashiCorp Consul (a session and a KV lock); only the leader accepts messages.
+//!
+//! # Layout
+//! - [`consul`]: typed Consul HTTP client (KV, sessions, agent, health, txn, blocking watches).
+//! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
+//! - [`log`]: the durable, segmented, append-only log store.
+//! - [`shutdown`]: cancellation plumbing shared by every long-running task.
+//! - [`telemetry`]: tracing subscriber set-up.
+
+pub mod consul;
+pub mod devconsul;
+pub mod log;
+pub mod shutdown;
+pub mod telemetry;
