@@ -1,0 +1,30 @@
+//! Go-style duration strings as Consul expects them on the wire (`"10s"`, `"1500ms"`).
+
+use std::time::Duration;
+
+/// Formats a duration the way Go's `time.ParseDuration` reads it, exactly: whole seconds as
+/// `"<n>s"`, whole milliseconds as `"<n>ms"`, otherwise nanoseconds as `"<n>ns"`.
+pub fn format_go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos % 1_000_000_000 == 0 {
+        format!("{}s", nanos / 1_000_000_000)
+    } else if nanos % 1_000_000 == 0 {
+        format!("{}ms", nanos / 1_000_000)
+    } else {
+        format!("{nanos}ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations are rendered in the largest exact unit, as Consul's parser accepts them.
+    #[test]
+    fn formats_in_exact_units() {
+        assert_eq!(format_go_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(format_go_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_go_duration(Duration::from_nanos(1500)), "1500ns");
+        assert_eq!(format_go_duration(Duration::ZERO), "0s");
+    }
+}
