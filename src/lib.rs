@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`consul`]: typed Consul HTTP client (KV, sessions, agent, health, txn, blocking watches).
 //! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
+//! - [`discovery`]: the leader record under the election key, and a watch that follows it.
 //! - [`log`]: the durable, segmented, append-only log store.
 //! - [`shutdown`]: cancellation plumbing shared by every long-running task.
 //! - [`telemetry`]: tracing subscriber set-up.
 
 pub mod consul;
 pub mod devconsul;
+pub mod discovery;
 pub mod log;
 pub mod shutdown;
 pub mod telemetry;

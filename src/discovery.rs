@@ -1,0 +1,129 @@
+//! Leader discovery through Consul: the election key's value names the leader, and a held lock
+//! (a `Session` on the key) means that leader is current. Producers, `tail` and followers that
+//! forward writes all follow the key with one blocking query, so they learn of a new leader as
+//! soon as Consul does.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{
+    consul::{ConsulClient, KvPair, Watcher},
+    shutdown::CancellationToken,
+};
+
+/// How long one blocking query on the election key may wait.
+const WATCH_WAIT: Duration = Duration::from_secs(60);
+
+/// The JSON value the leader stores under the election key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The leader's node name.
+    pub name: String,
+    /// The address (`host:port`) others dial to reach its HTTP API.
+    pub address: String,
+    /// When it became leader (RFC 3339).
+    pub since: String,
+}
+
+impl LeaderRecord {
+    /// The leader's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+/// A current leader: the record plus the lock's term (`LockIndex`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentLeader {
+    /// What the leader wrote.
+    pub record: LeaderRecord,
+    /// The fencing term: how many times the key has been acquired.
+    pub term: u64,
+    /// The session holding the lock.
+    pub session: String,
+}
+
+/// Reads the leader out of the election key: `None` when the key is absent, not held, or its
+/// value is not a leader record (then nobody can be sent to).
+pub fn leader_from_kv(pair: Option<&KvPair>) -> Option<CurrentLeader> {
+    let pair = pair?;
+    let session = pair.session.clone()?;
+    let record = serde_json::from_slice(&pair.value).ok()?;
+    Some(CurrentLeader {
+        record,
+        term: pair.lock_index,
+        session,
+    })
+}
+
+/// Follows the election key and publishes the current leader. The channel starts at `None`
+/// and changes only when the leader (or its absence) changes.
+pub fn watch_leader(
+    consul: ConsulClient,
+    key: String,
+    shutdown: CancellationToken,
+) -> watch::Receiver<Option<CurrentLeader>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut watcher = Watcher::new(WATCH_WAIT);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                next = watcher.next(|opts| {
+                    let consul = consul.clone();
+                    let key = key.clone();
+                    async move { consul.kv_get(&key, &opts).await }
+                }) => next,
+            };
+            match next {
+                Ok(pair) => {
+                    let leader = leader_from_kv(pair.as_ref());
+                    tx.send_if_modified(|current| {
+                        if *current == leader {
+                            false
+                        } else {
+                            *current = leader;
+                            true
+                        }
+                    });
+                }
+                Err(err) => tracing::debug!(%err, key, "leader watch failed; retrying"),
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(session: Option<&str>, value: &[u8]) -> KvPair {
+        KvPair {
+            key: "k".into(),
+            value: value.to_vec(),
+            session: session.map(str::to_owned),
+            lock_index: 3,
+            ..KvPair::default()
+        }
+    }
+
+    /// Only a held key with a well-formed value names a leader.
+    #[test]
+    fn leader_needs_session_and_record() {
+        let value = br#"{"name":"n1","address":"127.0.0.1:3000","since":"2026-01-01T00:00:00Z"}"#;
+        let leader = leader_from_kv(Some(&pair(Some("s"), value))).unwrap();
+        assert_eq!(leader.record.name, "n1");
+        assert_eq!(leader.term, 3);
+        assert_eq!(leader.record.url(), "http://127.0.0.1:3000");
+        assert!(
+            leader_from_kv(Some(&pair(None, value))).is_none(),
+            "released lock: no leader"
+        );
+        assert!(leader_from_kv(Some(&pair(Some("s"), b"garbage"))).is_none());
+        assert!(leader_from_kv(None).is_none());
+    }
+}
