@@ -5,6 +5,7 @@
 //! - [`consul`]: typed Consul HTTP client (KV, sessions, agent, health, txn, blocking watches).
 //! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
+//! - [`election`]: the Elector: Consul session + KV lock + lease; publishes the LeaderState.
 //! - [`log`]: the durable, segmented, append-only log store.
 //! - [`shutdown`]: cancellation plumbing shared by every long-running task.
 //! - [`telemetry`]: tracing subscriber set-up.
@@ -12,6 +13,7 @@
 pub mod consul;
 pub mod devconsul;
 pub mod discovery;
+pub mod election;
 pub mod log;
 pub mod shutdown;
 pub mod telemetry;

@@ -159,6 +159,15 @@ impl ConsulClient {
         Self::new(&ConsulConfig::new(addr))
     }
 
+    /// The same client with another timeout for non-blocking requests (a renewal that takes
+    /// longer than the lease it extends is worthless, so the elector uses a short one).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            timeout,
+            ..self.clone()
+        }
+    }
+
     /// The base URL requests go to.
     pub fn base_url(&self) -> &url::Url {
         &self.base

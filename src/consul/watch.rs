@@ -127,6 +127,12 @@ impl Watcher {
         self.index
     }
 
+    /// Forgets the index so the next query answers at once (used after an acquire that lost to
+    /// a lock-delay, when nothing will change on the key to wake a blocking query).
+    pub fn reset(&mut self) {
+        self.index = 0;
+    }
+
     /// The options of the next query.
     pub fn options(&self) -> QueryOptions {
         QueryOptions {
