@@ -1,0 +1,94 @@
+//! The node API's errors and their one mapping to an HTTP status with a JSON body
+//! `{"error": "...", ...}`.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::{json, Value};
+
+use crate::{election::NotLeader, log::LogError};
+
+/// Everything a request to the node can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed; the message says what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The message or batch is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// This node cannot accept writes now.
+    #[error("not the leader: {}", .0.reason)]
+    NotLeader(NotLeader),
+    /// The write became durable but the lease lapsed before it could be acknowledged.
+    #[error("the leader's lease lapsed before the write could be acknowledged; it is not acknowledged")]
+    LeaseLapsed,
+    /// The log refused or failed the operation.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Forwarding to the leader failed.
+    #[error("could not forward to the leader at {leader}: {message}")]
+    Forward {
+        /// The leader's address.
+        leader: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No such route.
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotLeader(_) | ApiError::LeaseLapsed => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Log(err) if err.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Log(LogError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Log(LogError::StaleSequence { .. }) => StatusCode::CONFLICT,
+            ApiError::Log(LogError::OffsetTrimmed { .. }) => StatusCode::GONE,
+            ApiError::Log(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Forward { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({ "error": self.to_string() });
+        let mut leader_header = None;
+        match &self {
+            ApiError::NotLeader(not_leader) => {
+                body["role"] = json!(not_leader.role.as_str());
+                body["leader"] = match &not_leader.leader {
+                    Some(l) => {
+                        leader_header = HeaderValue::from_str(&l.address).ok();
+                        json!({ "name": l.name, "address": l.address })
+                    }
+                    None => Value::Null,
+                };
+            }
+            ApiError::Log(LogError::OffsetTrimmed { start, .. }) => body["start_offset"] = json!(start),
+            _ => {}
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(leader) = leader_header {
+            response.headers_mut().insert("x-simpleloggers-leader", leader);
+        }
+        response
+    }
+}

@@ -1,0 +1,341 @@
+//! The node: `simpleloggers node`. Opens the durable log, runs the [`Elector`], and serves the
+//! HTTP API (writes on the leader, reads, probes, status, metrics). Shuts down in the order that
+//! hands leadership over fastest: not-ready → no new writes → drain → release → destroy →
+//! deregister → close the log.
+
+mod error;
+mod probes;
+mod read;
+mod write;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{header, StatusCode, Uri},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use probes::{readiness, Readiness, Status};
+pub use read::{parse_read_params, Entry, ReadAnswer};
+pub use write::{parse_ndjson, producer_from_headers, BatchAck, SingleAck, PRODUCER_ID, PRODUCER_SEQ};
+
+use crate::{
+    consul::{ConsulClient, ConsulConfig},
+    election::{default_lease_margin, ElectionConfig, Elector, Role},
+    log::{Durability, LogConfig, LogStore},
+    metrics::{HttpLabels, Metrics},
+    shutdown::CancellationToken,
+};
+
+/// How long in-flight requests may take to finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a follower does with a write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FollowerWrites {
+    /// Answer 503 with the leader's address.
+    #[default]
+    Reject,
+    /// Proxy the write to the leader.
+    Forward,
+}
+
+/// Flags of `simpleloggers node` (each with an environment fallback).
+#[derive(Clone, Debug, clap::Args)]
+pub struct NodeConfig {
+    /// Node name, unique in the cluster (default: the hostname).
+    #[arg(long, env = "SIMPLELOGGERS_NAME")]
+    pub name: Option<String>,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "SIMPLELOGGERS_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+    /// `host:port` other nodes and producers dial; derived from --listen, or from POD_IP when
+    /// listening on 0.0.0.0.
+    #[arg(long, env = "SIMPLELOGGERS_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Directory of the durable log.
+    #[arg(long, env = "SIMPLELOGGERS_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// How to reach Consul.
+    #[command(flatten)]
+    pub consul: ConsulConfig,
+    /// Consul service name the nodes register under.
+    #[arg(long, env = "SIMPLELOGGERS_SERVICE_NAME", default_value = "simpleloggers")]
+    pub service_name: String,
+    /// KV key whose lock is leadership.
+    #[arg(long, env = "SIMPLELOGGERS_ELECTION_KEY", default_value = "service/simpleloggers/leader")]
+    pub election_key: String,
+    /// Consul session TTL.
+    #[arg(long, env = "SIMPLELOGGERS_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+    /// Session lock-delay; the leader's lease is derived from it.
+    #[arg(long, env = "SIMPLELOGGERS_LOCK_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lock_delay: Duration,
+    /// How often the session is renewed.
+    #[arg(long, env = "SIMPLELOGGERS_RENEW_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub renew_interval: Duration,
+    /// Interval of Consul's HTTP check on /healthz.
+    #[arg(long, env = "SIMPLELOGGERS_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub check_interval: Duration,
+    /// When a write is acknowledged: always (after fdatasync), interval:<ms>, never.
+    #[arg(long, env = "SIMPLELOGGERS_DURABILITY", default_value = "always")]
+    pub durability: Durability,
+    /// Largest accepted message.
+    #[arg(long, env = "SIMPLELOGGERS_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+    /// Largest accepted NDJSON batch body.
+    #[arg(long, env = "SIMPLELOGGERS_MAX_BATCH_BYTES", default_value_t = 32 << 20)]
+    pub max_batch_bytes: usize,
+    /// What a follower does with a write.
+    #[arg(long, env = "SIMPLELOGGERS_FOLLOWER_WRITES", value_enum, default_value = "reject")]
+    pub follower_writes: FollowerWrites,
+}
+
+/// The settings after defaults and derivations, shared by the handlers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Node name.
+    pub name: String,
+    /// Largest message.
+    pub max_message_bytes: usize,
+    /// Largest batch body.
+    pub max_batch_bytes: usize,
+    /// Follower behaviour.
+    pub follower_writes: FollowerWrites,
+}
+
+/// The state every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    /// Settings.
+    pub config: std::sync::Arc<Settings>,
+    /// The election.
+    pub elector: Elector,
+    /// The local log.
+    pub store: LogStore,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Client for forwarding writes to the leader.
+    pub http: reqwest::Client,
+}
+
+/// Errors that stop a node from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A flag is wrong; the message names it.
+    #[error("{0}")]
+    Config(String),
+    /// The log cannot be opened.
+    #[error("cannot open the log in {dir}: {source}")]
+    Log {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::log::LogError,
+    },
+    /// The Consul client cannot be built.
+    #[error(transparent)]
+    Consul(#[from] crate::consul::ConsulError),
+    /// The listener failed.
+    #[error("cannot serve HTTP: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The address others dial: `--advertise-addr`, else the listen address when it is specific,
+/// else `POD_IP` with the listen port.
+///
+/// # Errors
+/// Listening on 0.0.0.0 without an advertise address or `POD_IP`.
+pub fn advertise_addr(
+    explicit: Option<&str>,
+    bound: SocketAddr,
+    pod_ip: Option<&str>,
+) -> Result<String, NodeError> {
+    if let Some(addr) = explicit.filter(|a| !a.trim().is_empty()) {
+        return Ok(addr.trim().to_string());
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    match pod_ip.map(str::trim).filter(|ip| !ip.is_empty()) {
+        Some(ip) => {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| NodeError::Config(format!("POD_IP {ip:?} is not an IP address")))?;
+            Ok(SocketAddr::new(ip, bound.port()).to_string())
+        }
+        None => Err(NodeError::Config(format!(
+            "--advertise-addr is required when --listen is {bound} (or set POD_IP)"
+        ))),
+    }
+}
+
+fn default_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "simpleloggers".into())
+}
+
+/// Runs a node on `listener` until `shutdown` is cancelled, then hands leadership over.
+///
+/// # Errors
+/// Bad flags, an unusable log or Consul configuration, or a listener failure.
+pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let bound = listener.local_addr()?;
+    let pod_ip = std::env::var("POD_IP").ok();
+    let advertise = advertise_addr(config.advertise_addr.as_deref(), bound, pod_ip.as_deref())?;
+    let name = config.name.clone().unwrap_or_else(default_name);
+    if config.max_message_bytes == 0 {
+        return Err(NodeError::Config("--max-message-bytes must be positive".into()));
+    }
+    let mut election = ElectionConfig::new(&name, &advertise);
+    election.service_name = config.service_name.clone();
+    election.election_key = config.election_key.clone();
+    election.session_ttl = config.session_ttl;
+    election.lock_delay = config.lock_delay;
+    election.lease_margin = default_lease_margin(config.lock_delay);
+    election.renew_interval = config.renew_interval;
+    election.check_interval = config.check_interval;
+    election.validate().map_err(NodeError::Config)?;
+
+    let mut log = LogConfig::new(&config.data_dir);
+    log.durability = config.durability.clone();
+    log.max_record_bytes = config.max_message_bytes;
+    let store = LogStore::open(log).await.map_err(|source| NodeError::Log { dir: config.data_dir.clone(), source })?;
+    let consul = ConsulClient::new(&config.consul)?;
+    let elector = Elector::start(consul, election);
+    let metrics = Metrics::new();
+    let node = Node {
+        config: std::sync::Arc::new(Settings {
+            name: name.clone(),
+            max_message_bytes: config.max_message_bytes,
+            max_batch_bytes: config.max_batch_bytes.max(config.max_message_bytes),
+            follower_writes: config.follower_writes,
+        }),
+        elector: elector.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| {
+            NodeError::Config(format!("cannot build the HTTP client used for forwarding: {e}"))
+        })?,
+    };
+    tokio::spawn(follow_state(node.clone(), shutdown.clone()));
+    tracing::info!(%name, %advertise, listen = %bound, "node started");
+
+    let app = router(node);
+    let stopping = shutdown.clone();
+    let elector_for_stop = elector.clone();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stopping.cancelled().await;
+        // Not ready and no new writes at once; in-flight requests still finish.
+        elector_for_stop.begin_shutdown();
+    });
+    let server = tokio::spawn(async move { serve.await });
+    shutdown.cancelled().await;
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::warn!(%err, "HTTP server stopped with an error"),
+        Ok(Err(err)) => tracing::warn!(%err, "HTTP server task failed"),
+        Err(_) => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}"),
+    }
+    elector.resign().await;
+    if let Err(err) = store.close().await {
+        tracing::warn!(%err, "closing the log failed");
+    }
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+/// Keeps the gauges in line with the published state.
+async fn follow_state(node: Node, shutdown: CancellationToken) {
+    let mut rx = node.elector.subscribe();
+    let mut last_transitions = 0;
+    loop {
+        {
+            let state = rx.borrow_and_update();
+            node.metrics.is_leader.set(i64::from(state.role == Role::Leader));
+            node.metrics.term.set(state.term as i64);
+            node.metrics.leadership_changes.inc_by(state.transitions.saturating_sub(last_transitions));
+            last_transitions = state.transitions;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The node's routes.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/api/v1/log", get(read::read).post(write::append))
+        .route("/api/v1/status", get(probes::status))
+        .route("/readyz", get(probes::readyz))
+        .route("/healthz", get(probes::healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(node.clone(), count_requests))
+        .with_state(node)
+}
+
+async fn metrics(State(node): State<Node>) -> Response {
+    node.metrics.log_end_offset.set(node.store.end_offset() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render()).into_response()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_string())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn count_requests(State(node): State<Node>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    node.metrics.http_seconds.observe(started.elapsed().as_secs_f64());
+    let status = response.status();
+    node.metrics.http_requests.get_or_create(&HttpLabels { route, method, status: status.as_u16() }).inc();
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::warn!("internal error answered");
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The advertise address comes from the flag, a specific listen address, or POD_IP.
+    #[test]
+    fn advertise_rules() {
+        let any: SocketAddr = "0.0.0.0:3000".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(advertise_addr(Some("n0:3000"), any, None).unwrap(), "n0:3000");
+        assert_eq!(advertise_addr(None, lo, Some("10.0.0.9")).unwrap(), "127.0.0.1:4000");
+        assert_eq!(advertise_addr(None, any, Some("10.0.0.9")).unwrap(), "10.0.0.9:3000");
+        let err = advertise_addr(None, any, None).unwrap_err().to_string();
+        assert!(err.contains("--advertise-addr"), "{err}");
+        assert!(advertise_addr(None, any, Some("not-an-ip")).is_err());
+    }
+}

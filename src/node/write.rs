@@ -1,0 +1,242 @@
+//! The write path: `POST /api/v1/log`. One raw message, or an NDJSON batch appended atomically;
+//! fenced by the leader's term and lease, acknowledged only once durable and only if the lease
+//! still holds; idempotent for producers that send `X-Producer-Id` / `X-Producer-Seq`.
+
+use std::time::Instant;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Serialize;
+
+use super::{ApiError, FollowerWrites, Node};
+use crate::log::{AppendOutcome, ProducerSeq};
+
+/// Header naming the producer of an idempotent write.
+pub const PRODUCER_ID: &str = "x-producer-id";
+/// Header carrying the sequence number of the first message of an idempotent write.
+pub const PRODUCER_SEQ: &str = "x-producer-seq";
+/// Set on a forwarded write so that it is never forwarded twice.
+const FORWARDED: &str = "x-simpleloggers-forwarded";
+/// Longest accepted producer id.
+const MAX_PRODUCER_ID: usize = 128;
+
+/// The answer to a single-message write.
+#[derive(Debug, Serialize)]
+pub struct SingleAck {
+    /// Where the message is stored.
+    pub offset: u64,
+    /// The term of the leader that stored it.
+    pub term: u64,
+    /// True when this was a retry of a message already stored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// The answer to a batch write.
+#[derive(Debug, Serialize)]
+pub struct BatchAck {
+    /// Offset of the first message.
+    pub first_offset: u64,
+    /// Offset of the last message.
+    pub last_offset: u64,
+    /// How many messages.
+    pub count: u64,
+    /// The term of the leader that stored them.
+    pub term: u64,
+    /// True when this was a retry of a batch already stored.
+    pub duplicate: bool,
+}
+
+/// Splits an NDJSON body into payloads: one JSON string per non-empty line. The error names
+/// the first bad line (1-based).
+pub fn parse_ndjson(body: &[u8], max_message_bytes: usize) -> Result<Vec<Bytes>, ApiError> {
+    let mut payloads = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let message: String = serde_json::from_slice(line).map_err(|e| {
+            ApiError::BadRequest(format!("line {}: expected one JSON string per line: {e}", i + 1))
+        })?;
+        if message.is_empty() {
+            return Err(ApiError::BadRequest(format!("line {}: empty message", i + 1)));
+        }
+        if message.len() > max_message_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "line {}: message of {} bytes exceeds --max-message-bytes ({max_message_bytes})",
+                i + 1,
+                message.len()
+            )));
+        }
+        payloads.push(Bytes::from(message));
+    }
+    if payloads.is_empty() {
+        return Err(ApiError::BadRequest("empty batch: no message lines".into()));
+    }
+    Ok(payloads)
+}
+
+/// Reads the idempotency headers: both or neither.
+pub fn producer_from_headers(headers: &HeaderMap) -> Result<Option<ProducerSeq>, ApiError> {
+    let text = |name: &str| -> Result<Option<&str>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map_err(|_| ApiError::BadRequest(format!("header {name} is not ASCII"))))
+            .transpose()
+    };
+    match (text(PRODUCER_ID)?, text(PRODUCER_SEQ)?) {
+        (None, None) => Ok(None),
+        (Some(id), Some(seq)) => {
+            let id = id.trim();
+            if id.is_empty() || id.len() > MAX_PRODUCER_ID {
+                return Err(ApiError::BadRequest(format!(
+                    "header X-Producer-Id must be 1 to {MAX_PRODUCER_ID} characters"
+                )));
+            }
+            let seq = seq.trim().parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("header X-Producer-Seq must be an unsigned integer, got {seq:?}"))
+            })?;
+            Ok(Some(ProducerSeq { producer_id: id.to_string(), seq }))
+        }
+        _ => Err(ApiError::BadRequest("X-Producer-Id and X-Producer-Seq must be sent together".into())),
+    }
+}
+
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/x-ndjson") || v.eq_ignore_ascii_case("application/jsonl")
+        })
+}
+
+/// `POST /api/v1/log`.
+pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let term = match node.elector.write_term() {
+        Ok(term) => term,
+        Err(not_leader) => {
+            let forwarded = headers.contains_key(FORWARDED);
+            return match (&node.config.follower_writes, &not_leader.leader) {
+                (FollowerWrites::Forward, Some(leader))
+                    if !forwarded && leader.address != node.elector.config().advertise_addr =>
+                {
+                    forward(&node, &leader.address, headers, body).await
+                }
+                _ => Err(ApiError::NotLeader(not_leader)),
+            };
+        }
+    };
+    let batch = is_ndjson(&headers);
+    let limit = if batch { node.config.max_batch_bytes } else { node.config.max_message_bytes };
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        let flag = if batch { "--max-batch-bytes" } else { "--max-message-bytes" };
+        ApiError::TooLarge(format!("request body exceeds {flag} ({limit} bytes)"))
+    })?;
+    let producer = producer_from_headers(&headers)?;
+    let payloads = if batch {
+        parse_ndjson(&body, node.config.max_message_bytes)?
+    } else if body.is_empty() {
+        return Err(ApiError::BadRequest("empty message: the request body is the message".into()));
+    } else {
+        vec![body]
+    };
+    let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+    let outcome = node.store.append(term, producer, payloads).await?;
+    // Durable now; acknowledge only if we are still the leader of the same term with a lease.
+    match node.elector.write_term() {
+        Ok(t) if t == term => {}
+        _ => return Err(ApiError::LeaseLapsed),
+    }
+    let (first, count, duplicate) = match outcome {
+        AppendOutcome::Appended { first, count } => (first, u64::from(count), false),
+        AppendOutcome::Duplicate { first, count } => (first, u64::from(count), true),
+    };
+    if duplicate {
+        node.metrics.duplicates.inc();
+    } else {
+        node.metrics.messages_appended.inc_by(count);
+        node.metrics.bytes_appended.inc_by(bytes);
+        node.metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    Ok(if batch {
+        Json(BatchAck { first_offset: first, last_offset: first + count - 1, count, term, duplicate })
+            .into_response()
+    } else {
+        Json(SingleAck { offset: first, term, duplicate }).into_response()
+    })
+}
+
+/// Proxies a write to the leader (`--follower-writes forward`), passing its answer through.
+async fn forward(node: &Node, leader: &str, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let fail = |message: String| ApiError::Forward { leader: leader.to_string(), message };
+    let limit = node.config.max_batch_bytes.max(node.config.max_message_bytes);
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("request body exceeds {limit} bytes")))?;
+    let mut request = node
+        .http
+        .request(Method::POST, format!("http://{leader}/api/v1/log"))
+        .header(FORWARDED, "1")
+        .body(body);
+    for name in [header::CONTENT_TYPE.as_str(), PRODUCER_ID, PRODUCER_SEQ] {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value.clone());
+        }
+    }
+    let answer = request.send().await.map_err(|e| fail(e.to_string()))?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = answer.bytes().await.map_err(|e| fail(e.to_string()))?;
+    let mut response = (status, bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NDJSON lines become payloads; blank lines and CRLF are tolerated.
+    #[test]
+    fn ndjson_parses() {
+        let p = parse_ndjson(b"\"a\"\r\n\n\"b c\"\n", 10).unwrap();
+        assert_eq!(p, vec![Bytes::from("a"), Bytes::from("b c")]);
+    }
+
+    /// A malformed line is named by number, and nothing is returned.
+    #[test]
+    fn ndjson_names_bad_line() {
+        let err = parse_ndjson(b"\"a\"\n{\"x\":1}\n\"c\"\n", 10).unwrap_err();
+        assert!(matches!(&err, ApiError::BadRequest(m) if m.starts_with("line 2:")), "{err}");
+        assert!(matches!(parse_ndjson(b"\n\n", 10), Err(ApiError::BadRequest(_))));
+        assert!(matches!(parse_ndjson(b"\"toolong\"", 3), Err(ApiError::TooLarge(_))));
+        assert!(matches!(parse_ndjson(b"\"\"", 3), Err(ApiError::BadRequest(_))));
+    }
+
+    /// Idempotency headers come in pairs with a numeric sequence.
+    #[test]
+    fn producer_headers() {
+        let mut h = HeaderMap::new();
+        assert!(producer_from_headers(&h).unwrap().is_none());
+        h.insert(PRODUCER_ID, HeaderValue::from_static("p1"));
+        assert!(producer_from_headers(&h).is_err(), "id without seq");
+        h.insert(PRODUCER_SEQ, HeaderValue::from_static("x"));
+        assert!(producer_from_headers(&h).is_err(), "non-numeric seq");
+        h.insert(PRODUCER_SEQ, HeaderValue::from_static("42"));
+        let p = producer_from_headers(&h).unwrap().unwrap();
+        assert_eq!((p.producer_id.as_str(), p.seq), ("p1", 42));
+    }
+}
