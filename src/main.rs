@@ -8,7 +8,13 @@ use simpleloggers::telemetry::{self, LogFormat};
 #[command(name = "simpleloggers", version, about)]
 struct Cli {
     /// Log line format.
-    #[arg(long, global = true, env = "SIMPLELOGGERS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIMPLELOGGERS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
