@@ -7,6 +7,8 @@
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
 //! - [`election`]: the Elector: Consul session + KV lock + lease; publishes the LeaderState.
 //! - [`log`]: the durable, segmented, append-only log store.
+//! - [`metrics`]: the `simpleloggers_` Prometheus metrics.
+//! - [`node`]: `simpleloggers node`: the HTTP API, probes and status around the elector and log.
 //! - [`shutdown`]: cancellation plumbing shared by every long-running task.
 //! - [`telemetry`]: tracing subscriber set-up.
 
@@ -15,5 +17,7 @@ pub mod devconsul;
 pub mod discovery;
 pub mod election;
 pub mod log;
+pub mod metrics;
+pub mod node;
 pub mod shutdown;
 pub mod telemetry;

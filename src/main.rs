@@ -1,7 +1,12 @@
 //! The `simpleloggers` binary: parses flags, sets up tracing and signals, and calls the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use simpleloggers::telemetry::{self, LogFormat};
+use simpleloggers::{
+    node::{self, NodeConfig},
+    shutdown,
+    telemetry::{self, LogFormat},
+};
 
 /// A distributed, durable log service elected through HashiCorp Consul.
 #[derive(Parser, Debug)]
@@ -22,8 +27,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Placeholder.
-    Version,
+    /// Run a log node: contend for leadership through Consul and serve the HTTP API.
+    Node(Box<NodeConfig>),
 }
 
 #[tokio::main]
@@ -31,7 +36,18 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Version => println!("{}", env!("CARGO_PKG_VERSION")),
+        Command::Node(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
+            println!(
+                "simpleloggers node listening on http://{}",
+                listener.local_addr()?
+            );
+            node::run(*config, listener, shutdown::on_signal())
+                .await
+                .context("node failed")?;
+        }
     }
     Ok(())
 }

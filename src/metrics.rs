@@ -79,22 +79,65 @@ impl Metrics {
             http_seconds: Histogram::new(buckets()),
             consul_errors: Family::default(),
         };
-        registry.register("is_leader", "1 while this node leads with a valid lease", m.is_leader.clone());
-        registry.register("term", "Current leadership term (Consul LockIndex)", m.term.clone());
-        registry.register("leadership_changes", "Role changes of this node", m.leadership_changes.clone());
-        registry.register("messages_appended", "Messages durably appended", m.messages_appended.clone());
-        registry.register("appended_bytes", "Payload bytes durably appended", m.bytes_appended.clone());
-        registry.register("duplicates", "Retried batches answered without storing", m.duplicates.clone());
+        registry.register(
+            "is_leader",
+            "1 while this node leads with a valid lease",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "term",
+            "Current leadership term (Consul LockIndex)",
+            m.term.clone(),
+        );
+        registry.register(
+            "leadership_changes",
+            "Role changes of this node",
+            m.leadership_changes.clone(),
+        );
+        registry.register(
+            "messages_appended",
+            "Messages durably appended",
+            m.messages_appended.clone(),
+        );
+        registry.register(
+            "appended_bytes",
+            "Payload bytes durably appended",
+            m.bytes_appended.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Retried batches answered without storing",
+            m.duplicates.clone(),
+        );
         registry.register(
             "append_duration_seconds",
             "Time from a write's arrival to its durability",
             m.append_seconds.clone(),
         );
-        registry.register("log_end_offset", "Next offset of the local log", m.log_end_offset.clone());
-        registry.register("http_requests", "HTTP requests by route, method and status", m.http_requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency", m.http_seconds.clone());
-        registry.register("consul_errors", "Failed Consul requests by kind", m.consul_errors.clone());
-        Metrics { registry: Arc::new(registry), ..m }
+        registry.register(
+            "log_end_offset",
+            "Next offset of the local log",
+            m.log_end_offset.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            m.http_seconds.clone(),
+        );
+        registry.register(
+            "consul_errors",
+            "Failed Consul requests by kind",
+            m.consul_errors.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            ..m
+        }
     }
 
     /// The text exposition of every metric.
@@ -115,7 +158,13 @@ mod tests {
     fn renders_prefixed_metrics() {
         let m = Metrics::new();
         m.messages_appended.inc_by(3);
-        m.http_requests.get_or_create(&HttpLabels { route: "/r".into(), method: "GET".into(), status: 200 }).inc();
+        m.http_requests
+            .get_or_create(&HttpLabels {
+                route: "/r".into(),
+                method: "GET".into(),
+                status: 200,
+            })
+            .inc();
         let text = m.render();
         assert!(text.contains("simpleloggers_messages_appended_total 3"), "{text}");
         assert!(text.contains(r#"simpleloggers_http_requests_total{route="/r",method="GET",status="200"} 1"#));

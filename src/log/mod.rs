@@ -1,1 +1,31 @@
-//! Durable segmented log store (placeholder).
+//! Durable, append-only, segmented log store: the leader writes every accepted message here and
+//! acknowledges it only once durable; replication ships the same records.
+//!
+//! # Layout
+//! - [`record`]: the record type and its CRC32C-checked frame (see `docs/log-format.md`).
+//! - [`segment`]: segment files named by base offset; frame scan; positional reads.
+//! - [`index`]: the sparse offset index and the `.index` / `.snapshot` side files.
+//! - [`producer`]: per-producer sequence history for idempotent retries.
+//! - [`recovery`]: opening a directory: torn-tail repair, corruption refusal, state rebuild.
+//! - [`store`]: [`LogStore`], the handle, and its group-committing writer thread.
+//! - [`config`], [`error`], [`fault`]: settings, typed errors, test fault injection.
+//!
+//! # Tailing
+//! Read from your offset until the returned list is empty, then `wait_for(next).await` (or
+//! `subscribe()` and `changed().await`) and read again.
+
+pub mod config;
+pub mod error;
+pub mod fault;
+pub mod index;
+pub mod producer;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+pub mod store;
+
+pub use config::{Durability, LogConfig, ParseDurabilityError};
+pub use error::LogError;
+pub use fault::FaultInjector;
+pub use record::{ProducerSeq, Record};
+pub use store::{AppendOutcome, LogStore};

@@ -73,7 +73,11 @@ pub struct NodeConfig {
     #[arg(long, env = "SIMPLELOGGERS_SERVICE_NAME", default_value = "simpleloggers")]
     pub service_name: String,
     /// KV key whose lock is leadership.
-    #[arg(long, env = "SIMPLELOGGERS_ELECTION_KEY", default_value = "service/simpleloggers/leader")]
+    #[arg(
+        long,
+        env = "SIMPLELOGGERS_ELECTION_KEY",
+        default_value = "service/simpleloggers/leader"
+    )]
     pub election_key: String,
     /// Consul session TTL.
     #[arg(long, env = "SIMPLELOGGERS_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -97,7 +101,12 @@ pub struct NodeConfig {
     #[arg(long, env = "SIMPLELOGGERS_MAX_BATCH_BYTES", default_value_t = 32 << 20)]
     pub max_batch_bytes: usize,
     /// What a follower does with a write.
-    #[arg(long, env = "SIMPLELOGGERS_FOLLOWER_WRITES", value_enum, default_value = "reject")]
+    #[arg(
+        long,
+        env = "SIMPLELOGGERS_FOLLOWER_WRITES",
+        value_enum,
+        default_value = "reject"
+    )]
     pub follower_writes: FollowerWrites,
 }
 
@@ -193,7 +202,11 @@ fn default_name() -> String {
 ///
 /// # Errors
 /// Bad flags, an unusable log or Consul configuration, or a listener failure.
-pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), NodeError> {
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
     let bound = listener.local_addr()?;
     let pod_ip = std::env::var("POD_IP").ok();
     let advertise = advertise_addr(config.advertise_addr.as_deref(), bound, pod_ip.as_deref())?;
@@ -214,7 +227,10 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     let mut log = LogConfig::new(&config.data_dir);
     log.durability = config.durability.clone();
     log.max_record_bytes = config.max_message_bytes;
-    let store = LogStore::open(log).await.map_err(|source| NodeError::Log { dir: config.data_dir.clone(), source })?;
+    let store = LogStore::open(log).await.map_err(|source| NodeError::Log {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
     let consul = ConsulClient::new(&config.consul)?;
     let elector = Elector::start(consul, election);
     let metrics = Metrics::new();
@@ -228,9 +244,12 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
         elector: elector.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| {
-            NodeError::Config(format!("cannot build the HTTP client used for forwarding: {e}"))
-        })?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| {
+                NodeError::Config(format!("cannot build the HTTP client used for forwarding: {e}"))
+            })?,
     };
     tokio::spawn(follow_state(node.clone(), shutdown.clone()));
     tracing::info!(%name, %advertise, listen = %bound, "node started");
@@ -268,7 +287,9 @@ async fn follow_state(node: Node, shutdown: CancellationToken) {
             let state = rx.borrow_and_update();
             node.metrics.is_leader.set(i64::from(state.role == Role::Leader));
             node.metrics.term.set(state.term as i64);
-            node.metrics.leadership_changes.inc_by(state.transitions.saturating_sub(last_transitions));
+            node.metrics
+                .leadership_changes
+                .inc_by(state.transitions.saturating_sub(last_transitions));
             last_transitions = state.transitions;
         }
         tokio::select! {
@@ -294,7 +315,11 @@ pub fn router(node: Node) -> Router {
 
 async fn metrics(State(node): State<Node>) -> Response {
     node.metrics.log_end_offset.set(node.store.end_offset() as i64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        node.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -315,7 +340,14 @@ async fn count_requests(State(node): State<Node>, request: Request, next: Next) 
     let response = next.run(request).await;
     node.metrics.http_seconds.observe(started.elapsed().as_secs_f64());
     let status = response.status();
-    node.metrics.http_requests.get_or_create(&HttpLabels { route, method, status: status.as_u16() }).inc();
+    node.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status: status.as_u16(),
+        })
+        .inc();
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::warn!("internal error answered");
     }
@@ -332,8 +364,14 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:3000".parse().unwrap();
         let lo: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         assert_eq!(advertise_addr(Some("n0:3000"), any, None).unwrap(), "n0:3000");
-        assert_eq!(advertise_addr(None, lo, Some("10.0.0.9")).unwrap(), "127.0.0.1:4000");
-        assert_eq!(advertise_addr(None, any, Some("10.0.0.9")).unwrap(), "10.0.0.9:3000");
+        assert_eq!(
+            advertise_addr(None, lo, Some("10.0.0.9")).unwrap(),
+            "127.0.0.1:4000"
+        );
+        assert_eq!(
+            advertise_addr(None, any, Some("10.0.0.9")).unwrap(),
+            "10.0.0.9:3000"
+        );
         let err = advertise_addr(None, any, None).unwrap_err().to_string();
         assert!(err.contains("--advertise-addr"), "{err}");
         assert!(advertise_addr(None, any, Some("not-an-ip")).is_err());

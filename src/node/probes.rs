@@ -1,7 +1,7 @@
 //! Liveness, readiness and status. Readiness is a pure function of the published leader state,
 //! the clock and the store, so the probe never blocks on Consul and unit tests drive it.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
 use serde::Serialize;
@@ -28,12 +28,19 @@ pub struct Readiness {
 pub fn readiness(state: &LeaderState, now: Instant, store_writable: bool) -> Readiness {
     let (ready, reason) = match state.write_term(now) {
         Ok(_) if store_writable => (true, "leader with a valid lease".to_string()),
-        Ok(_) => (false, "leader, but the log store is not writable (disk full or I/O error)".into()),
+        Ok(_) => (
+            false,
+            "leader, but the log store is not writable (disk full or I/O error)".into(),
+        ),
         Err(not_leader) => (false, not_leader.reason),
     };
     Readiness {
         ready,
-        role: if state.role == Role::Leader && !ready { "leader (not serving)" } else { state.role.as_str() },
+        role: if state.role == Role::Leader && !ready {
+            "leader (not serving)"
+        } else {
+            state.role.as_str()
+        },
         leader: state.leader.as_ref().map(|l| l.name.clone()),
         term: state.term,
         reason,
@@ -43,13 +50,19 @@ pub fn readiness(state: &LeaderState, now: Instant, store_writable: bool) -> Rea
 /// `GET /readyz`: 200 only on the serving leader, 503 otherwise.
 pub async fn readyz(State(node): State<Node>) -> impl IntoResponse {
     let body = readiness(&node.elector.current(), Instant::now(), node.store.is_writable());
-    let status = if body.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }
 
 /// `GET /healthz`: 200 while the process and its store work, whatever the role.
 pub async fn healthz(State(node): State<Node>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok", "name": node.config.name, "log_end_offset": node.store.end_offset() }))
+    Json(
+        serde_json::json!({ "status": "ok", "name": node.config.name, "log_end_offset": node.store.end_offset() }),
+    )
 }
 
 /// The body of `/api/v1/status`.
@@ -121,9 +134,4 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
         consul_reachable: state.consul_reachable,
         session: state.session.clone(),
     })
-}
-
-/// Milliseconds since the Unix epoch of a system time (0 before it).
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

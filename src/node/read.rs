@@ -41,7 +41,13 @@ impl From<Record> for Entry {
             Ok(s) => (Some(s), None),
             Err(_) => (None, Some(STANDARD.encode(&r.payload))),
         };
-        Entry { offset: r.offset, term: r.term, timestamp_ms: r.timestamp_ms, message, message_base64 }
+        Entry {
+            offset: r.offset,
+            term: r.term,
+            timestamp_ms: r.timestamp_ms,
+            message,
+            message_base64,
+        }
     }
 }
 
@@ -67,11 +73,16 @@ pub struct ReadParams {
 
 /// Parses the query string; unknown parameters and bad numbers are errors naming the parameter.
 pub fn parse_read_params(query: Option<&str>) -> Result<ReadParams, ApiError> {
-    let mut params = ReadParams { from: None, limit: DEFAULT_LIMIT };
+    let mut params = ReadParams {
+        from: None,
+        limit: DEFAULT_LIMIT,
+    };
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let number = |name: &str| {
             value.parse::<u64>().map_err(|_| {
-                ApiError::BadRequest(format!("query parameter {name} must be an unsigned integer, got {value:?}"))
+                ApiError::BadRequest(format!(
+                    "query parameter {name} must be an unsigned integer, got {value:?}"
+                ))
             })
         };
         match key.as_ref() {
@@ -79,7 +90,9 @@ pub fn parse_read_params(query: Option<&str>) -> Result<ReadParams, ApiError> {
             "limit" => {
                 let limit = number("limit")?;
                 if limit == 0 || limit > MAX_LIMIT as u64 {
-                    return Err(ApiError::BadRequest(format!("query parameter limit must be 1 to {MAX_LIMIT}")));
+                    return Err(ApiError::BadRequest(format!(
+                        "query parameter limit must be 1 to {MAX_LIMIT}"
+                    )));
                 }
                 params.limit = limit as usize;
             }
@@ -109,8 +122,20 @@ mod tests {
     /// Defaults, bounds and unknown parameters of a read.
     #[test]
     fn params() {
-        assert_eq!(parse_read_params(None).unwrap(), ReadParams { from: None, limit: DEFAULT_LIMIT });
-        assert_eq!(parse_read_params(Some("from=5&limit=2")).unwrap(), ReadParams { from: Some(5), limit: 2 });
+        assert_eq!(
+            parse_read_params(None).unwrap(),
+            ReadParams {
+                from: None,
+                limit: DEFAULT_LIMIT
+            }
+        );
+        assert_eq!(
+            parse_read_params(Some("from=5&limit=2")).unwrap(),
+            ReadParams {
+                from: Some(5),
+                limit: 2
+            }
+        );
         assert!(parse_read_params(Some("from=-1")).is_err());
         assert!(parse_read_params(Some("limit=0")).is_err());
         assert!(parse_read_params(Some("limit=99999999")).is_err());

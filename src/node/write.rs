@@ -87,7 +87,10 @@ pub fn producer_from_headers(headers: &HeaderMap) -> Result<Option<ProducerSeq>,
     let text = |name: &str| -> Result<Option<&str>, ApiError> {
         headers
             .get(name)
-            .map(|v| v.to_str().map_err(|_| ApiError::BadRequest(format!("header {name} is not ASCII"))))
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::BadRequest(format!("header {name} is not ASCII")))
+            })
             .transpose()
     };
     match (text(PRODUCER_ID)?, text(PRODUCER_SEQ)?) {
@@ -100,11 +103,18 @@ pub fn producer_from_headers(headers: &HeaderMap) -> Result<Option<ProducerSeq>,
                 )));
             }
             let seq = seq.trim().parse::<u64>().map_err(|_| {
-                ApiError::BadRequest(format!("header X-Producer-Seq must be an unsigned integer, got {seq:?}"))
+                ApiError::BadRequest(format!(
+                    "header X-Producer-Seq must be an unsigned integer, got {seq:?}"
+                ))
             })?;
-            Ok(Some(ProducerSeq { producer_id: id.to_string(), seq }))
+            Ok(Some(ProducerSeq {
+                producer_id: id.to_string(),
+                seq,
+            }))
         }
-        _ => Err(ApiError::BadRequest("X-Producer-Id and X-Producer-Seq must be sent together".into())),
+        _ => Err(ApiError::BadRequest(
+            "X-Producer-Id and X-Producer-Seq must be sent together".into(),
+        )),
     }
 }
 
@@ -137,16 +147,26 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
         }
     };
     let batch = is_ndjson(&headers);
-    let limit = if batch { node.config.max_batch_bytes } else { node.config.max_message_bytes };
+    let limit = if batch {
+        node.config.max_batch_bytes
+    } else {
+        node.config.max_message_bytes
+    };
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        let flag = if batch { "--max-batch-bytes" } else { "--max-message-bytes" };
+        let flag = if batch {
+            "--max-batch-bytes"
+        } else {
+            "--max-message-bytes"
+        };
         ApiError::TooLarge(format!("request body exceeds {flag} ({limit} bytes)"))
     })?;
     let producer = producer_from_headers(&headers)?;
     let payloads = if batch {
         parse_ndjson(&body, node.config.max_message_bytes)?
     } else if body.is_empty() {
-        return Err(ApiError::BadRequest("empty message: the request body is the message".into()));
+        return Err(ApiError::BadRequest(
+            "empty message: the request body is the message".into(),
+        ));
     } else {
         vec![body]
     };
@@ -166,19 +186,35 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
     } else {
         node.metrics.messages_appended.inc_by(count);
         node.metrics.bytes_appended.inc_by(bytes);
-        node.metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+        node.metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
     Ok(if batch {
-        Json(BatchAck { first_offset: first, last_offset: first + count - 1, count, term, duplicate })
-            .into_response()
+        Json(BatchAck {
+            first_offset: first,
+            last_offset: first + count - 1,
+            count,
+            term,
+            duplicate,
+        })
+        .into_response()
     } else {
-        Json(SingleAck { offset: first, term, duplicate }).into_response()
+        Json(SingleAck {
+            offset: first,
+            term,
+            duplicate,
+        })
+        .into_response()
     })
 }
 
 /// Proxies a write to the leader (`--follower-writes forward`), passing its answer through.
 async fn forward(node: &Node, leader: &str, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let fail = |message: String| ApiError::Forward { leader: leader.to_string(), message };
+    let fail = |message: String| ApiError::Forward {
+        leader: leader.to_string(),
+        message,
+    };
     let limit = node.config.max_batch_bytes.max(node.config.max_message_bytes);
     let body = axum::body::to_bytes(body, limit)
         .await
@@ -220,9 +256,15 @@ mod tests {
     #[test]
     fn ndjson_names_bad_line() {
         let err = parse_ndjson(b"\"a\"\n{\"x\":1}\n\"c\"\n", 10).unwrap_err();
-        assert!(matches!(&err, ApiError::BadRequest(m) if m.starts_with("line 2:")), "{err}");
+        assert!(
+            matches!(&err, ApiError::BadRequest(m) if m.starts_with("line 2:")),
+            "{err}"
+        );
         assert!(matches!(parse_ndjson(b"\n\n", 10), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse_ndjson(b"\"toolong\"", 3), Err(ApiError::TooLarge(_))));
+        assert!(matches!(
+            parse_ndjson(b"\"toolong\"", 3),
+            Err(ApiError::TooLarge(_))
+        ));
         assert!(matches!(parse_ndjson(b"\"\"", 3), Err(ApiError::BadRequest(_))));
     }
 

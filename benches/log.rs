@@ -1,0 +1,2 @@
+//! Log store benchmark (placeholder, replaced below).
+fn main() {}

@@ -1,0 +1,326 @@
+//! One segment file (`<base>.log`, base = offset of its first record, zero-padded to 20 digits):
+//! its in-memory bookkeeping, the scan that validates it frame by frame (used by recovery and
+//! truncation), and the positional reads that serve `read`.
+
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+
+use super::{
+    error::LogError,
+    index::SparseIndex,
+    record::{self, DecodeError, ProducerSeq, Record, MAX_FRAME_BODY, PREFIX_LEN},
+};
+
+/// Bytes read per positional read when serving reads.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Path of the segment file with this base offset.
+pub fn log_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+/// Path of the sealed segment's index file.
+pub fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+
+/// Path of the snapshot taken when the segment was created.
+pub fn snapshot_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.snapshot"))
+}
+
+/// Base offset encoded in a side or segment file name, with its extension.
+pub fn parse_name(name: &str) -> Option<(u64, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, ext))
+}
+
+/// In-memory state of one segment, shared (under the store's lock) by the writer and readers.
+#[derive(Debug)]
+pub struct Segment {
+    /// Offset of the first record.
+    pub base: u64,
+    /// The file path, for errors.
+    pub path: PathBuf,
+    /// Open read-write handle; readers use positional reads on it.
+    pub file: Arc<File>,
+    /// One past the last visible record.
+    pub end: u64,
+    /// Bytes of visible records (the writer may have written more that are not yet visible).
+    pub len: u64,
+    /// Sparse offset index.
+    pub index: SparseIndex,
+    /// `(term, offset)` of the last visible record in this segment.
+    pub last_term: Option<(u64, u64)>,
+    /// Newest record timestamp (for age retention).
+    pub max_timestamp_ms: u64,
+}
+
+/// The facts recovery keeps about each scanned frame.
+#[derive(Debug, Clone)]
+pub struct FrameInfo {
+    /// Record offset.
+    pub offset: u64,
+    /// Byte position of the frame in the file.
+    pub position: u64,
+    /// Record term.
+    pub term: u64,
+    /// Record timestamp.
+    pub timestamp_ms: u64,
+    /// Producer and sequence, if any.
+    pub producer: Option<ProducerSeq>,
+}
+
+/// How a scan treats a bad frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanMode {
+    /// Every frame must be valid and the last batch complete (sealed segments).
+    Strict,
+    /// A bad or partial tail with nothing valid after it is a torn write to cut (active segment).
+    RepairTail,
+}
+
+/// A torn tail found by a [`ScanMode::RepairTail`] scan.
+#[derive(Debug, Clone)]
+pub struct TornTail {
+    /// Where the valid data ends (the file is cut here).
+    pub position: u64,
+    /// Bytes past `position`.
+    pub dropped_bytes: u64,
+    /// Why the first dropped frame was refused.
+    pub reason: String,
+}
+
+/// Result of scanning a segment's bytes.
+#[derive(Debug, Clone)]
+pub struct ScanOutcome {
+    /// Bytes of complete, valid batches.
+    pub good_len: u64,
+    /// One past the last offset of those batches.
+    pub end: u64,
+    /// The torn tail, if one was found.
+    pub torn: Option<TornTail>,
+}
+
+/// Validate the frames of a segment's contents. `on_batch` sees every complete atomic batch in
+/// order. A bad frame is corruption (named by file and byte position) unless the mode allows tail
+/// repair and no valid frame follows it anywhere in the file.
+pub fn scan(
+    path: &Path,
+    buf: &[u8],
+    base: u64,
+    mode: ScanMode,
+    mut on_batch: impl FnMut(&[FrameInfo]),
+) -> Result<ScanOutcome, LogError> {
+    let mut pos = 0usize;
+    let mut expected = base;
+    let mut batch: Vec<FrameInfo> = Vec::new();
+    let mut prev_remaining: Option<u32> = None;
+    let (mut good, mut good_end) = (0usize, base);
+    let corrupt = |position: usize, reason: String| LogError::Corrupt {
+        file: path.to_owned(),
+        position: position as u64,
+        reason,
+    };
+    while pos < buf.len() {
+        let failure = match record::decode(&buf[pos..], |_| Bytes::new()) {
+            Ok(f) if f.record.offset != expected => Some(format!(
+                "record offset {} where {expected} was expected",
+                f.record.offset
+            )),
+            Ok(f) if prev_remaining.is_some_and(|p| f.batch_remaining + 1 != p) => {
+                Some("batch marker out of sequence".to_owned())
+            }
+            Ok(f) => {
+                batch.push(FrameInfo {
+                    offset: f.record.offset,
+                    position: pos as u64,
+                    term: f.record.term,
+                    timestamp_ms: f.record.timestamp_ms,
+                    producer: f.record.producer,
+                });
+                expected += 1;
+                pos += f.len;
+                if f.batch_remaining == 0 {
+                    on_batch(&batch);
+                    batch.clear();
+                    prev_remaining = None;
+                    (good, good_end) = (pos, expected);
+                } else {
+                    prev_remaining = Some(f.batch_remaining);
+                }
+                None
+            }
+            Err(DecodeError::Incomplete { .. }) => Some("file ends inside the record".to_owned()),
+            Err(DecodeError::Invalid(reason)) => Some(reason),
+        };
+        if let Some(reason) = failure {
+            if mode == ScanMode::Strict || valid_frame_after(buf, pos + 1) {
+                return Err(corrupt(pos, reason));
+            }
+            let torn = TornTail {
+                position: good as u64,
+                dropped_bytes: (buf.len() - good) as u64,
+                reason,
+            };
+            return Ok(ScanOutcome {
+                good_len: good as u64,
+                end: good_end,
+                torn: Some(torn),
+            });
+        }
+    }
+    if !batch.is_empty() {
+        let reason = "file ends inside an atomic batch".to_owned();
+        if mode == ScanMode::Strict {
+            return Err(corrupt(good, reason));
+        }
+        let torn = TornTail {
+            position: good as u64,
+            dropped_bytes: (buf.len() - good) as u64,
+            reason,
+        };
+        return Ok(ScanOutcome {
+            good_len: good as u64,
+            end: good_end,
+            torn: Some(torn),
+        });
+    }
+    Ok(ScanOutcome {
+        good_len: good as u64,
+        end: good_end,
+        torn: None,
+    })
+}
+
+/// Whether any position at or after `from` holds a complete frame with a valid CRC: if so, the
+/// damage before it is not a torn tail but corruption in the middle of the log.
+fn valid_frame_after(buf: &[u8], from: usize) -> bool {
+    (from..buf.len().saturating_sub(PREFIX_LEN)).any(|p| {
+        let len = u32::from_le_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]) as u64;
+        len <= MAX_FRAME_BODY
+            && p as u64 + PREFIX_LEN as u64 + len <= buf.len() as u64
+            && record::decode(&buf[p..], |_| Bytes::new()).is_ok()
+    })
+}
+
+/// Read `len` bytes at `pos` of a segment file.
+pub fn read_at(file: &File, path: &Path, pos: u64, len: usize) -> Result<Vec<u8>, LogError> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, pos)
+        .map_err(|e| LogError::io("read segment", path, e))?;
+    Ok(buf)
+}
+
+/// Limits and accumulators of one `read` call across segments.
+#[derive(Debug)]
+pub struct ReadCursor {
+    /// Next offset wanted.
+    pub next: u64,
+    /// Stop before this offset (the visible end).
+    pub end: u64,
+    /// Stop after this many records.
+    pub max_records: usize,
+    /// Stop before exceeding this many payload bytes (at least one record is always returned).
+    pub max_bytes: usize,
+    /// Payload bytes collected so far.
+    pub bytes: usize,
+    /// Records collected so far.
+    pub out: Vec<Record>,
+}
+
+impl ReadCursor {
+    /// Offer the record at `off`; records before `next` are skipped. Returns false when the byte
+    /// limit stops the read (the cursor is then full).
+    fn take(&mut self, off: u64, record: Record) -> bool {
+        if off < self.next {
+            return true;
+        }
+        let size = record.payload.len();
+        if !self.out.is_empty() && self.bytes + size > self.max_bytes {
+            self.end = off;
+            return false;
+        }
+        self.bytes += size;
+        self.out.push(record);
+        self.next = off + 1;
+        true
+    }
+
+    /// True once no more records may be added.
+    pub fn full(&self) -> bool {
+        self.out.len() >= self.max_records || self.next >= self.end
+    }
+}
+
+impl Segment {
+    /// Append this segment's records from `cursor.next` on, within the cursor's limits. Every frame
+    /// is CRC-checked; a bad one is reported as corruption with its byte position.
+    pub fn read_into(&self, cursor: &mut ReadCursor) -> Result<(), LogError> {
+        let seg_end = self.end.min(cursor.end);
+        let (mut off, mut pos) = self.index.lookup(cursor.next, self.base);
+        let corrupt = |position: u64, reason: String| LogError::Corrupt {
+            file: self.path.clone(),
+            position,
+            reason,
+        };
+        while off < seg_end && !cursor.full() {
+            let want = READ_CHUNK.min((self.len - pos) as usize);
+            let chunk = Bytes::from(read_at(&self.file, &self.path, pos, want)?);
+            let mut i = 0usize;
+            let mut need_more = None;
+            while off < seg_end && !cursor.full() {
+                match record::decode(&chunk[i..], |r| chunk.slice(i + r.start..i + r.end)) {
+                    Ok(f) => {
+                        if f.record.offset != off {
+                            let reason =
+                                format!("record offset {} where {off} was expected", f.record.offset);
+                            return Err(corrupt(pos + i as u64, reason));
+                        }
+                        if !cursor.take(off, f.record) {
+                            return Ok(());
+                        }
+                        off += 1;
+                        i += f.len;
+                    }
+                    Err(DecodeError::Incomplete { need }) => {
+                        need_more = Some(need.unwrap_or(PREFIX_LEN));
+                        break;
+                    }
+                    Err(DecodeError::Invalid(reason)) => return Err(corrupt(pos + i as u64, reason)),
+                }
+            }
+            pos += i as u64;
+            if let Some(need) = need_more {
+                if pos + need as u64 > self.len {
+                    return Err(corrupt(pos, "record runs past the segment's valid length".into()));
+                }
+                if i == 0 {
+                    // The frame is larger than a chunk: read exactly it.
+                    let frame = Bytes::from(read_at(&self.file, &self.path, pos, need)?);
+                    let f = record::decode(&frame, |r| frame.slice(r))
+                        .map_err(|e| corrupt(pos, format!("{e:?}")))?;
+                    if f.record.offset != off {
+                        let reason = format!("record offset {} where {off} was expected", f.record.offset);
+                        return Err(corrupt(pos, reason));
+                    }
+                    if !cursor.take(off, f.record) {
+                        return Ok(());
+                    }
+                    off += 1;
+                    pos += f.len as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}

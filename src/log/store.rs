@@ -1,0 +1,977 @@
+//! [`LogStore`]: the cheap-`Clone` handle the node uses, and the single writer thread behind it
+//! that group-commits appends (one write and one `fdatasync` for everything queued), rolls
+//! segments, truncates, enforces retention and rolls back a failed write so the log stays
+//! consistent. Reads run on the blocking pool against the visible prefix only.
+
+use std::{
+    fs::{self, File},
+    os::unix::fs::FileExt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, watch};
+
+use super::{
+    config::{Durability, LogConfig},
+    error::LogError,
+    index::{self, SegmentMeta, SegmentSnapshot, SparseIndex},
+    producer::{History, Producers, SeqCheck},
+    record::{self, ProducerSeq, Record},
+    recovery,
+    segment::{self, ReadCursor, Segment},
+};
+
+/// A group is written out once this many bytes are queued, even if more appends are waiting.
+const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The batch was stored at offsets `first .. first + count`.
+    Appended {
+        /// Offset of the batch's first record.
+        first: u64,
+        /// Number of records.
+        count: u32,
+    },
+    /// The producer already stored this batch; nothing was written. These are the original offsets.
+    Duplicate {
+        /// Offset of the first record of the original batch (from the retried sequence on).
+        first: u64,
+        /// Number of retried records found stored.
+        count: u32,
+    },
+}
+
+impl AppendOutcome {
+    /// Offset of the first record, whichever the outcome.
+    pub fn first(&self) -> u64 {
+        match *self {
+            AppendOutcome::Appended { first, .. } | AppendOutcome::Duplicate { first, .. } => first,
+        }
+    }
+}
+
+/// The visible (acknowledged) shape of the log, shared by readers and the writer.
+#[derive(Debug)]
+struct LogState {
+    /// Retained segments in offset order; the last one is active.
+    segments: Vec<Segment>,
+    /// First retained offset.
+    start: u64,
+    /// One past the last visible offset.
+    end: u64,
+    /// `(term, offset)` of the last visible record (or the last before the retained log).
+    last_term: Option<(u64, u64)>,
+}
+
+/// State shared between the handles and the writer thread.
+#[derive(Debug)]
+struct Shared {
+    /// The configuration the store was opened with.
+    config: LogConfig,
+    /// Visible log shape. Readers hold the read lock while reading files so that truncation and
+    /// retention (write lock) never pull a file from under them; the writer takes the write lock
+    /// only briefly per group.
+    state: RwLock<LogState>,
+    /// Producer table, updated when a batch is admitted and rolled back if its write fails.
+    producers: Mutex<Producers>,
+    /// Visible end offset, for tailing readers.
+    visible: watch::Sender<u64>,
+    /// False after a failed write or sync, until a write succeeds again (readiness).
+    writable: AtomicBool,
+}
+
+/// Messages to the writer thread.
+enum Command {
+    /// Append one atomic batch.
+    Append {
+        term: u64,
+        producer: Option<ProducerSeq>,
+        payloads: Vec<Bytes>,
+        reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+    },
+    /// Drop every record from `from` on.
+    Truncate {
+        from: u64,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    /// Delete old segments per the retention settings.
+    Retention {
+        reply: oneshot::Sender<Result<u64, LogError>>,
+    },
+    /// `fdatasync` whatever is written.
+    Flush {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    /// Final sync, then stop.
+    Close {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// Owner of the writer thread; dropping the last handle stops and joins it.
+#[derive(Debug)]
+struct Inner {
+    /// Queue to the writer; `None` once dropping.
+    tx: Option<mpsc::Sender<Command>>,
+    /// Shared state.
+    shared: Arc<Shared>,
+    /// The writer thread, joined on drop so a directory can be reopened right after.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Append { .. } => "Append",
+            Command::Truncate { .. } => "Truncate",
+            Command::Retention { .. } => "Retention",
+            Command::Flush { .. } => "Flush",
+            Command::Close { .. } => "Close",
+        })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Handle to a durable segmented log. Cheap to clone; all clones share one writer thread.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    /// The shared owner.
+    inner: Arc<Inner>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl LogStore {
+    /// Open (or create) the log in `config.dir`, running recovery: sealed segment indexes are
+    /// loaded (or rebuilt), the active segment is scanned, a torn tail is cut and logged, and the
+    /// producer table and last term are rebuilt.
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] for damage in the middle of the log, I/O errors otherwise.
+    pub async fn open(config: LogConfig) -> Result<LogStore, LogError> {
+        let cfg = config.clone();
+        let rec = tokio::task::spawn_blocking(move || recovery::recover(&cfg))
+            .await
+            .map_err(|_| LogError::Closed)??;
+        let start = rec.segments.first().map_or(0, |s| s.base);
+        let end = rec.segments.last().map_or(0, |s| s.end);
+        let active = rec.segments.last().ok_or(LogError::Closed)?;
+        let writer_state = WriterState {
+            active: active.file.clone(),
+            active_path: active.path.clone(),
+            written_len: active.len,
+            next_offset: end,
+            last_term: rec.last_term,
+            dirty: false,
+            last_sync: Instant::now(),
+            needs_repair: false,
+        };
+        let (visible, _) = watch::channel(end);
+        let shared = Arc::new(Shared {
+            config,
+            state: RwLock::new(LogState {
+                segments: rec.segments,
+                start,
+                end,
+                last_term: rec.last_term,
+            }),
+            producers: Mutex::new(rec.producers),
+            visible,
+            writable: AtomicBool::new(true),
+        });
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer {
+            shared: shared.clone(),
+            rx,
+            st: writer_state,
+            part: Part::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| LogError::io("spawn writer thread", PathBuf::new(), e))?;
+        tracing::info!(dir = %shared.config.dir.display(), start, end, "log store opened");
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                shared,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<oneshot::Receiver<T>, LogError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or(LogError::Closed)?;
+        tx.send(make(reply)).map_err(|_| LogError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Append an atomic batch (at least one record). Record `i` carries producer sequence
+    /// `seq + i` when `producer` is given. A retry of a recently stored producer batch writes
+    /// nothing and returns [`AppendOutcome::Duplicate`] with the original offsets (the last 32
+    /// batches per producer are remembered; a retry partly overlapping stored sequences reports
+    /// only the stored part). Returns once durable under the configured durability mode.
+    ///
+    /// # Errors
+    /// [`LogError::EmptyBatch`], [`LogError::RecordTooLarge`], [`LogError::StaleTerm`] (term below
+    /// the log's last term), [`LogError::StaleSequence`], [`LogError::DiskFull`]/[`LogError::Io`]
+    /// (nothing was stored), [`LogError::Closed`].
+    pub async fn append(
+        &self,
+        term: u64,
+        producer: Option<ProducerSeq>,
+        payloads: Vec<Bytes>,
+    ) -> Result<AppendOutcome, LogError> {
+        if payloads.is_empty() {
+            return Err(LogError::EmptyBatch);
+        }
+        let max = self.inner.shared.config.max_record_bytes;
+        if let Some(p) = payloads.iter().find(|p| p.len() > max) {
+            return Err(LogError::RecordTooLarge { size: p.len(), max });
+        }
+        if let Some(p) = &producer {
+            if p.producer_id.len() > u16::MAX as usize {
+                return Err(LogError::ProducerIdTooLong {
+                    len: p.producer_id.len(),
+                });
+            }
+        }
+        let rx = self.send(|reply| Command::Append {
+            term,
+            producer,
+            payloads,
+            reply,
+        })?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Read up to `max_records` records from offset `from`, stopping before `max_bytes` of payload
+    /// would be exceeded (at least one record is returned if any is available). Only acknowledged
+    /// records are visible. `from` at or past the end returns an empty list.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetTrimmed`] when `from` was deleted by retention; [`LogError::Corrupt`] if a
+    /// stored frame fails its CRC.
+    pub async fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || shared.read_blocking(from, max_records, max_bytes))
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Next offset to assign: the number of visible records since offset 0.
+    pub fn end_offset(&self) -> u64 {
+        self.inner.shared.state.read().end
+    }
+
+    /// First retained offset.
+    pub fn start_offset(&self) -> u64 {
+        self.inner.shared.state.read().start
+    }
+
+    /// `(term, offset)` of the last visible record; after retention removed everything, the last
+    /// record before the retained log. `None` for a log that never held a record.
+    pub fn last_term(&self) -> Option<(u64, u64)> {
+        self.inner.shared.state.read().last_term
+    }
+
+    /// A watch of the visible end offset, for tailing: read up to the value, then `changed().await`.
+    /// The value can go down after [`truncate_suffix`](Self::truncate_suffix).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.shared.visible.subscribe()
+    }
+
+    /// Wait until the record at `offset` is visible; returns the visible end offset (> `offset`).
+    ///
+    /// # Errors
+    /// [`LogError::Closed`] if the store goes away while waiting.
+    pub async fn wait_for(&self, offset: u64) -> Result<u64, LogError> {
+        let mut rx = self.subscribe();
+        loop {
+            let end = *rx.borrow_and_update();
+            if end > offset {
+                return Ok(end);
+            }
+            rx.changed().await.map_err(|_| LogError::Closed)?;
+        }
+    }
+
+    /// Drop every record at offsets `>= from` (no-op if `from` is at or past the end). Durable on
+    /// return. Producer history of the dropped records is forgotten.
+    ///
+    /// # Errors
+    /// [`LogError::TruncateBeforeStart`] if `from` is below the first retained offset; I/O errors.
+    pub async fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
+        self.send(|reply| Command::Truncate { from, reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Delete whole old segments per `retention_bytes` / `retention_age` (never the active one);
+    /// also runs on every segment roll. Returns the new first retained offset.
+    ///
+    /// # Errors
+    /// [`LogError::Closed`].
+    pub async fn enforce_retention(&self) -> Result<u64, LogError> {
+        self.send(|reply| Command::Retention { reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Last stored sequence of a producer (including a batch whose sync is in progress).
+    pub fn producer_last_seq(&self, producer_id: &str) -> Option<u64> {
+        self.inner.shared.producers.lock().last_seq(producer_id)
+    }
+
+    /// `fdatasync` everything written so far (useful under `interval`/`never`).
+    ///
+    /// # Errors
+    /// I/O errors from the sync; [`LogError::Closed`].
+    pub async fn flush(&self) -> Result<(), LogError> {
+        self.send(|reply| Command::Flush { reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Final sync and stop the writer; other clones then get [`LogError::Closed`] on writes.
+    ///
+    /// # Errors
+    /// I/O errors from the final sync.
+    pub async fn close(self) -> Result<(), LogError> {
+        let res = match self.send(|reply| Command::Close { reply }) {
+            Ok(rx) => rx.await.unwrap_or(Err(LogError::Closed)),
+            Err(_) => Ok(()), // already closed
+        };
+        let inner = self.inner.clone();
+        drop(self);
+        // Join the writer off the async workers (it has already stopped or is about to).
+        let handle = inner.thread.lock().take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        res
+    }
+
+    /// False after a failed write or sync until an append succeeds again (for readiness).
+    pub fn is_writable(&self) -> bool {
+        self.inner.shared.writable.load(Ordering::Acquire)
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.inner.shared.config.dir
+    }
+
+    /// Number of retained segments (diagnostics and tests).
+    pub fn segment_count(&self) -> usize {
+        self.inner.shared.state.read().segments.len()
+    }
+}
+
+impl Shared {
+    fn read_blocking(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let state = self.state.read();
+        if from < state.start {
+            return Err(LogError::OffsetTrimmed {
+                offset: from,
+                start: state.start,
+            });
+        }
+        let mut cursor = ReadCursor {
+            next: from,
+            end: state.end,
+            max_records,
+            max_bytes,
+            bytes: 0,
+            out: Vec::new(),
+        };
+        if max_records == 0 || from >= state.end {
+            return Ok(cursor.out);
+        }
+        let first = state
+            .segments
+            .partition_point(|s| s.base <= from)
+            .saturating_sub(1);
+        for seg in &state.segments[first..] {
+            if cursor.full() {
+                break;
+            }
+            seg.read_into(&mut cursor)?;
+        }
+        Ok(cursor.out)
+    }
+}
+
+/// Writer-thread view of the active segment and the not-yet-visible tail.
+#[derive(Debug)]
+struct WriterState {
+    /// The active segment file.
+    active: Arc<File>,
+    /// Its path, for errors.
+    active_path: PathBuf,
+    /// Bytes of the active segment that hold committed frames; writes go here.
+    written_len: u64,
+    /// Next offset to assign (includes admitted, unwritten batches).
+    next_offset: u64,
+    /// Last term including admitted batches (for fencing).
+    last_term: Option<(u64, u64)>,
+    /// Written but not synced (interval/never).
+    dirty: bool,
+    /// When the last sync happened (interval mode).
+    last_sync: Instant,
+    /// A failed write could not be cut back; do it before the next write.
+    needs_repair: bool,
+}
+
+/// One reply to send once the part it belongs to is durable.
+type Pending = (oneshot::Sender<Result<AppendOutcome, LogError>>, AppendOutcome);
+
+/// Appends admitted since the last write: written together, synced together, acknowledged together.
+#[derive(Debug, Default)]
+struct Part {
+    /// Encoded frames.
+    buf: Vec<u8>,
+    /// `(offset, position)` of each frame, for the sparse index.
+    positions: Vec<(u64, u64)>,
+    /// Replies (appended batches and duplicates) waiting on this part.
+    replies: Vec<Pending>,
+    /// Producer table entries to restore if the write fails.
+    undo: Vec<(String, Option<History>)>,
+    /// Writer state to restore if the write fails: `(next_offset, last_term)` before the part.
+    before: Option<(u64, Option<(u64, u64)>)>,
+    /// Newest timestamp in the part.
+    max_ts: u64,
+}
+
+/// The single writer: owns all mutations of the log.
+struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    st: WriterState,
+    part: Part,
+}
+
+impl Writer {
+    fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    fn run(&mut self) {
+        loop {
+            let cmd = match self.config().durability {
+                Durability::Interval(every) if self.st.dirty => {
+                    let wait = every.saturating_sub(self.st.last_sync.elapsed());
+                    match self.rx.recv_timeout(wait) {
+                        Ok(cmd) => cmd,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            self.background_sync();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match self.rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                },
+            };
+            if self.process(cmd) {
+                self.commit_part();
+                return;
+            }
+            // Group commit: take everything already queued into the same write + sync.
+            while let Ok(cmd) = self.rx.try_recv() {
+                if self.process(cmd) {
+                    self.commit_part();
+                    return;
+                }
+                if self.part.buf.len() >= MAX_GROUP_BYTES {
+                    self.commit_part();
+                }
+            }
+            self.commit_part();
+            if let Durability::Interval(every) = self.config().durability {
+                if self.st.dirty && self.st.last_sync.elapsed() >= every {
+                    self.background_sync();
+                }
+            }
+        }
+        self.commit_part();
+        if self.st.dirty {
+            let _ = self.sync();
+        }
+    }
+
+    /// Handle one command; true when the writer must stop.
+    fn process(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Append {
+                term,
+                producer,
+                payloads,
+                reply,
+            } => self.admit(term, producer, payloads, reply),
+            Command::Truncate { from, reply } => {
+                self.commit_part();
+                let _ = reply.send(self.truncate(from));
+            }
+            Command::Retention { reply } => {
+                self.commit_part();
+                let _ = reply.send(Ok(self.retention()));
+            }
+            Command::Flush { reply } => {
+                self.commit_part();
+                let _ = reply.send(self.sync());
+            }
+            Command::Close { reply } => {
+                self.commit_part();
+                let _ = reply.send(self.sync());
+                return true;
+            }
+        }
+        false
+    }
+
+    fn admit(
+        &mut self,
+        term: u64,
+        producer: Option<ProducerSeq>,
+        payloads: Vec<Bytes>,
+        reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+    ) {
+        if let Some((last_term, _)) = self.st.last_term {
+            if term < last_term {
+                let _ = reply.send(Err(LogError::StaleTerm { term, last_term }));
+                return;
+            }
+        }
+        let count = payloads.len() as u32;
+        if let Some(p) = &producer {
+            match self.shared.producers.lock().check(&p.producer_id, p.seq, count) {
+                SeqCheck::New => {}
+                SeqCheck::Duplicate { first, count } => {
+                    // Acknowledged with the current part: the original may still be syncing.
+                    self.part
+                        .replies
+                        .push((reply, AppendOutcome::Duplicate { first, count }));
+                    return;
+                }
+                SeqCheck::Stale { last_seq } => {
+                    let producer_id = p.producer_id.clone();
+                    let _ = reply.send(Err(LogError::StaleSequence {
+                        producer_id,
+                        seq: p.seq,
+                        last_seq,
+                    }));
+                    return;
+                }
+            }
+        }
+        let pid_len = producer.as_ref().map_or(0, |p| p.producer_id.len());
+        let batch_len: u64 = payloads
+            .iter()
+            .map(|p| record::frame_len(pid_len, p.len()) as u64)
+            .sum();
+        let used = self.st.written_len + self.part.buf.len() as u64;
+        if used > 0 && used + batch_len > self.config().segment_bytes {
+            self.commit_part();
+            if let Err(e) = self.roll() {
+                tracing::error!(error = %e, "segment roll failed");
+                self.shared.writable.store(false, Ordering::Release);
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        if self.part.before.is_none() {
+            self.part.before = Some((self.st.next_offset, self.st.last_term));
+        }
+        let first = self.st.next_offset;
+        let timestamp_ms = now_ms();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let offset = first + i as u64;
+            let rec = Record {
+                offset,
+                term,
+                timestamp_ms,
+                producer: producer.as_ref().map(|p| ProducerSeq {
+                    producer_id: p.producer_id.clone(),
+                    seq: p.seq + i as u64,
+                }),
+                payload,
+            };
+            let position = self.st.written_len + self.part.buf.len() as u64;
+            self.part.positions.push((offset, position));
+            record::encode(&mut self.part.buf, &rec, count - 1 - i as u32);
+        }
+        if let Some(p) = &producer {
+            let prior = self
+                .shared
+                .producers
+                .lock()
+                .record(&p.producer_id, p.seq, count, first);
+            self.part.undo.push((p.producer_id.clone(), prior));
+        }
+        self.part.max_ts = self.part.max_ts.max(timestamp_ms);
+        self.st.next_offset = first + count as u64;
+        self.st.last_term = Some((term, first + count as u64 - 1));
+        self.part
+            .replies
+            .push((reply, AppendOutcome::Appended { first, count }));
+    }
+
+    /// Write the current part, sync it under `always`, make it visible and acknowledge it. On a
+    /// failure, cut the file back, roll back the producer table and fail every reply of the part.
+    fn commit_part(&mut self) {
+        let part = std::mem::take(&mut self.part);
+        if part.buf.is_empty() {
+            for (reply, outcome) in part.replies {
+                let _ = reply.send(Ok(outcome));
+            }
+            return;
+        }
+        if let Err(e) = self.write_part(&part.buf) {
+            tracing::error!(error = %e, "append failed; rolling back to the last good position");
+            self.shared.writable.store(false, Ordering::Release);
+            self.cut_back();
+            let mut producers = self.shared.producers.lock();
+            for (id, prior) in part.undo.into_iter().rev() {
+                producers.restore(&id, prior);
+            }
+            drop(producers);
+            if let Some((next, last_term)) = part.before {
+                self.st.next_offset = next;
+                self.st.last_term = last_term;
+            }
+            for (reply, _) in part.replies {
+                let _ = reply.send(Err(e.duplicate()));
+            }
+            return;
+        }
+        self.st.written_len += part.buf.len() as u64;
+        let end = self.st.next_offset;
+        {
+            let mut state = self.shared.state.write();
+            let interval = self.shared.config.index_interval_bytes;
+            if let Some(seg) = state.segments.last_mut() {
+                for &(offset, position) in &part.positions {
+                    seg.index.maybe_add(offset, position, interval);
+                }
+                seg.len = self.st.written_len;
+                seg.end = end;
+                seg.last_term = self.st.last_term;
+                seg.max_timestamp_ms = seg.max_timestamp_ms.max(part.max_ts);
+            }
+            state.end = end;
+            state.last_term = self.st.last_term;
+        }
+        self.shared.writable.store(true, Ordering::Release);
+        self.shared.visible.send_replace(end);
+        for (reply, outcome) in part.replies {
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    fn write_part(&mut self, buf: &[u8]) -> Result<(), LogError> {
+        let path = &self.st.active_path;
+        if self.st.needs_repair {
+            self.st
+                .active
+                .set_len(self.st.written_len)
+                .map_err(|e| LogError::io("truncate segment", path, e))?;
+            self.st.needs_repair = false;
+        }
+        if let Some(e) = self
+            .shared
+            .config
+            .fault_injector
+            .as_ref()
+            .and_then(|f| f.write_error())
+        {
+            // Simulate a disk filling up mid-write: half the bytes land, then the error.
+            let _ = self
+                .st
+                .active
+                .write_all_at(&buf[..buf.len() / 2], self.st.written_len);
+            return Err(LogError::io("write segment", path, e));
+        }
+        self.st
+            .active
+            .write_all_at(buf, self.st.written_len)
+            .map_err(|e| LogError::io("write segment", path, e))?;
+        match self.config().durability {
+            Durability::Always => self.sync(),
+            _ => {
+                self.st.dirty = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// After a failed write or sync: remove whatever part of it reached the file.
+    fn cut_back(&mut self) {
+        if let Err(e) = self.st.active.set_len(self.st.written_len) {
+            tracing::error!(error = %e, "could not cut a failed write back; will retry before the next write");
+            self.st.needs_repair = true;
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        let path = &self.st.active_path;
+        if let Some(e) = self
+            .shared
+            .config
+            .fault_injector
+            .as_ref()
+            .and_then(|f| f.sync_error())
+        {
+            return Err(LogError::io("sync segment", path, e));
+        }
+        self.st
+            .active
+            .sync_data()
+            .map_err(|e| LogError::io("sync segment", path, e))?;
+        self.st.dirty = false;
+        self.st.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// The `interval` timer fired: sync what is written. Records are already acknowledged, so a
+    /// failure can only be reported (and readiness dropped) until a later sync succeeds.
+    fn background_sync(&mut self) {
+        match self.sync() {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "background sync failed");
+                self.shared.writable.store(false, Ordering::Release);
+                self.st.last_sync = Instant::now();
+            }
+        }
+    }
+
+    /// Seal the active segment (sync it, persist its index) and start a new one at the current
+    /// end, with a snapshot of the producer table and last term; then apply retention.
+    fn roll(&mut self) -> Result<(), LogError> {
+        self.st
+            .active
+            .sync_data()
+            .map_err(|e| LogError::io("sync segment", &self.st.active_path, e))?;
+        self.st.dirty = false;
+        let dir = self.shared.config.dir.clone();
+        let (meta, base) = {
+            let state = self.shared.state.read();
+            let seg = state.segments.last().ok_or(LogError::Closed)?;
+            let meta = SegmentMeta {
+                base: seg.base,
+                end: seg.end,
+                file_len: seg.len,
+                last_term: seg.last_term,
+                max_timestamp_ms: seg.max_timestamp_ms,
+                index: seg.index.clone(),
+            };
+            (meta, seg.end)
+        };
+        index::write_side_file(&segment::index_path(&dir, meta.base), &meta)?;
+        let snapshot = SegmentSnapshot {
+            last_term: self.st.last_term,
+            producers: self.shared.producers.lock().snapshot(),
+        };
+        index::write_side_file(&segment::snapshot_path(&dir, base), &snapshot)?;
+        let path = segment::log_path(&dir, base);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| LogError::io("create segment", &path, e))?;
+        if let Err(e) = index::sync_dir(&dir) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        let file = Arc::new(file);
+        self.shared.state.write().segments.push(Segment {
+            base,
+            path: path.clone(),
+            file: file.clone(),
+            end: base,
+            len: 0,
+            index: SparseIndex::default(),
+            last_term: None,
+            max_timestamp_ms: 0,
+        });
+        self.st.active = file;
+        self.st.active_path = path;
+        self.st.written_len = 0;
+        self.st.needs_repair = false;
+        tracing::debug!(base, "rolled to a new segment");
+        self.retention();
+        Ok(())
+    }
+
+    /// Delete whole segments from the front while over the byte or age limit (never the active
+    /// one). Returns the first retained offset.
+    fn retention(&mut self) -> u64 {
+        let cfg = &self.shared.config;
+        let cutoff = cfg
+            .retention_age
+            .map(|age| now_ms().saturating_sub(age.as_millis() as u64));
+        let mut doomed = Vec::new();
+        let start = {
+            let mut state = self.shared.state.write();
+            let mut total: u64 = state.segments.iter().map(|s| s.len).sum();
+            while state.segments.len() > 1 {
+                let first = &state.segments[0];
+                let too_big = cfg.retention_bytes.is_some_and(|max| total > max);
+                let too_old = cutoff.is_some_and(|c| first.max_timestamp_ms < c);
+                if !(too_big || too_old) {
+                    break;
+                }
+                total -= first.len;
+                doomed.push(state.segments.remove(0));
+            }
+            state.start = state.segments.first().map_or(state.end, |s| s.base);
+            state.start
+        };
+        for seg in doomed {
+            tracing::info!(file = %seg.path.display(), base = seg.base, end = seg.end, "retention: deleting segment");
+            for p in [
+                seg.path.clone(),
+                segment::index_path(&cfg.dir, seg.base),
+                segment::snapshot_path(&cfg.dir, seg.base),
+            ] {
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(file = %p.display(), error = %e, "retention: could not delete");
+                    }
+                }
+            }
+        }
+        if let Err(e) = index::sync_dir(&cfg.dir) {
+            tracing::warn!(error = %e, "retention: could not sync the directory");
+        }
+        start
+    }
+
+    /// Drop every record at offsets `>= from`.
+    fn truncate(&mut self, from: u64) -> Result<(), LogError> {
+        let dir = self.shared.config.dir.clone();
+        let mut state = self.shared.state.write();
+        if from >= state.end {
+            return Ok(());
+        }
+        if from < state.start {
+            return Err(LogError::TruncateBeforeStart {
+                from,
+                start: state.start,
+            });
+        }
+        let k = state
+            .segments
+            .partition_point(|s| s.base <= from)
+            .saturating_sub(1);
+        // Byte position of `from` in segment k, and the term of the record before it.
+        let seg = &state.segments[k];
+        let (position, last_in_seg) = locate(seg, from)?;
+        let last_before = match last_in_seg {
+            Some(t) => Some(t),
+            None if k > 0 => state.segments[k - 1].last_term,
+            None => index::read_side_file::<SegmentSnapshot>(&segment::snapshot_path(&dir, seg.base))
+                .and_then(|s| s.last_term),
+        };
+        let removed: Vec<Segment> = state.segments.drain(k + 1..).collect();
+        let seg = &mut state.segments[k];
+        seg.file
+            .set_len(position)
+            .map_err(|e| LogError::io("truncate segment", &seg.path, e))?;
+        seg.file
+            .sync_all()
+            .map_err(|e| LogError::io("sync segment", &seg.path, e))?;
+        seg.len = position;
+        seg.end = from;
+        seg.index.truncate(from);
+        seg.last_term = last_in_seg;
+        let (active, active_path) = (seg.file.clone(), seg.path.clone());
+        let seg_base = seg.base;
+        state.end = from;
+        state.last_term = last_before;
+        drop(state);
+        let _ = fs::remove_file(segment::index_path(&dir, seg_base)); // no longer sealed
+        for s in removed {
+            for p in [
+                s.path.clone(),
+                segment::index_path(&dir, s.base),
+                segment::snapshot_path(&dir, s.base),
+            ] {
+                let _ = fs::remove_file(p);
+            }
+        }
+        index::sync_dir(&dir)?;
+        self.shared.producers.lock().truncate_from(from);
+        self.st.active = active;
+        self.st.active_path = active_path;
+        self.st.written_len = position;
+        self.st.next_offset = from;
+        self.st.last_term = last_before;
+        self.st.needs_repair = false;
+        self.shared.visible.send_replace(from);
+        tracing::warn!(from, "log truncated");
+        Ok(())
+    }
+}
+
+/// Byte position of record `offset` in `seg`, and `(term, offset)` of the record just before it
+/// in the same segment (if any).
+fn locate(seg: &Segment, offset: u64) -> Result<(u64, Option<(u64, u64)>), LogError> {
+    let (mut off, mut pos) = seg.index.lookup(offset.saturating_sub(1).max(seg.base), seg.base);
+    let mut prev = None;
+    while off < offset {
+        let head = segment::read_at(&seg.file, &seg.path, pos, record::PREFIX_LEN)?;
+        let body = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let frame = segment::read_at(&seg.file, &seg.path, pos, record::PREFIX_LEN + body)?;
+        let f = record::decode(&frame, |_| Bytes::new()).map_err(|e| LogError::Corrupt {
+            file: seg.path.clone(),
+            position: pos,
+            reason: format!("{e:?}"),
+        })?;
+        prev = Some((f.record.term, f.record.offset));
+        off += 1;
+        pos += f.len as u64;
+    }
+    Ok((pos, prev))
+}
