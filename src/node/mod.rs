@@ -225,7 +225,7 @@ pub async fn run(
     election.validate().map_err(NodeError::Config)?;
 
     let mut log = LogConfig::new(&config.data_dir);
-    log.durability = config.durability.clone();
+    log.durability = config.durability;
     log.max_record_bytes = config.max_message_bytes;
     let store = LogStore::open(log).await.map_err(|source| NodeError::Log {
         dir: config.data_dir.clone(),
