@@ -135,3 +135,41 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
         session: state.session.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::discovery::LeaderRecord;
+
+    fn state(role: Role, lease: Option<Duration>, now: Instant) -> LeaderState {
+        LeaderState {
+            role,
+            term: 7,
+            leader: Some(LeaderRecord { name: "n1".into(), address: "a:1".into(), since: String::new() }),
+            lease_until: lease.map(|d| now + d),
+            session: Some("s".into()),
+            consul_reachable: true,
+            reason: "because".into(),
+            since: SystemTime::now(),
+            transitions: 0,
+        }
+    }
+
+    /// Ready only as leader, with a lease in the future and a writable store.
+    #[test]
+    fn ready_only_on_serving_leader() {
+        let now = Instant::now();
+        let leader = state(Role::Leader, Some(Duration::from_secs(1)), now);
+        assert!(readiness(&leader, now, true).ready);
+        assert!(!readiness(&leader, now, false).ready, "a full disk makes the leader unready");
+        assert!(!readiness(&leader, now + Duration::from_secs(2), true).ready, "lapsed lease");
+        for role in [Role::Follower, Role::Starting, Role::Stopping] {
+            let r = readiness(&state(role, Some(Duration::from_secs(1)), now), now, true);
+            assert!(!r.ready, "{role:?}");
+            assert_eq!(r.role, role.as_str());
+            assert_eq!(r.leader.as_deref(), Some("n1"));
+        }
+    }
+}
