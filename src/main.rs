@@ -1,5 +1,6 @@
 //! The `simpleloggers` binary: parses flags, sets up tracing and signals, and calls the library.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use simpleloggers::telemetry::{self, LogFormat};
 
@@ -8,7 +9,13 @@ use simpleloggers::telemetry::{self, LogFormat};
 #[command(name = "simpleloggers", version, about)]
 struct Cli {
     /// Log line format.
-    #[arg(long, global = true, env = "SIMPLELOGGERS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIMPLELOGGERS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -16,8 +23,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Placeholder.
+    /// Print the version.
     Version,
+    /// Run the embedded, in-memory, single-node Consul-compatible dev server.
+    DevConsul(simpleloggers::devconsul::Config),
 }
 
 #[tokio::main]
@@ -26,6 +35,12 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Version => println!("{}", env!("CARGO_PKG_VERSION")),
+        Command::DevConsul(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot bind {}", config.listen))?;
+            simpleloggers::devconsul::run(listener, config, simpleloggers::shutdown::on_signal()).await?;
+        }
     }
     Ok(())
 }
