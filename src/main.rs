@@ -1,8 +1,9 @@
 //! The `simpleloggers` binary: parses flags, sets up tracing and signals, and calls the library.
 
-use anyhow::Context;
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use simpleloggers::{
+    devconsul,
     node::{self, NodeConfig},
     shutdown,
     telemetry::{self, LogFormat},
@@ -13,13 +14,7 @@ use simpleloggers::{
 #[command(name = "simpleloggers", version, about)]
 struct Cli {
     /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        env = "SIMPLELOGGERS_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "SIMPLELOGGERS_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -29,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run a log node: contend for leadership through Consul and serve the HTTP API.
     Node(Box<NodeConfig>),
+    /// Run the embedded, in-memory, single-node Consul-compatible dev server.
+    DevConsul(devconsul::Config),
 }
 
 #[tokio::main]
@@ -40,13 +37,15 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
-            println!(
-                "simpleloggers node listening on http://{}",
-                listener.local_addr()?
-            );
-            node::run(*config, listener, shutdown::on_signal())
+            println!("simpleloggers node listening on http://{}", listener.local_addr()?);
+            node::run(*config, listener, shutdown::on_signal()).await.context("node failed")?;
+        }
+        Command::DevConsul(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
-                .context("node failed")?;
+                .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
+            println!("simpleloggers dev-consul listening on http://{}", listener.local_addr()?);
+            devconsul::run(listener, config, shutdown::on_signal()).await.context("dev-consul failed")?;
         }
     }
     Ok(())
