@@ -11,10 +11,16 @@ use simpleloggers::{
 
 /// A distributed, durable log service elected through HashiCorp Consul.
 #[derive(Parser, Debug)]
-#[command(name = "simpleloggers", version, about)]
+#[command(name = "simpleloggers", version, about, args_override_self = true)]
 struct Cli {
     /// Log line format.
-    #[arg(long, global = true, env = "SIMPLELOGGERS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIMPLELOGGERS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -37,15 +43,25 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
-            println!("simpleloggers node listening on http://{}", listener.local_addr()?);
-            node::run(*config, listener, shutdown::on_signal()).await.context("node failed")?;
+            println!(
+                "simpleloggers node listening on http://{}",
+                listener.local_addr()?
+            );
+            node::run(*config, listener, shutdown::on_signal())
+                .await
+                .context("node failed")?;
         }
         Command::DevConsul(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
-            println!("simpleloggers dev-consul listening on http://{}", listener.local_addr()?);
-            devconsul::run(listener, config, shutdown::on_signal()).await.context("dev-consul failed")?;
+            println!(
+                "simpleloggers dev-consul listening on http://{}",
+                listener.local_addr()?
+            );
+            devconsul::run(listener, config, shutdown::on_signal())
+                .await
+                .context("dev-consul failed")?;
         }
     }
     Ok(())

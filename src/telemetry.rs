@@ -1,6 +1,8 @@
 //! Tracing set-up: human-readable logs by default, JSON with `--log-format json`
 //! (env `SIMPLELOGGERS_LOG_FORMAT`); the filter comes from `RUST_LOG` (default `info`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// How log lines are rendered.
@@ -16,7 +18,10 @@ pub enum LogFormat {
 /// Installs the global subscriber; calling it twice is harmless (the second call is ignored).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -147,7 +147,11 @@ mod tests {
         LeaderState {
             role,
             term: 7,
-            leader: Some(LeaderRecord { name: "n1".into(), address: "a:1".into(), since: String::new() }),
+            leader: Some(LeaderRecord {
+                name: "n1".into(),
+                address: "a:1".into(),
+                since: String::new(),
+            }),
             lease_until: lease.map(|d| now + d),
             session: Some("s".into()),
             consul_reachable: true,
@@ -163,8 +167,14 @@ mod tests {
         let now = Instant::now();
         let leader = state(Role::Leader, Some(Duration::from_secs(1)), now);
         assert!(readiness(&leader, now, true).ready);
-        assert!(!readiness(&leader, now, false).ready, "a full disk makes the leader unready");
-        assert!(!readiness(&leader, now + Duration::from_secs(2), true).ready, "lapsed lease");
+        assert!(
+            !readiness(&leader, now, false).ready,
+            "a full disk makes the leader unready"
+        );
+        assert!(
+            !readiness(&leader, now + Duration::from_secs(2), true).ready,
+            "lapsed lease"
+        );
         for role in [Role::Follower, Role::Starting, Role::Stopping] {
             let r = readiness(&state(role, Some(Duration::from_secs(1)), now), now, true);
             assert!(!r.ready, "{role:?}");

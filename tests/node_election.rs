@@ -1,0 +1,173 @@
+//! Election behaviour of real node processes over loopback with a dev Consul underneath:
+//! one leader, failover after a crash and after a graceful stop, and a paused leader.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::{eventually, Cluster};
+use nix::sys::signal::Signal;
+
+/// Exactly one of three nodes becomes leader; only it is ready and accepts writes; followers
+/// answer writes 503 with the leader's address in a header and in the JSON body.
+#[tokio::test]
+async fn one_leader_and_followers_redirect() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let (_, term, name) = cluster.lock_holder().await.expect("the key is held");
+    assert_eq!(name, format!("n{leader}"), "the ready node is the lock holder");
+    let leader_addr = cluster.nodes[leader].as_ref().unwrap().addr.to_string();
+
+    let ack: serde_json::Value = cluster
+        .http
+        .post(format!("{}/api/v1/log", cluster.url(leader)))
+        .body("hello")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["offset"], 0);
+    assert_eq!(ack["term"], term);
+
+    for follower in (0..3).filter(|i| *i != leader) {
+        // A follower learns the leader from its blocking query on the key, within moments.
+        let resp = eventually(Duration::from_secs(5), || async {
+            let resp = cluster
+                .http
+                .post(format!("{}/api/v1/log", cluster.url(follower)))
+                .body("nope")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 503);
+            assert!(resp.headers().contains_key("retry-after"));
+            resp.headers()
+                .contains_key("x-simpleloggers-leader")
+                .then_some(resp)
+        })
+        .await
+        .expect("the follower names the leader");
+        assert_eq!(resp.headers()["x-simpleloggers-leader"], leader_addr.as_str());
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["leader"]["address"], leader_addr.as_str());
+        assert!(body["error"].as_str().unwrap().contains("not the leader"));
+        let status: serde_json::Value = cluster
+            .http
+            .get(format!("{}/api/v1/status", cluster.url(follower)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["role"], "follower");
+        assert_eq!(status["log_end_offset"], 0, "the rejected write stored nothing");
+    }
+}
+
+/// A crashed leader (SIGKILL, no release) is replaced once Consul's check fails and the
+/// lock-delay has run; the new leader has a higher term.
+#[tokio::test]
+async fn crash_fails_over_after_lock_delay() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let old = cluster.wait_leader(Duration::from_secs(20)).await;
+    let (_, old_term, _) = cluster.lock_holder().await.unwrap();
+    cluster.nodes[old].as_mut().unwrap().kill().await;
+    cluster.nodes[old] = None;
+    // check interval 250 ms + lock-delay 1 s + margin; the bound is generous for loaded machines.
+    let new = cluster.wait_leader(Duration::from_secs(20)).await;
+    assert_ne!(new, old);
+    let (_, new_term, name) = cluster.lock_holder().await.unwrap();
+    assert_eq!(name, format!("n{new}"));
+    assert!(new_term > old_term, "terms increase: {old_term} -> {new_term}");
+}
+
+/// A graceful stop releases the lock, so the next leader takes over without waiting out the
+/// lock-delay (set to 30 s here, far beyond the bound), and the stopped node exits 0.
+#[tokio::test]
+async fn graceful_stop_hands_over_without_lock_delay() {
+    let mut cluster = Cluster::start(3, &["--lock-delay", "30s", "--session-ttl", "30s"]).await;
+    let old = cluster.wait_leader(Duration::from_secs(20)).await;
+    cluster.nodes[old].as_mut().unwrap().terminate().await;
+    cluster.nodes[old] = None;
+    let new = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new, old);
+    let old_log = std::fs::read_dir(cluster.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("n{old}.")))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(old_log.contains("released the leader lock"), "{old_log}");
+}
+
+/// A leader stopped (SIGSTOP) past its lease is replaced; when it resumes it accepts no write,
+/// not even one that reached it while it was stopped.
+#[tokio::test]
+async fn paused_leader_accepts_nothing_after_its_lease() {
+    let cluster = Cluster::start(3, &[]).await;
+    let old = cluster.wait_leader(Duration::from_secs(20)).await;
+    let old_url = cluster.url(old);
+    cluster.nodes[old].as_ref().unwrap().pause().await;
+    // A write sent to the stopped leader waits in its accept queue.
+    let pending = tokio::spawn({
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let url = format!("{old_url}/api/v1/log");
+        async move {
+            http.post(url)
+                .body("late")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    let new = eventually(Duration::from_secs(30), || async {
+        let ready: Vec<usize> = cluster
+            .ready_nodes()
+            .await
+            .into_iter()
+            .filter(|i| *i != old)
+            .collect();
+        (ready.len() == 1).then(|| ready[0])
+    })
+    .await
+    .expect("a new leader while the old one is stopped");
+    cluster.nodes[old].as_ref().unwrap().signal(Signal::SIGCONT);
+    assert_eq!(
+        pending.await.unwrap().unwrap(),
+        503,
+        "the write that waited through the pause is refused"
+    );
+    let resp = cluster
+        .http
+        .post(format!("{old_url}/api/v1/log"))
+        .body("after")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(
+        cluster.ready(old).await.is_none(),
+        "the resumed node is not ready"
+    );
+    assert!(cluster.ready(new).await.is_some());
+    let status: serde_json::Value = cluster
+        .http
+        .get(format!("{old_url}/api/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["log_end_offset"], 0,
+        "nothing was stored by the deposed leader"
+    );
+}
