@@ -52,6 +52,9 @@ struct Batch {
     producer: Option<(String, u64)>,
 }
 
+/// `(term, payload, producer id and seq)` of one model record.
+type ModelRecord = (u64, Bytes, Option<(String, u64)>);
+
 /// The in-memory model: a list of batches.
 #[derive(Debug, Default)]
 struct Model {
@@ -81,7 +84,7 @@ impl Model {
         self.last_batch_of(id)
             .and_then(|b| b.producer.as_ref().map(|(_, s)| s + b.payloads.len() as u64 - 1))
     }
-    fn record(&self, offset: u64) -> Option<(u64, Bytes, Option<(String, u64)>)> {
+    fn record(&self, offset: u64) -> Option<ModelRecord> {
         let b = self.batches.iter().rev().find(|b| b.first <= offset)?;
         let i = (offset - b.first) as usize;
         let p = b.payloads.get(i)?;
