@@ -68,6 +68,26 @@ fn rebuild_meta(path: &Path, base: u64, interval: u32) -> Result<(SegmentMeta, V
     Ok((meta, buf))
 }
 
+/// Producer table and last `(term, offset)` just before the segment at `base`, whose predecessors
+/// are `earlier`: from its snapshot, or (missing or damaged) by scanning the earlier segments.
+pub fn state_before(
+    dir: &Path,
+    earlier: &[Segment],
+    base: u64,
+) -> Result<(Producers, Option<(u64, u64)>), LogError> {
+    if let Some(s) = read_side_file::<SegmentSnapshot>(&segment::snapshot_path(dir, base)) {
+        return Ok((Producers::from_snapshot(s.producers), s.last_term));
+    }
+    let mut producers = Producers::default();
+    for seg in earlier {
+        let buf = fs::read(&seg.path).map_err(|e| LogError::io("read segment", &seg.path, e))?;
+        segment::scan(&seg.path, &buf, seg.base, ScanMode::Strict, |b| {
+            apply_batch(&mut producers, b)
+        })?;
+    }
+    Ok((producers, earlier.iter().rev().find_map(|s| s.last_term)))
+}
+
 /// Recover the log in `config.dir` (creating an empty one if needed).
 pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
     let dir = &config.dir;
@@ -153,20 +173,7 @@ pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
     }
 
     // Producer table and last term as of the active segment's base.
-    let snapshot = read_side_file::<SegmentSnapshot>(&segment::snapshot_path(dir, active_base));
-    let (mut producers, before_active) = match snapshot {
-        Some(s) => (Producers::from_snapshot(s.producers), s.last_term),
-        None => {
-            let mut producers = Producers::default();
-            for seg in &segments {
-                let buf = fs::read(&seg.path).map_err(|e| LogError::io("read segment", &seg.path, e))?;
-                segment::scan(&seg.path, &buf, seg.base, ScanMode::Strict, |b| {
-                    apply_batch(&mut producers, b)
-                })?;
-            }
-            (producers, segments.iter().rev().find_map(|s| s.last_term))
-        }
-    };
+    let (mut producers, before_active) = state_before(dir, &segments, active_base)?;
 
     let path = segment::log_path(dir, active_base);
     check_continuity(&segments, active_base, &path)?;

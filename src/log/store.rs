@@ -26,7 +26,7 @@ use super::{
     producer::{History, Producers, SeqCheck},
     record::{self, ProducerSeq, Record},
     recovery,
-    segment::{self, ReadCursor, Segment},
+    segment::{self, FrameInfo, ReadCursor, ScanMode, Segment},
 };
 
 /// A group is written out once this many bytes are queued, even if more appends are waiting.
@@ -888,7 +888,8 @@ impl Writer {
         start
     }
 
-    /// Drop every record at offsets `>= from`.
+    /// Drop every record at offsets `>= from`. A batch cut in the middle keeps its prefix, whose
+    /// batch markers are rewritten so that recovery sees a complete batch and keeps it.
     fn truncate(&mut self, from: u64) -> Result<(), LogError> {
         let dir = self.shared.config.dir.clone();
         let mut state = self.shared.state.write();
@@ -905,15 +906,29 @@ impl Writer {
             .segments
             .partition_point(|s| s.base <= from)
             .saturating_sub(1);
-        // Byte position of `from` in segment k, and the term of the record before it.
         let seg = &state.segments[k];
-        let (position, last_in_seg) = locate(seg, from)?;
-        let last_before = match last_in_seg {
-            Some(t) => Some(t),
-            None if k > 0 => state.segments[k - 1].last_term,
-            None => index::read_side_file::<SegmentSnapshot>(&segment::snapshot_path(&dir, seg.base))
-                .and_then(|s| s.last_term),
-        };
+        let position = locate(seg, from)?;
+        // Rebuild the producer table and last term from the segment's snapshot and its kept prefix.
+        let (mut producers, mut last_term) = recovery::state_before(&dir, &state.segments[..k], seg.base)?;
+        let mut prefix = segment::read_at(&seg.file, &seg.path, 0, position as usize)?;
+        let scan = segment::scan(&seg.path, &prefix, seg.base, ScanMode::RepairTail, |batch| {
+            recovery::apply_batch(&mut producers, batch);
+            if let Some(f) = batch.last() {
+                last_term = Some((f.term, f.offset));
+            }
+        })?;
+        if let Some(torn) = scan.torn {
+            let cut = &mut prefix[torn.position as usize..];
+            let frames = rewrite_batch_tail(cut, &seg.path, torn.position)?;
+            seg.file
+                .write_all_at(cut, torn.position)
+                .map_err(|e| LogError::io("rewrite batch markers", &seg.path, e))?;
+            recovery::apply_batch(&mut producers, &frames);
+            if let Some(f) = frames.last() {
+                last_term = Some((f.term, f.offset));
+            }
+        }
+        let in_seg = last_term.filter(|&(_, o)| o >= seg.base);
         let removed: Vec<Segment> = state.segments.drain(k + 1..).collect();
         let seg = &mut state.segments[k];
         seg.file
@@ -925,11 +940,10 @@ impl Writer {
         seg.len = position;
         seg.end = from;
         seg.index.truncate(from);
-        seg.last_term = last_in_seg;
-        let (active, active_path) = (seg.file.clone(), seg.path.clone());
-        let seg_base = seg.base;
+        seg.last_term = in_seg;
+        let (active, active_path, seg_base) = (seg.file.clone(), seg.path.clone(), seg.base);
         state.end = from;
-        state.last_term = last_before;
+        state.last_term = last_term;
         drop(state);
         let _ = fs::remove_file(segment::index_path(&dir, seg_base)); // no longer sealed
         for s in removed {
@@ -942,12 +956,12 @@ impl Writer {
             }
         }
         index::sync_dir(&dir)?;
-        self.shared.producers.lock().truncate_from(from);
+        *self.shared.producers.lock() = producers;
         self.st.active = active;
         self.st.active_path = active_path;
         self.st.written_len = position;
         self.st.next_offset = from;
-        self.st.last_term = last_before;
+        self.st.last_term = last_term;
         self.st.needs_repair = false;
         self.shared.visible.send_replace(from);
         tracing::warn!(from, "log truncated");
@@ -955,11 +969,42 @@ impl Writer {
     }
 }
 
-/// Byte position of record `offset` in `seg`, and `(term, offset)` of the record just before it
-/// in the same segment (if any).
-fn locate(seg: &Segment, offset: u64) -> Result<(u64, Option<(u64, u64)>), LogError> {
-    let (mut off, mut pos) = seg.index.lookup(offset.saturating_sub(1).max(seg.base), seg.base);
-    let mut prev = None;
+/// Re-encode the frames of a batch prefix (all of `bytes`, starting at file position `at`) so
+/// their batch markers count down to 0 at the last kept frame. Returns their frame facts.
+fn rewrite_batch_tail(bytes: &mut [u8], path: &std::path::Path, at: u64) -> Result<Vec<FrameInfo>, LogError> {
+    let mut frames = Vec::new();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let f = record::decode(&bytes[pos..], |r| Bytes::copy_from_slice(&bytes[pos..][r])).map_err(|e| {
+            LogError::Corrupt {
+                file: path.to_owned(),
+                position: at + pos as u64,
+                reason: format!("{e:?}"),
+            }
+        })?;
+        frames.push((pos, f));
+        pos += frames.last().map_or(0, |(_, f)| f.len);
+    }
+    let n = frames.len();
+    let mut infos = Vec::with_capacity(n);
+    for (i, (pos, f)) in frames.into_iter().enumerate() {
+        let mut buf = Vec::with_capacity(f.len);
+        record::encode(&mut buf, &f.record, (n - 1 - i) as u32);
+        bytes[pos..pos + f.len].copy_from_slice(&buf);
+        infos.push(FrameInfo {
+            offset: f.record.offset,
+            position: at + pos as u64,
+            term: f.record.term,
+            timestamp_ms: f.record.timestamp_ms,
+            producer: f.record.producer,
+        });
+    }
+    Ok(infos)
+}
+
+/// Byte position of record `offset` in `seg`.
+fn locate(seg: &Segment, offset: u64) -> Result<u64, LogError> {
+    let (mut off, mut pos) = seg.index.lookup(offset, seg.base);
     while off < offset {
         let head = segment::read_at(&seg.file, &seg.path, pos, record::PREFIX_LEN)?;
         let body = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -969,9 +1014,8 @@ fn locate(seg: &Segment, offset: u64) -> Result<(u64, Option<(u64, u64)>), LogEr
             position: pos,
             reason: format!("{e:?}"),
         })?;
-        prev = Some((f.record.term, f.record.offset));
         off += 1;
         pos += f.len as u64;
     }
-    Ok((pos, prev))
+    Ok(pos)
 }
