@@ -6,6 +6,8 @@
 //! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
 //! - [`log`]: the durable, segmented, append-only log store.
+//! - [`producer`]: the producer: finds the leader, batches messages and sends them with retries
+//!   that never duplicate (idempotency headers) or drop silently (a summary of every outcome).
 //! - [`shutdown`]: cancellation plumbing shared by every long-running task.
 //! - [`telemetry`]: tracing subscriber set-up.
 
@@ -13,5 +15,6 @@ pub mod consul;
 pub mod devconsul;
 pub mod discovery;
 pub mod log;
+pub mod producer;
 pub mod shutdown;
 pub mod telemetry;

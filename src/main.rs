@@ -1,7 +1,11 @@
 //! The `simpleloggers` binary: parses flags, sets up tracing and signals, and calls the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use simpleloggers::telemetry::{self, LogFormat};
+use simpleloggers::{
+    producer,
+    telemetry::{self, LogFormat},
+};
 
 /// A distributed, durable log service elected through HashiCorp Consul.
 #[derive(Parser, Debug)]
@@ -24,6 +28,10 @@ struct Cli {
 enum Command {
     /// Placeholder.
     Version,
+    /// Send messages to the leader (found through Consul, or at `--target`), batching under load
+    /// and retrying without duplicates; prints a summary and exits non-zero if any message was
+    /// not acknowledged.
+    Producer(Box<producer::Config>),
 }
 
 #[tokio::main]
@@ -32,6 +40,20 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Version => println!("{}", env!("CARGO_PKG_VERSION")),
+        Command::Producer(config) => {
+            let summary = producer::run(*config, simpleloggers::shutdown::on_signal())
+                .await
+                .context("the producer could not start")?;
+            println!("{summary}");
+            if !summary.all_acknowledged() {
+                anyhow::bail!(
+                    "{} of {} message(s) not acknowledged ({} failed)",
+                    summary.sent.saturating_sub(summary.acknowledged),
+                    summary.sent,
+                    summary.failed
+                );
+            }
+        }
     }
     Ok(())
 }
