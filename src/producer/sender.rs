@@ -415,9 +415,12 @@ impl Sender {
                     let delay = retry_delay(backoff.next_delay(), retry_after, leader_hint.is_some());
                     tracing::debug!(seq = batch.seq, attempt = attempts, target, %reason, ?delay, "retrying batch");
                     last_reason = reason;
-                    if Instant::now() + delay >= give_up_at {
+                    let now = Instant::now();
+                    if now >= give_up_at {
                         return self.give_up(batch, attempts, &last_reason);
                     }
+                    // The last attempt happens at the end of the budget, not before it.
+                    let delay = delay.min(give_up_at - now);
                     tokio::select! {
                         biased;
                         _ = abort.cancelled() => return Outcome::Abandoned,
