@@ -87,6 +87,9 @@ pub enum Fault {
     StoreThenUnavailable,
     /// Wait this long before handling the request normally (past the client's timeout).
     Stall(Duration),
+    /// Store the batch, then wait this long before answering: the client times out although
+    /// the batch is stored.
+    StoreThenStall(Duration),
 }
 
 /// How the fake node behaves when it has no scripted fault.
@@ -291,12 +294,14 @@ async fn write(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
         )
     };
     let mut lose_ack = false;
+    let mut stall_after = None;
     match fault {
         Some(Fault::Status { status, leader }) => {
             return error(status, "scripted failure", leader.as_deref());
         }
         Some(Fault::Stall(delay)) => tokio::time::sleep(delay).await,
         Some(Fault::StoreThenUnavailable) => lose_ack = true,
+        Some(Fault::StoreThenStall(delay)) => stall_after = Some(delay),
         None => {}
     }
     if let Role::Follower(leader) = role {
@@ -339,6 +344,9 @@ async fn write(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             json!({"first_offset": first, "last_offset": first + count - 1, "count": count, "term": term, "duplicate": false})
         }
     };
+    if let Some(delay) = stall_after {
+        tokio::time::sleep(delay).await;
+    }
     if lose_ack {
         return error(503, "stored, but the lease lapsed before the answer", None);
     }
