@@ -1,5 +1,7 @@
 //! The `simpleloggers` binary: parses flags, sets up tracing and signals, and calls the library.
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use simpleloggers::{
@@ -45,14 +47,21 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("the producer could not start")?;
             println!("{summary}");
-            if !summary.all_acknowledged() {
-                anyhow::bail!(
-                    "{} of {} message(s) not acknowledged ({} failed)",
+            std::io::stdout().flush().context("cannot write the summary")?;
+            let code = if summary.all_acknowledged() {
+                0
+            } else {
+                eprintln!(
+                    "error: {} of {} message(s) not acknowledged ({} failed)",
                     summary.sent.saturating_sub(summary.acknowledged),
                     summary.sent,
                     summary.failed
                 );
-            }
+                1
+            };
+            // Exit here rather than return: a `--stdin` read still blocked on its thread would
+            // otherwise hold the runtime's shutdown until the next line (tokio's stdin caveat).
+            std::process::exit(code);
         }
     }
     Ok(())

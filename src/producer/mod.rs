@@ -374,7 +374,13 @@ fn record(
 ) {
     match joined {
         Ok((_, Outcome::Acked(ack))) => {
-            stats.add_ack(&ack);
+            if stats.add_ack(&ack) {
+                tracing::info!(
+                    leader = ack.leader,
+                    term = ack.term,
+                    "acknowledged by a new leader"
+                );
+            }
             if let Some(acks) = acks {
                 // A dropped receiver only means nobody is listening any more.
                 let _ = acks.send(ack);

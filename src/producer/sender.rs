@@ -17,6 +17,9 @@ use crate::{consul::Backoff, discovery::CurrentLeader, shutdown::CancellationTok
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest retry delay (a leader change wakes a waiting retry earlier).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest wait a node's `Retry-After` can impose. It comes in whole seconds, too coarse for a
+/// failover: a leader change (watch or hint) is what a retry really waits for.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_millis(500);
 /// Header naming the batch's producer.
 pub const PRODUCER_ID_HEADER: &str = "x-producer-id";
 /// Header with the sequence number of the batch's first message.
@@ -174,10 +177,10 @@ pub fn classify(status: u16, retry_after: Option<&str>, leader_header: Option<&s
 }
 
 /// The delay before the next attempt: the back-off, stretched to the node's `Retry-After` (capped
-/// at [`BACKOFF_MAX`]) unless a leader hint says where to go now.
+/// at [`RETRY_AFTER_CAP`]) unless a leader hint says where to go now.
 pub fn retry_delay(backoff: Duration, retry_after: Option<Duration>, have_hint: bool) -> Duration {
     match retry_after {
-        Some(after) if !have_hint => backoff.max(after.min(BACKOFF_MAX)),
+        Some(after) if !have_hint => backoff.max(after.min(RETRY_AFTER_CAP)),
         _ => backoff,
     }
 }
@@ -565,9 +568,13 @@ mod tests {
         assert_eq!(retry_delay(b, None, false), b);
         assert_eq!(
             retry_delay(b, Some(Duration::from_secs(1)), false),
-            Duration::from_secs(1)
+            RETRY_AFTER_CAP
         );
-        assert_eq!(retry_delay(b, Some(Duration::from_secs(60)), false), BACKOFF_MAX);
+        assert_eq!(
+            retry_delay(Duration::from_secs(1), Some(Duration::from_secs(1)), false),
+            Duration::from_secs(1),
+            "a longer back-off is kept"
+        );
         assert_eq!(retry_delay(b, Some(Duration::from_secs(1)), true), b);
     }
 

@@ -145,18 +145,22 @@ impl Stats {
         self.publish();
     }
 
-    pub(crate) fn add_ack(&self, ack: &Ack) {
+    /// Counts an acknowledged batch; `true` when it came from another node than the last one.
+    pub(crate) fn add_ack(&self, ack: &Ack) -> bool {
         self.acknowledged.fetch_add(ack.count, Ordering::Relaxed);
         if ack.duplicate {
             self.duplicates.fetch_add(ack.count, Ordering::Relaxed);
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
+        let mut changed = false;
         if let Ok(mut leader) = self.leader.lock() {
             if leader.as_deref() != Some(ack.leader.as_str()) {
                 *leader = Some(ack.leader.clone());
+                changed = true;
             }
         }
         self.publish();
+        changed
     }
 
     /// The counters now.
