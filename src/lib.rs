@@ -9,6 +9,8 @@
 //! - [`log`]: the durable, segmented, append-only log store.
 //! - [`metrics`]: the `simpleloggers_` Prometheus metrics.
 //! - [`node`]: `simpleloggers node`: the HTTP API, probes and status around the elector and log.
+//! - [`producer`]: the producer: finds the leader, batches messages and sends them with retries
+//!   that never duplicate (idempotency headers) or drop silently (a summary of every outcome).
 //! - [`shutdown`]: cancellation plumbing shared by every long-running task.
 //! - [`telemetry`]: tracing subscriber set-up.
 
@@ -19,5 +21,6 @@ pub mod election;
 pub mod log;
 pub mod metrics;
 pub mod node;
+pub mod producer;
 pub mod shutdown;
 pub mod telemetry;

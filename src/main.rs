@@ -1,11 +1,13 @@
 //! The `simpleloggers` binary: parses flags, sets up tracing and signals, and calls the library.
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use simpleloggers::{
     devconsul,
     node::{self, NodeConfig},
-    shutdown,
+    producer, shutdown,
     telemetry::{self, LogFormat},
 };
 
@@ -14,13 +16,7 @@ use simpleloggers::{
 #[command(name = "simpleloggers", version, about, args_override_self = true)]
 struct Cli {
     /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        env = "SIMPLELOGGERS_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "SIMPLELOGGERS_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -30,6 +26,10 @@ struct Cli {
 enum Command {
     /// Run a log node: contend for leadership through Consul and serve the HTTP API.
     Node(Box<NodeConfig>),
+    /// Send messages to the leader (found through Consul, or at `--target`), batching under load
+    /// and retrying without duplicates; prints a summary and exits non-zero if any message was
+    /// not acknowledged.
+    Producer(Box<producer::Config>),
     /// Run the embedded, in-memory, single-node Consul-compatible dev server.
     DevConsul(devconsul::Config),
 }
@@ -43,25 +43,35 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
-            println!(
-                "simpleloggers node listening on http://{}",
-                listener.local_addr()?
-            );
-            node::run(*config, listener, shutdown::on_signal())
-                .await
-                .context("node failed")?;
+            println!("simpleloggers node listening on http://{}", listener.local_addr()?);
+            node::run(*config, listener, shutdown::on_signal()).await.context("node failed")?;
         }
         Command::DevConsul(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
-            println!(
-                "simpleloggers dev-consul listening on http://{}",
-                listener.local_addr()?
-            );
-            devconsul::run(listener, config, shutdown::on_signal())
-                .await
-                .context("dev-consul failed")?;
+            println!("simpleloggers dev-consul listening on http://{}", listener.local_addr()?);
+            devconsul::run(listener, config, shutdown::on_signal()).await.context("dev-consul failed")?;
+        }
+        Command::Producer(config) => {
+            let summary =
+                producer::run(*config, shutdown::on_signal()).await.context("the producer could not start")?;
+            println!("{summary}");
+            std::io::stdout().flush().context("cannot write the summary")?;
+            let code = if summary.all_acknowledged() {
+                0
+            } else {
+                eprintln!(
+                    "error: {} of {} message(s) not acknowledged ({} failed)",
+                    summary.sent.saturating_sub(summary.acknowledged),
+                    summary.sent,
+                    summary.failed
+                );
+                1
+            };
+            // Exit here rather than return: a `--stdin` read still blocked on its thread would
+            // otherwise hold the runtime's shutdown until the next line (tokio's stdin caveat).
+            std::process::exit(code);
         }
     }
     Ok(())

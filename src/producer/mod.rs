@@ -1,0 +1,479 @@
+//! The producer (`simpleloggers producer`): reads messages from a source, batches them, and sends
+//! them to the leader found through Consul (or to a fixed `--target`), retrying each batch with
+//! the same producer id and sequence number until it is acknowledged, so nothing is stored twice
+//! and nothing is dropped without being counted in the [`Summary`].
+//!
+//! Tasks: the source feeds a bounded channel; the run loop cuts batches from it ([`batch`]) and
+//! hands each to a sender task ([`sender`]), at most `--max-in-flight` at a time; a drain timer
+//! bounds how long pending batches are retried once the source has stopped.
+
+pub mod batch;
+mod error;
+pub mod sender;
+pub mod source;
+mod summary;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{
+    io::AsyncBufRead,
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
+
+use self::{
+    batch::{Batch, Batcher},
+    sender::{Outcome, Route, Router, Sender},
+    source::Emitter,
+};
+pub use self::{
+    error::ProducerError,
+    source::Source,
+    summary::{Ack, Stats, Summary},
+};
+use crate::{
+    consul::{ConsulClient, ConsulConfig},
+    discovery::{watch_leader, CurrentLeader},
+    shutdown::CancellationToken,
+};
+
+/// The election key the nodes contend for, whose value names the leader.
+pub const DEFAULT_ELECTION_KEY: &str = "service/simpleloggers/leader";
+
+/// How the producer runs. Every field is a flag of `simpleloggers producer` with an
+/// `SIMPLELOGGERS_*` environment fallback; [`Config::for_target`] and [`Config::for_consul`]
+/// build one with the defaults from Rust.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// How to reach Consul (used unless `--target` is given).
+    #[command(flatten)]
+    pub consul: ConsulConfig,
+    /// The Consul key whose value names the leader.
+    #[arg(long, env = "SIMPLELOGGERS_ELECTION_KEY", default_value = DEFAULT_ELECTION_KEY)]
+    pub election_key: String,
+    /// Send to this base URL (e.g. a Kubernetes Service) instead of discovering the leader.
+    #[arg(long, env = "SIMPLELOGGERS_TARGET")]
+    pub target: Option<String>,
+    /// Synthetic messages (`Message: N`) per second when neither `--stdin` nor `--file` is given;
+    /// 0 sends as fast as the leader accepts.
+    #[arg(long, env = "SIMPLELOGGERS_RATE", default_value_t = 1.0)]
+    pub rate: f64,
+    /// Send each line of standard input (blank lines are skipped and counted).
+    #[arg(long, env = "SIMPLELOGGERS_STDIN", conflicts_with = "file")]
+    pub stdin: bool,
+    /// Follow this file like `tail -F` and send each line, surviving rotation and truncation.
+    #[arg(long, env = "SIMPLELOGGERS_FILE")]
+    pub file: Option<PathBuf>,
+    /// With `--file`: start at the file's current end instead of its beginning.
+    #[arg(long, env = "SIMPLELOGGERS_FROM_END", requires = "file")]
+    pub from_end: bool,
+    /// With `--file`: how often to check for new lines, rotation and truncation at end of file.
+    #[arg(long, env = "SIMPLELOGGERS_FILE_POLL", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub file_poll: Duration,
+    /// Stop after this many messages (then drain and exit).
+    #[arg(long, env = "SIMPLELOGGERS_COUNT")]
+    pub count: Option<u64>,
+    /// Most messages per request.
+    #[arg(long, env = "SIMPLELOGGERS_BATCH_MAX", default_value_t = 1000)]
+    pub batch_max: usize,
+    /// Soft cap on a request body in bytes (a single larger message is still sent, alone).
+    #[arg(long, env = "SIMPLELOGGERS_BATCH_MAX_BYTES", default_value_t = 512 * 1024)]
+    pub batch_max_bytes: usize,
+    /// How long to wait for more messages to fill a batch once it has one.
+    #[arg(long, env = "SIMPLELOGGERS_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+    /// Batches in flight at once; more than 1 no longer keeps messages in order across retries.
+    #[arg(long, env = "SIMPLELOGGERS_MAX_IN_FLIGHT", default_value_t = 1)]
+    pub max_in_flight: usize,
+    /// Timeout of one request (connect, send and answer).
+    #[arg(long, env = "SIMPLELOGGERS_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// How long to keep retrying one batch before counting its messages as failed.
+    #[arg(long, env = "SIMPLELOGGERS_RETRY_MAX_ELAPSED", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub retry_max_elapsed: Duration,
+    /// Once the source has stopped (shutdown, `--count`, end of input): how long pending batches
+    /// may still be retried; what is left after that is reported as unacknowledged.
+    #[arg(long, env = "SIMPLELOGGERS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// `X-Producer-Id` (default: a random UUID v4). Reusing one across runs needs sequence
+    /// numbers that do not repeat: see `--first-seq`.
+    #[arg(long, env = "SIMPLELOGGERS_PRODUCER_ID")]
+    pub producer_id: Option<String>,
+    /// Sequence number of the first message. Default: 0 with a random producer id; with a
+    /// given `--producer-id`, the current Unix time in microseconds, so a restarted producer
+    /// does not reuse the sequence numbers of its previous run.
+    #[arg(long, env = "SIMPLELOGGERS_FIRST_SEQ")]
+    pub first_seq: Option<u64>,
+}
+
+impl Config {
+    /// Defaults (synthetic messages at 1/s, batches of up to 1000, ...) sending to the leader
+    /// discovered through Consul at `consul`.
+    pub fn for_consul(consul: ConsulConfig) -> Self {
+        Self {
+            consul,
+            election_key: DEFAULT_ELECTION_KEY.to_string(),
+            target: None,
+            rate: 1.0,
+            stdin: false,
+            file: None,
+            from_end: false,
+            file_poll: Duration::from_millis(200),
+            count: None,
+            batch_max: 1000,
+            batch_max_bytes: 512 * 1024,
+            linger: Duration::from_millis(5),
+            max_in_flight: 1,
+            request_timeout: Duration::from_secs(5),
+            retry_max_elapsed: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(30),
+            producer_id: None,
+            first_seq: None,
+        }
+    }
+
+    /// Defaults sending to the fixed base URL `target` (no Consul).
+    pub fn for_target(target: impl Into<String>) -> Self {
+        Self {
+            target: Some(target.into()),
+            ..Self::for_consul(ConsulConfig::default())
+        }
+    }
+
+    /// Checks what clap cannot.
+    ///
+    /// # Errors
+    /// [`ProducerError::Config`] naming the offending setting.
+    pub fn validate(&self) -> Result<(), ProducerError> {
+        let bad = |msg: &str| Err(ProducerError::Config(msg.to_string()));
+        if self.stdin && self.file.is_some() {
+            return bad("--stdin and --file are exclusive");
+        }
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            return bad("--rate must be a non-negative number");
+        }
+        if self.batch_max == 0 {
+            return bad("--batch-max must be at least 1");
+        }
+        if self.max_in_flight == 0 {
+            return bad("--max-in-flight must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            return bad("--request-timeout must be positive");
+        }
+        if let Some(target) = &self.target {
+            let raw = target.trim();
+            let url = if raw.contains("://") {
+                raw.to_string()
+            } else {
+                format!("http://{raw}")
+            };
+            match url::Url::parse(&url) {
+                Ok(parsed)
+                    if matches!(parsed.scheme(), "http" | "https")
+                        && parsed.host_str().is_some_and(|h| !h.is_empty()) => {}
+                _ => return bad(&format!("--target {target:?} is not a valid http(s) URL")),
+            }
+        }
+        if self.producer_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+            return bad("--producer-id must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The source these settings name (the synthetic one unless `--stdin` or `--file`).
+    pub fn source(&self) -> Source {
+        if let Some(path) = &self.file {
+            Source::File {
+                path: path.clone(),
+                from_end: self.from_end,
+                poll: self.file_poll,
+            }
+        } else if self.stdin {
+            Source::Lines(Box::new(tokio::io::BufReader::new(tokio::io::stdin())))
+        } else {
+            Source::Synthetic { rate: self.rate }
+        }
+    }
+}
+
+/// Optional ways to observe or feed a run (for the demo and tests).
+#[derive(Default)]
+pub struct Hooks {
+    /// Receives a fresh [`Summary`] after every batch outcome and a few times per second.
+    pub progress: Option<watch::Sender<Summary>>,
+    /// Receives every acknowledgement, in the order the producer learnt of them.
+    pub acks: Option<mpsc::UnboundedSender<Ack>>,
+    /// Read messages (one per line) from this instead of the configured source.
+    pub reader: Option<Box<dyn AsyncBufRead + Send + Unpin>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("progress", &self.progress.is_some())
+            .field("acks", &self.acks.is_some())
+            .field("reader", &self.reader.is_some())
+            .finish()
+    }
+}
+
+/// How often progress is published while nothing else happens.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs the producer until its source ends (`--count`, end of input) or `shutdown` is cancelled,
+/// then drains pending batches (bounded by `--drain-timeout`) and returns the [`Summary`].
+///
+/// # Errors
+/// Only when it cannot start: invalid configuration, or a Consul/HTTP client that cannot be
+/// built. Failed sends are counted in the summary instead.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary, ProducerError> {
+    run_with(config, shutdown, Hooks::default()).await
+}
+
+/// [`run`] with live progress, acknowledgements and/or a custom line source.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    hooks: Hooks,
+) -> Result<Summary, ProducerError> {
+    config.validate()?;
+    let (producer_id, first_seq) = identity(&config);
+    let client = reqwest::Client::builder()
+        .timeout(config.request_timeout)
+        .build()
+        .map_err(ProducerError::Http)?;
+    // Background tasks (the leader watch) outlive shutdown until the drain is over, then stop.
+    let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+    let route = match &config.target {
+        Some(target) => Route::Fixed(sender::base_url(target)),
+        None => {
+            let consul = ConsulClient::new(&config.consul).map_err(ProducerError::Consul)?;
+            let rx = watch_leader(consul, config.election_key.clone(), background.child_token());
+            tokio::spawn(log_leader_changes(rx.clone(), background.child_token()));
+            Route::Leader(rx)
+        }
+    };
+    tracing::info!(producer_id, first_seq, target = ?config.target, election_key = config.election_key, "producer starting");
+
+    let stats = Arc::new(Stats::new(producer_id.clone(), hooks.progress));
+    let sender = Arc::new(Sender {
+        client,
+        router: Arc::new(Router::new(route)),
+        producer_id,
+        retry_max_elapsed: config.retry_max_elapsed,
+    });
+
+    let capacity = config.batch_max.saturating_mul(2).clamp(1024, 1 << 20);
+    let (tx, rx) = mpsc::channel(capacity);
+    let source = match hooks.reader {
+        Some(reader) => Source::Lines(reader),
+        None => config.source(),
+    };
+    let source_done = CancellationToken::new();
+    let source_task = {
+        let emitter = Emitter::new(tx, config.count, stats.clone(), shutdown.clone());
+        let done = source_done.clone();
+        tokio::spawn(async move {
+            source::run(source, emitter).await;
+            done.cancel();
+        })
+    };
+
+    // The drain deadline starts when the source stops, for whatever reason.
+    let abort = CancellationToken::new();
+    {
+        let (abort, shutdown, source_done) = (abort.clone(), shutdown.clone(), source_done.clone());
+        let drain_timeout = config.drain_timeout;
+        let stop = background.child_token();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = source_done.cancelled() => {}
+                _ = stop.cancelled() => return,
+            }
+            tracing::info!(?drain_timeout, "source stopped; draining pending batches");
+            tokio::select! {
+                _ = tokio::time::sleep(drain_timeout) => {
+                    tracing::warn!("drain timeout reached; giving up on pending batches");
+                    abort.cancel();
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+
+    let mut batcher = Batcher::new(
+        rx,
+        first_seq,
+        config.batch_max,
+        config.batch_max_bytes,
+        config.linger,
+    );
+    let mut in_flight: JoinSet<(Batch, Outcome)> = JoinSet::new();
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let acks = hooks.acks;
+    let mut source_open = true;
+    while source_open || !in_flight.is_empty() {
+        tokio::select! {
+            joined = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Some(joined) = joined {
+                    record(joined, &stats, acks.as_ref());
+                }
+            }
+            next = batcher.next_batch(), if source_open && in_flight.len() < config.max_in_flight => {
+                match next {
+                    Some(batch) => {
+                        let (sender, abort, stats) = (sender.clone(), abort.clone(), stats.clone());
+                        in_flight.spawn(async move {
+                            let outcome = sender.deliver(&batch, &abort, || stats.add_retried()).await;
+                            (batch, outcome)
+                        });
+                    }
+                    None => source_open = false,
+                }
+            }
+            _ = ticker.tick() => stats.publish(),
+        }
+    }
+    if let Err(err) = source_task.await {
+        tracing::error!(%err, "the source task failed");
+    }
+    let summary = stats.snapshot();
+    stats.publish();
+    tracing::info!(%summary, "producer finished");
+    Ok(summary)
+}
+
+/// The producer id and first sequence number of this run.
+fn identity(config: &Config) -> (String, u64) {
+    match &config.producer_id {
+        None => (uuid::Uuid::new_v4().to_string(), config.first_seq.unwrap_or(0)),
+        Some(id) => {
+            let from_clock = || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+                    .unwrap_or(0)
+            };
+            (id.trim().to_string(), config.first_seq.unwrap_or_else(from_clock))
+        }
+    }
+}
+
+/// Counts a finished batch and forwards its acknowledgement.
+fn record(
+    joined: Result<(Batch, Outcome), tokio::task::JoinError>,
+    stats: &Stats,
+    acks: Option<&mpsc::UnboundedSender<Ack>>,
+) {
+    match joined {
+        Ok((_, Outcome::Acked(ack))) => {
+            if stats.add_ack(&ack) {
+                tracing::info!(
+                    leader = ack.leader,
+                    term = ack.term,
+                    "acknowledged by a new leader"
+                );
+            }
+            if let Some(acks) = acks {
+                // A dropped receiver only means nobody is listening any more.
+                let _ = acks.send(ack);
+            }
+        }
+        Ok((batch, Outcome::Failed(_))) => stats.add_failed(batch.count as u64),
+        Ok((batch, Outcome::Abandoned)) => {
+            tracing::warn!(
+                seq = batch.seq,
+                count = batch.count,
+                "batch not acknowledged before the drain timeout"
+            );
+            stats.publish();
+        }
+        // Its messages stay counted as sent and not acknowledged.
+        Err(err) => tracing::error!(%err, "a sender task failed"),
+    }
+}
+
+/// Logs every leader change the Consul watch reports.
+async fn log_leader_changes(mut rx: watch::Receiver<Option<CurrentLeader>>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        match rx.borrow_and_update().as_ref() {
+            Some(leader) => tracing::info!(
+                leader = leader.record.name,
+                address = leader.record.address,
+                term = leader.term,
+                "leader observed"
+            ),
+            None => tracing::info!("no leader in Consul; waiting for one"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    /// The flags' defaults are the ones `Config::for_consul` gives library users.
+    #[test]
+    fn flag_defaults_match_constructor() {
+        let parsed = Cli::try_parse_from(["producer"]).unwrap().config;
+        let built = Config::for_consul(parsed.consul.clone());
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    /// `--stdin` and `--file` exclude each other; nonsense numbers are refused.
+    #[test]
+    fn validation() {
+        assert!(Cli::try_parse_from(["producer", "--stdin", "--file", "x"]).is_err());
+        let mut c = Config::for_target("127.0.0.1:3000");
+        assert!(c.validate().is_ok());
+        c.batch_max = 0;
+        assert!(c.validate().is_err());
+        for bad in ["http://", "ftp://h:1", ""] {
+            assert!(Config::for_target(bad).validate().is_err(), "{bad:?}");
+        }
+        let mut c = Config::for_target("https://svc.ns:3000/");
+        assert!(c.validate().is_ok());
+        c.target = None;
+        c.rate = f64::NAN;
+        assert!(c.validate().is_err());
+    }
+
+    /// A random id starts at 0; a fixed id starts from the clock unless told otherwise.
+    #[test]
+    fn identity_rules() {
+        let c = Config::for_target("h:1");
+        let (id, seq) = identity(&c);
+        assert!(uuid::Uuid::parse_str(&id).is_ok());
+        assert_eq!(seq, 0);
+        let c = Config {
+            producer_id: Some("p1".into()),
+            ..Config::for_target("h:1")
+        };
+        assert!(identity(&c).1 > 1_600_000_000_000_000);
+        let c = Config {
+            producer_id: Some("p1".into()),
+            first_seq: Some(7),
+            ..c
+        };
+        assert_eq!(identity(&c), ("p1".to_string(), 7));
+    }
+}
