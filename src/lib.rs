@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`consul`]: typed Consul HTTP client (KV, sessions, agent, health, txn, blocking watches).
+//! - [`demo`]: `simpleloggers demo`: the whole system on one machine, verified at the end.
 //! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
 //! - [`election`]: the Elector: Consul session + KV lock + lease; publishes the LeaderState.
@@ -15,6 +16,7 @@
 //! - [`telemetry`]: tracing subscriber set-up.
 
 pub mod consul;
+pub mod demo;
 pub mod devconsul;
 pub mod discovery;
 pub mod election;

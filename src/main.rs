@@ -5,7 +5,7 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use simpleloggers::{
-    devconsul,
+    demo, devconsul,
     node::{self, NodeConfig},
     producer, shutdown,
     telemetry::{self, LogFormat},
@@ -32,6 +32,8 @@ enum Command {
     Producer(Box<producer::Config>),
     /// Run the embedded, in-memory, single-node Consul-compatible dev server.
     DevConsul(devconsul::Config),
+    /// Run the whole system on this machine: dev Consul, three nodes, a producer; verify at the end.
+    Demo(demo::DemoConfig),
 }
 
 #[tokio::main]
@@ -52,6 +54,12 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
             println!("simpleloggers dev-consul listening on http://{}", listener.local_addr()?);
             devconsul::run(listener, config, shutdown::on_signal()).await.context("dev-consul failed")?;
+        }
+        Command::Demo(config) => {
+            let verified = demo::run(config, shutdown::on_signal()).await.context("the demo could not run")?;
+            if !verified {
+                anyhow::bail!("verification failed: see the report above");
+            }
         }
         Command::Producer(config) => {
             let summary =
