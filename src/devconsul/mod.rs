@@ -152,6 +152,13 @@ impl App {
 
     /// Runs a mutation, then wakes blocking queries (if the index moved) and the timer task.
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut Store, Instant) -> R) -> R {
+        let result = self.write_quiet(f);
+        self.timers.notify_one();
+        result
+    }
+
+    /// Like [`App::write`] without waking the timer task (used by the timer task itself).
+    fn write_quiet<R>(&self, f: impl FnOnce(&mut Store, Instant) -> R) -> R {
         let (result, index) = {
             let mut store = self.lock();
             let result = f(&mut store, Instant::now());
@@ -162,7 +169,6 @@ impl App {
             *current = index;
             changed
         });
-        self.timers.notify_one();
         result
     }
 
@@ -226,7 +232,7 @@ pub async fn run(
 /// Fires session TTL timers and TTL-check deadlines exactly when due (no fixed polling).
 async fn timer_task(app: Arc<App>) {
     loop {
-        let next = app.write(|store, now| store.expire(now));
+        let next = app.write_quiet(|store, now| store.expire(now));
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             () = app.shutdown.cancelled() => return,
