@@ -301,3 +301,17 @@ async fn handle_stops_server() -> anyhow::Result<()> {
     assert!(http.get(url).send().await.is_err());
     Ok(())
 }
+
+/// G2: `?pretty` indents JSON responses (clients must not care either way).
+#[tokio::test]
+async fn g2_pretty() -> anyhow::Result<()> {
+    let dev = start().await?;
+    dev.put_json("/v1/kv/p", "v").await?;
+    let resp = dev.get("/v1/kv/p?pretty").await?;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await?;
+    assert!(text.contains('\n'), "{text}");
+    let v: Value = serde_json::from_str(&text)?;
+    assert_eq!(v[0]["Key"], "p");
+    Ok(())
+}
