@@ -580,3 +580,29 @@ async fn h5_agent_self() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A1/A4: re-registering an HTTP check as a TTL check stops the old probe (status now driven by TTL updates).
+#[tokio::test]
+async fn a1_reregister_changes_check_kind() -> anyhow::Result<()> {
+    let dev = start().await?;
+    let (url, _status) = flip_server().await?;
+    register(
+        &dev,
+        json!({"Name":"k","Check":{"CheckID":"k","HTTP":url,"Interval":"100ms"}}),
+    )
+    .await?;
+    eventually(Duration::from_secs(10), "HTTP check passing", || async {
+        Ok(check_status(&dev, "k").await? == "passing")
+    })
+    .await?;
+    register(&dev, json!({"Name":"k","Check":{"CheckID":"k","TTL":"60s"}})).await?;
+    dev.put("/v1/agent/check/warn/k?note=ttl-now", "").await?;
+    // Give a stale probe several intervals to (wrongly) overwrite the status.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = dev.get_json("/v1/agent/checks").await?["k"].clone();
+    assert_eq!(
+        (c["Status"].clone(), c["Output"].clone(), c["Type"].clone()),
+        (json!("warning"), json!("ttl-now"), json!("ttl"))
+    );
+    Ok(())
+}
