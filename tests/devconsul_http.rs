@@ -315,3 +315,16 @@ async fn g2_pretty() -> anyhow::Result<()> {
     assert_eq!(v[0]["Key"], "p");
     Ok(())
 }
+
+/// `spawn(Config::default())` picks a free port instead of Consul's 8500, so parallel tests never collide.
+#[tokio::test]
+async fn spawn_default_uses_free_port() -> anyhow::Result<()> {
+    let a = simpleloggers::devconsul::spawn(Config::default()).await?;
+    let b = simpleloggers::devconsul::spawn(Config::default()).await?;
+    assert_ne!(a.addr().port(), 8500);
+    assert_ne!(a.addr(), b.addr());
+    assert!(a.url().starts_with("http://127.0.0.1:"));
+    let leader: Value = reqwest::get(format!("{}/v1/status/leader", b.url())).await?.json().await?;
+    assert_eq!(leader, json!("127.0.0.1:8300"));
+    Ok(())
+}
