@@ -606,3 +606,31 @@ async fn a1_reregister_changes_check_kind() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A2/A4: TCP checks are probed by the server: a listening port passes, a closed one is critical.
+#[tokio::test]
+async fn a4_tcp_check() -> anyhow::Result<()> {
+    let dev = start().await?;
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let open_addr = open.local_addr()?.to_string();
+    let closed_addr = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    register(
+        &dev,
+        json!({"Name":"t1","Check":{"CheckID":"open","TCP":open_addr,"Interval":"100ms"}}),
+    )
+    .await?;
+    register(&dev, json!({"Name":"t2","Check":{"CheckID":"closed","TCP":closed_addr,"Interval":"100ms","Status":"passing"}}))
+        .await?;
+    eventually(Duration::from_secs(10), "open port passing", || async {
+        Ok(check_status(&dev, "open").await? == "passing")
+    })
+    .await?;
+    eventually(Duration::from_secs(10), "closed port critical", || async {
+        Ok(check_status(&dev, "closed").await? == "critical")
+    })
+    .await?;
+    drop(open);
+    Ok(())
+}

@@ -324,7 +324,10 @@ async fn spawn_default_uses_free_port() -> anyhow::Result<()> {
     assert_ne!(a.addr().port(), 8500);
     assert_ne!(a.addr(), b.addr());
     assert!(a.url().starts_with("http://127.0.0.1:"));
-    let leader: Value = reqwest::get(format!("{}/v1/status/leader", b.url())).await?.json().await?;
+    let leader: Value = reqwest::get(format!("{}/v1/status/leader", b.url()))
+        .await?
+        .json()
+        .await?;
     assert_eq!(leader, json!("127.0.0.1:8300"));
     Ok(())
 }

@@ -1060,6 +1060,26 @@ mod tests {
         assert!(!s.sessions.contains_key(&sid));
     }
 
+    /// A2: FailuresBeforeCritical / SuccessBeforePassing delay status changes by consecutive results.
+    #[test]
+    fn probe_thresholds() {
+        let mut s = store();
+        let now = Instant::now();
+        let mut check = s.checks[SERF_CHECK_ID].clone();
+        check.id = "h".into();
+        check.failures_before_critical = 2;
+        check.success_before_passing = 2;
+        s.checks.insert("h".into(), check);
+        s.check_probe_result("h", Status::Critical, "down".into(), now);
+        assert_eq!(s.checks["h"].status, Status::Passing);
+        s.check_probe_result("h", Status::Critical, "down".into(), now);
+        assert_eq!(s.checks["h"].status, Status::Critical);
+        s.check_probe_result("h", Status::Passing, "up".into(), now);
+        assert_eq!(s.checks["h"].status, Status::Critical);
+        s.check_probe_result("h", Status::Passing, "up".into(), now);
+        assert_eq!(s.checks["h"].status, Status::Passing);
+    }
+
     /// K14: empty and unknown sessions are errors.
     #[test]
     fn acquire_errors() {
