@@ -306,6 +306,7 @@ pub(crate) fn register(ctx: &Ctx) -> ApiResult {
         None => false,
         Some(v) => v.is_empty() || v == "true",
     };
+    let registered: Vec<String> = checks.iter().map(|c| c.id.clone()).collect();
     let probes: Vec<(String, CheckKind)> = checks
         .iter()
         .filter(|c| matches!(c.kind, CheckKind::Http { .. } | CheckKind::Tcp { .. }))
@@ -316,6 +317,15 @@ pub(crate) fn register(ctx: &Ctx) -> ApiResult {
         store.checks.keys().cloned().collect::<Vec<_>>()
     });
     stop_runners_except(&ctx.app, &live);
+    // A re-registered check may have changed kind: stop its old probe before starting new ones.
+    {
+        let mut runners = ctx.app.runners();
+        for id in &registered {
+            if let Some(token) = runners.remove(id) {
+                token.cancel();
+            }
+        }
+    }
     for (id, kind) in probes {
         start_runner(&ctx.app, id, kind);
     }

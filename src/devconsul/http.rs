@@ -148,6 +148,7 @@ pub(crate) struct Ctx {
 
 /// Every endpoint served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // each variant is named after the path in ROUTES
 pub(crate) enum Route {
     Kv,
     Txn,
@@ -230,13 +231,38 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     } else {
         "allow"
     };
+    let pretty = Query::parse(req.uri().query()).has("pretty");
     let mut resp = match handle(app, req).await {
         Ok(resp) => resp,
         Err(err) => err.into_response(),
     };
+    if pretty {
+        resp = prettify(resp).await;
+    }
     resp.headers_mut()
         .insert("X-Consul-Default-ACL-Policy", HeaderValue::from_static(policy));
     resp
+}
+
+/// `?pretty` (rule G2): re-indents a JSON body; anything else passes through.
+async fn prettify(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == "application/json");
+    if !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = to_bytes(body, usize::MAX).await else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "failed to read response body");
+    };
+    let pretty = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| serde_json::to_vec_pretty(&v).ok())
+        .unwrap_or_else(|| bytes.to_vec());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(pretty))
 }
 
 /// The token a request presents (rule T1): `?token=`, `X-Consul-Token`, `Authorization: Bearer`.
@@ -340,6 +366,8 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         if let Some(n) = declared.filter(|n: &usize| *n > MAX_VALUE_SIZE) {
+            // Drain (bounded) so the client sees the 413 rather than a reset connection.
+            let _ = to_bytes(body, MAX_BODY).await;
             return Err(too_large(n));
         }
         MAX_VALUE_SIZE

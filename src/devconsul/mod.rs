@@ -152,6 +152,13 @@ impl App {
 
     /// Runs a mutation, then wakes blocking queries (if the index moved) and the timer task.
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut Store, Instant) -> R) -> R {
+        let result = self.write_quiet(f);
+        self.timers.notify_one();
+        result
+    }
+
+    /// Like [`App::write`] without waking the timer task (used by the timer task itself).
+    fn write_quiet<R>(&self, f: impl FnOnce(&mut Store, Instant) -> R) -> R {
         let (result, index) = {
             let mut store = self.lock();
             let result = f(&mut store, Instant::now());
@@ -162,7 +169,6 @@ impl App {
             *current = index;
             changed
         });
-        self.timers.notify_one();
         result
     }
 
@@ -226,7 +232,7 @@ pub async fn run(
 /// Fires session TTL timers and TTL-check deadlines exactly when due (no fixed polling).
 async fn timer_task(app: Arc<App>) {
     loop {
-        let next = app.write(|store, now| store.expire(now));
+        let next = app.write_quiet(|store, now| store.expire(now));
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             () = app.shutdown.cancelled() => return,
@@ -297,22 +303,25 @@ impl Drop for DevConsulHandle {
     }
 }
 
-/// Binds `config.listen` (use [`Config::ephemeral`] for `127.0.0.1:0`), spawns the server on the
-/// current runtime and returns its handle.
+/// Test/demo convenience: binds `127.0.0.1:0` (any free port) — or `config.listen` when it was
+/// changed from the default `127.0.0.1:8500`, so `spawn(Config::default())` never collides with a
+/// real Consul or a parallel test — spawns the server on the current runtime and returns its
+/// handle. To serve on 8500 itself, bind a listener and call [`run`].
 ///
 /// # Errors
 /// The address cannot be bound.
 pub async fn spawn(config: Config) -> Result<DevConsulHandle, DevConsulError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let bind = if config.listen == Config::default().listen {
+        Config::ephemeral().listen
+    } else {
+        config.listen
+    };
+    let listener = tokio::net::TcpListener::bind(bind)
         .await
-        .map_err(|source| DevConsulError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| DevConsulError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+        .map_err(|source| DevConsulError::Bind { addr: bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| DevConsulError::Bind { addr: bind, source })?;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(listener, config, shutdown.clone()));
     Ok(DevConsulHandle {

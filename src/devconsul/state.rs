@@ -1013,6 +1013,73 @@ mod tests {
         assert_eq!(s.kv["k"].lock_index, 2);
     }
 
+    /// L3: lock-delay is capped at 60s (MaxLockDelay).
+    #[test]
+    fn lock_delay_is_capped() {
+        let mut s = store();
+        let now = Instant::now();
+        let sid = new_session(&mut s, 600_000_000_000, Behavior::Release, now);
+        assert_eq!(s.kv_acquire("k", vec![], 0, &sid, now), Ok(true));
+        s.session_invalidate(&sid, &Invalidation::TtlExpired, now);
+        assert!(s.in_lock_delay("k", now + Duration::from_secs(59)));
+        assert!(!s.in_lock_delay("k", now + Duration::from_secs(61)));
+    }
+
+    /// A8/L1: a check turning critical invalidates bound sessions; warning does not.
+    #[test]
+    fn critical_check_invalidates_bound_sessions() {
+        let mut s = store();
+        let now = Instant::now();
+        let service = Service {
+            id: "svc".into(),
+            name: "svc".into(),
+            tags: vec![],
+            address: String::new(),
+            meta: BTreeMap::new(),
+            port: 0,
+            weights: Weights::default(),
+            enable_tag_override: false,
+            create_index: 0,
+            modify_index: 0,
+        };
+        let mut check = s.checks[SERF_CHECK_ID].clone();
+        check.id = "c".into();
+        check.service_id = "svc".into();
+        check.kind = CheckKind::Ttl {
+            ttl: Duration::from_secs(60),
+        };
+        check.status = Status::Passing;
+        s.service_register(service, vec![check], false, now);
+        let sid = new_session(&mut s, 0, Behavior::Release, now);
+        if let Some(session) = s.sessions.get_mut(&sid) {
+            session.checks.push("c".into());
+        }
+        s.check_set("c", Status::Warning, String::new(), now);
+        assert!(s.sessions.contains_key(&sid));
+        s.check_set("c", Status::Critical, String::new(), now);
+        assert!(!s.sessions.contains_key(&sid));
+    }
+
+    /// A2: FailuresBeforeCritical / SuccessBeforePassing delay status changes by consecutive results.
+    #[test]
+    fn probe_thresholds() {
+        let mut s = store();
+        let now = Instant::now();
+        let mut check = s.checks[SERF_CHECK_ID].clone();
+        check.id = "h".into();
+        check.failures_before_critical = 2;
+        check.success_before_passing = 2;
+        s.checks.insert("h".into(), check);
+        s.check_probe_result("h", Status::Critical, "down".into(), now);
+        assert_eq!(s.checks["h"].status, Status::Passing);
+        s.check_probe_result("h", Status::Critical, "down".into(), now);
+        assert_eq!(s.checks["h"].status, Status::Critical);
+        s.check_probe_result("h", Status::Passing, "up".into(), now);
+        assert_eq!(s.checks["h"].status, Status::Critical);
+        s.check_probe_result("h", Status::Passing, "up".into(), now);
+        assert_eq!(s.checks["h"].status, Status::Passing);
+    }
+
     /// K14: empty and unknown sessions are errors.
     #[test]
     fn acquire_errors() {
