@@ -30,7 +30,7 @@ use super::{
 };
 
 /// A group is written out once this many bytes are queued, even if more appends are waiting.
-const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -705,6 +705,10 @@ impl Writer {
         for (reply, outcome) in part.replies {
             let _ = reply.send(Ok(outcome));
         }
+        // Keep the encode buffer's allocation for the next group (no regrowth, no page faults).
+        let mut buf = part.buf;
+        buf.clear();
+        self.part.buf = buf;
     }
 
     fn write_part(&mut self, buf: &[u8]) -> Result<(), LogError> {
