@@ -202,11 +202,14 @@ impl LogStore {
             writable: AtomicBool::new(true),
         });
         let (tx, rx) = mpsc::channel();
+        let syncer = spawn_syncer()?;
         let mut writer = Writer {
             shared: shared.clone(),
             rx,
             st: writer_state,
             part: Part::default(),
+            inflight: None,
+            syncer,
         };
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
@@ -477,6 +480,41 @@ struct Part {
     before: Option<(u64, Option<(u64, u64)>)>,
     /// Newest timestamp in the part.
     max_ts: u64,
+    /// Active segment length before the part was written (where a failure cuts back to).
+    len_before: u64,
+    /// Active segment length after the part was written.
+    len_after: u64,
+    /// Next offset after the part (its visible end once durable).
+    next_after: u64,
+    /// Last `(term, offset)` after the part.
+    last_term_after: Option<(u64, u64)>,
+}
+
+/// A part that is written and whose `fdatasync` is running on the sync thread; the writer
+/// encodes and writes the next part meanwhile (write/sync pipelining under `always`).
+struct Inflight {
+    /// The written part, acknowledged when the sync succeeds.
+    part: Part,
+    /// Result of the sync.
+    done: mpsc::Receiver<std::io::Result<()>>,
+}
+
+/// A request to the sync thread: sync this file, report here.
+type SyncJob = (Arc<File>, mpsc::SyncSender<std::io::Result<()>>);
+
+/// Start the thread that runs `fdatasync` for the writer, so that the next group's write overlaps
+/// the current group's sync. It stops when the writer drops its sender.
+fn spawn_syncer() -> Result<mpsc::Sender<SyncJob>, LogError> {
+    let (tx, rx) = mpsc::channel::<SyncJob>();
+    std::thread::Builder::new()
+        .name("log-sync".into())
+        .spawn(move || {
+            for (file, done) in rx {
+                let _ = done.send(file.sync_data());
+            }
+        })
+        .map_err(|e| LogError::io("spawn sync thread", PathBuf::new(), e))?;
+    Ok(tx)
 }
 
 /// The single writer: owns all mutations of the log.
@@ -485,6 +523,10 @@ struct Writer {
     rx: mpsc::Receiver<Command>,
     st: WriterState,
     part: Part,
+    /// The part whose sync is running, if any (only under `always`).
+    inflight: Option<Inflight>,
+    /// Queue to the sync thread.
+    syncer: mpsc::Sender<SyncJob>,
 }
 
 impl Writer {
@@ -506,19 +548,26 @@ impl Writer {
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
+                // A sync is running: take more work if some is queued, else wait for the sync.
+                _ if self.inflight.is_some() => match self.rx.try_recv() {
+                    Ok(cmd) => cmd,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let _ = self.settle_all();
+                        continue;
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                },
                 _ => match self.rx.recv() {
                     Ok(cmd) => cmd,
                     Err(_) => break,
                 },
             };
             if self.process(cmd) {
-                self.commit_part();
                 return;
             }
             // Group commit: take everything already queued into the same write + sync.
             while let Ok(cmd) = self.rx.try_recv() {
                 if self.process(cmd) {
-                    self.commit_part();
                     return;
                 }
                 if self.part.buf.len() >= MAX_GROUP_BYTES {
@@ -532,10 +581,16 @@ impl Writer {
                 }
             }
         }
-        self.commit_part();
-        if self.st.dirty {
+        if self.drain().is_ok() && self.st.dirty {
             let _ = self.sync();
         }
+    }
+
+    /// Write out the current part and wait for every running sync: afterwards everything
+    /// admitted is durable (or failed and rolled back).
+    fn drain(&mut self) -> Result<(), LogError> {
+        self.commit_part();
+        self.settle_all()
     }
 
     /// Handle one command; true when the writer must stop.
@@ -548,20 +603,17 @@ impl Writer {
                 reply,
             } => self.admit(term, producer, payloads, reply),
             Command::Truncate { from, reply } => {
-                self.commit_part();
-                let _ = reply.send(self.truncate(from));
+                let _ = reply.send(self.drain().and_then(|()| self.truncate(from)));
             }
             Command::Retention { reply } => {
-                self.commit_part();
+                let _ = self.drain();
                 let _ = reply.send(Ok(self.retention()));
             }
             Command::Flush { reply } => {
-                self.commit_part();
-                let _ = reply.send(self.sync());
+                let _ = reply.send(self.drain().and_then(|()| self.sync()));
             }
             Command::Close { reply } => {
-                self.commit_part();
-                let _ = reply.send(self.sync());
+                let _ = reply.send(self.drain().and_then(|()| self.sync()));
                 return true;
             }
         }
@@ -610,8 +662,7 @@ impl Writer {
             .sum();
         let used = self.st.written_len + self.part.buf.len() as u64;
         if used > 0 && used + batch_len > self.config().segment_bytes {
-            self.commit_part();
-            if let Err(e) = self.roll() {
+            if let Err(e) = self.drain().and_then(|()| self.roll()) {
                 tracing::error!(error = %e, "segment roll failed");
                 self.shared.writable.store(false, Ordering::Release);
                 let _ = reply.send(Err(e));
@@ -655,20 +706,135 @@ impl Writer {
             .push((reply, AppendOutcome::Appended { first, count }));
     }
 
-    /// Write the current part, sync it under `always`, make it visible and acknowledge it. On a
-    /// failure, cut the file back, roll back the producer table and fail every reply of the part.
+    /// Write the current part. Under `always`, wait for the previous part's sync (which ran while
+    /// this part was being admitted and written), then start this part's sync; it is acknowledged
+    /// when that sync completes. Otherwise make it visible and acknowledge it right away.
     fn commit_part(&mut self) {
-        let part = std::mem::take(&mut self.part);
+        let mut part = std::mem::take(&mut self.part);
         if part.buf.is_empty() {
-            for (reply, outcome) in part.replies {
-                let _ = reply.send(Ok(outcome));
+            // Only duplicates: they may point into the part still syncing, so they wait for it.
+            match &mut self.inflight {
+                Some(inflight) => inflight.part.replies.append(&mut part.replies),
+                None => {
+                    for (reply, outcome) in part.replies {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
             }
             return;
         }
+        part.len_before = self.st.written_len;
         if let Err(e) = self.write_part(&part.buf) {
-            tracing::error!(error = %e, "append failed; rolling back to the last good position");
-            self.shared.writable.store(false, Ordering::Release);
-            self.cut_back();
+            // This part failed; the one still syncing may yet succeed. Undo newest first.
+            let older = self.settle();
+            let mut parts = vec![part];
+            parts.extend(older.err().map(|(p, _)| p));
+            self.fail_parts(parts, e);
+            return;
+        }
+        self.st.written_len += part.buf.len() as u64;
+        part.len_after = self.st.written_len;
+        part.next_after = self.st.next_offset;
+        part.last_term_after = self.st.last_term;
+        // Keep the encode buffer's allocation for the next group (no regrowth, no page faults).
+        let mut buf = std::mem::take(&mut part.buf);
+        buf.clear();
+        self.part.buf = buf;
+        if self.config().durability != Durability::Always {
+            self.st.dirty = true;
+            self.publish(part);
+            return;
+        }
+        if let Err((older, e)) = self.settle() {
+            // The earlier sync failed: this part's bytes sit after the bad ones; drop both.
+            self.fail_parts(vec![part, older], e);
+            return;
+        }
+        let (tx, done) = mpsc::sync_channel(1);
+        match self
+            .shared
+            .config
+            .fault_injector
+            .as_ref()
+            .and_then(|f| f.sync_error())
+        {
+            Some(e) => {
+                let _ = tx.send(Err(e));
+            }
+            None => {
+                if let Err(mpsc::SendError((file, tx))) = self.syncer.send((self.st.active.clone(), tx)) {
+                    let _ = tx.send(file.sync_data()); // sync thread gone: sync inline
+                }
+            }
+        }
+        self.inflight = Some(Inflight { part, done });
+    }
+
+    /// Wait for the running sync, if any, and acknowledge its part. On failure, return the part
+    /// (not yet rolled back: the caller undoes newer parts first).
+    fn settle(&mut self) -> Result<(), (Part, LogError)> {
+        let Some(inflight) = self.inflight.take() else {
+            return Ok(());
+        };
+        let res = inflight
+            .done
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("sync thread stopped")));
+        match res {
+            Ok(()) => {
+                self.st.last_sync = Instant::now();
+                self.publish(inflight.part);
+                Ok(())
+            }
+            Err(e) => Err((
+                inflight.part,
+                LogError::io("sync segment", &self.st.active_path, e),
+            )),
+        }
+    }
+
+    /// [`settle`](Self::settle), rolling back on failure.
+    fn settle_all(&mut self) -> Result<(), LogError> {
+        self.settle().map_err(|(part, e)| {
+            let copy = e.duplicate();
+            self.fail_parts(vec![part], e);
+            copy
+        })
+    }
+
+    /// Make a written (and, under `always`, synced) part visible and acknowledge it.
+    fn publish(&mut self, part: Part) {
+        let end = part.next_after;
+        {
+            let mut state = self.shared.state.write();
+            let interval = self.shared.config.index_interval_bytes;
+            if let Some(seg) = state.segments.last_mut() {
+                for &(offset, position) in &part.positions {
+                    seg.index.maybe_add(offset, position, interval);
+                }
+                seg.len = part.len_after;
+                seg.end = end;
+                seg.last_term = part.last_term_after;
+                seg.max_timestamp_ms = seg.max_timestamp_ms.max(part.max_ts);
+            }
+            state.end = end;
+            state.last_term = part.last_term_after;
+        }
+        self.shared.writable.store(true, Ordering::Release);
+        self.shared.visible.send_replace(end);
+        for (reply, outcome) in part.replies {
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    /// Roll back failed parts (newest first): restore the producer table and offsets, cut the
+    /// file back to where the oldest one started, and fail every reply.
+    fn fail_parts(&mut self, parts: Vec<Part>, e: LogError) {
+        tracing::error!(error = %e, "append failed; rolling back to the last good position");
+        self.shared.writable.store(false, Ordering::Release);
+        let mut replies = Vec::new();
+        let mut cut_to = self.st.written_len;
+        for part in parts {
             let mut producers = self.shared.producers.lock();
             for (id, prior) in part.undo.into_iter().rev() {
                 producers.restore(&id, prior);
@@ -678,39 +844,17 @@ impl Writer {
                 self.st.next_offset = next;
                 self.st.last_term = last_term;
             }
-            for (reply, _) in part.replies {
-                let _ = reply.send(Err(e.duplicate()));
-            }
-            return;
+            cut_to = cut_to.min(part.len_before);
+            replies.extend(part.replies);
         }
-        self.st.written_len += part.buf.len() as u64;
-        let end = self.st.next_offset;
-        {
-            let mut state = self.shared.state.write();
-            let interval = self.shared.config.index_interval_bytes;
-            if let Some(seg) = state.segments.last_mut() {
-                for &(offset, position) in &part.positions {
-                    seg.index.maybe_add(offset, position, interval);
-                }
-                seg.len = self.st.written_len;
-                seg.end = end;
-                seg.last_term = self.st.last_term;
-                seg.max_timestamp_ms = seg.max_timestamp_ms.max(part.max_ts);
-            }
-            state.end = end;
-            state.last_term = self.st.last_term;
+        self.st.written_len = cut_to;
+        self.cut_back();
+        for (reply, _) in replies {
+            let _ = reply.send(Err(e.duplicate()));
         }
-        self.shared.writable.store(true, Ordering::Release);
-        self.shared.visible.send_replace(end);
-        for (reply, outcome) in part.replies {
-            let _ = reply.send(Ok(outcome));
-        }
-        // Keep the encode buffer's allocation for the next group (no regrowth, no page faults).
-        let mut buf = part.buf;
-        buf.clear();
-        self.part.buf = buf;
     }
 
+    /// Write a part's bytes at the end of the active segment (no sync).
     fn write_part(&mut self, buf: &[u8]) -> Result<(), LogError> {
         let path = &self.st.active_path;
         if self.st.needs_repair {
@@ -737,14 +881,7 @@ impl Writer {
         self.st
             .active
             .write_all_at(buf, self.st.written_len)
-            .map_err(|e| LogError::io("write segment", path, e))?;
-        match self.config().durability {
-            Durability::Always => self.sync(),
-            _ => {
-                self.st.dirty = true;
-                Ok(())
-            }
-        }
+            .map_err(|e| LogError::io("write segment", path, e))
     }
 
     /// After a failed write or sync: remove whatever part of it reached the file.
