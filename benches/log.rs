@@ -178,7 +178,16 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir_in(root.path())?;
     let batched = rt.block_on(batched_appends(dir.path()))?;
-    println!("log: always, batched appends ({BATCH_APPENDERS} appenders x 256 x 4 KiB): {batched:>8.1} MiB/s ({:.0}% of sequential)", 100.0 * batched / seq);
+    // The shared disk is noisy: measure sequential bandwidth again right after and compare
+    // against the higher of the two (the conservative choice).
+    let seq_after = sequential_bandwidth(root.path())?;
+    println!("disk: sequential write measured again after the batched phase: {seq_after:.1} MiB/s");
+    let seq = seq.max(seq_after);
+    println!(
+        "log: always, batched appends ({BATCH_APPENDERS} appenders x 256 x 4 KiB): {batched:>8.1} MiB/s \
+         ({:.0}% of the higher sequential figure, {seq:.1} MiB/s)",
+        100.0 * batched / seq
+    );
 
     let fsync_after = fdatasync_rate(root.path())?;
     let fsync = fsync_before.max(fsync_after);

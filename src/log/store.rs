@@ -728,7 +728,7 @@ impl Writer {
             // This part failed; the one still syncing may yet succeed. Undo newest first.
             let older = self.settle();
             let mut parts = vec![part];
-            parts.extend(older.err().map(|(p, _)| p));
+            parts.extend(older.err().map(|b| b.0));
             self.fail_parts(parts, e);
             return;
         }
@@ -745,7 +745,8 @@ impl Writer {
             self.publish(part);
             return;
         }
-        if let Err((older, e)) = self.settle() {
+        if let Err(failed) = self.settle() {
+            let (older, e) = *failed;
             // The earlier sync failed: this part's bytes sit after the bad ones; drop both.
             self.fail_parts(vec![part, older], e);
             return;
@@ -772,7 +773,7 @@ impl Writer {
 
     /// Wait for the running sync, if any, and acknowledge its part. On failure, return the part
     /// (not yet rolled back: the caller undoes newer parts first).
-    fn settle(&mut self) -> Result<(), (Part, LogError)> {
+    fn settle(&mut self) -> Result<(), Box<(Part, LogError)>> {
         let Some(inflight) = self.inflight.take() else {
             return Ok(());
         };
@@ -786,16 +787,17 @@ impl Writer {
                 self.publish(inflight.part);
                 Ok(())
             }
-            Err(e) => Err((
+            Err(e) => Err(Box::new((
                 inflight.part,
                 LogError::io("sync segment", &self.st.active_path, e),
-            )),
+            ))),
         }
     }
 
     /// [`settle`](Self::settle), rolling back on failure.
     fn settle_all(&mut self) -> Result<(), LogError> {
-        self.settle().map_err(|(part, e)| {
+        self.settle().map_err(|failed| {
+            let (part, e) = *failed;
             let copy = e.duplicate();
             self.fail_parts(vec![part], e);
             copy
