@@ -266,6 +266,16 @@ async fn disk_errors_fail_cleanly_and_recover() -> TestResult {
     assert_eq!(log.end_offset(), 2);
     assert_eq!(std::fs::metadata(&seg)?.len(), good_len, "partial write cut back");
     assert_eq!(log.producer_last_seq("p"), Some(1), "producer table rolled back");
+    // A batch big enough to be written out in pieces while still being admitted fails the same way.
+    let big = vec![Bytes::from(vec![7u8; 4096]); 600];
+    let err = log.append(1, None, big).await.expect_err("disk full");
+    assert!(err.is_disk_full(), "{err}");
+    assert_eq!(log.end_offset(), 2);
+    assert_eq!(
+        std::fs::metadata(&seg)?.len(),
+        good_len,
+        "partial chunks cut back"
+    );
 
     faults.clear();
     faults.fail_syncs(1, libc::EIO);
