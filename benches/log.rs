@@ -164,7 +164,14 @@ fn main() -> anyhow::Result<()> {
     let chunked = chunked_sync_bandwidth(root.path())?;
     println!("disk: 16 MiB write + fdatasync loop (upper bound of a non-pipelined group commit): {chunked:>8.1} MiB/s");
     let mut rates = Vec::new();
+    // `BENCH_LOG_APPENDERS=64` runs only that appender count (for profiling).
+    let only: Option<usize> = std::env::var("BENCH_LOG_APPENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for n in [1usize, 16, 64, 256] {
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
         let dir = tempfile::tempdir_in(root.path())?;
         let rate = rt.block_on(concurrent_appends(dir.path(), n))?;
         if n == 64 {

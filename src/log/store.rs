@@ -12,7 +12,7 @@ use std::{
         mpsc, Arc,
     },
     thread::JoinHandle,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -35,6 +35,8 @@ const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// admitted (one `fdatasync` still covers the whole group): the copy into the page cache then
 /// reads data that is still in the CPU cache instead of a cold multi-MiB buffer.
 const WRITE_CHUNK: usize = 1024 * 1024;
+/// How long the writer polls for the next append before sleeping (see `Writer::recv_soon`).
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -565,7 +567,7 @@ impl Writer {
                     }
                     Err(mpsc::TryRecvError::Disconnected) => break,
                 },
-                _ => match self.rx.recv() {
+                _ => match self.recv_soon() {
                     Ok(cmd) => cmd,
                     Err(_) => break,
                 },
@@ -592,6 +594,23 @@ impl Writer {
         if self.drain().is_ok() && self.st.dirty {
             let _ = self.sync();
         }
+    }
+
+    /// Under `always`, poll the queue for a short while before sleeping: acknowledged appenders
+    /// usually send again within microseconds, and catching them without a futex sleep/wake
+    /// round trip shortens every group-commit cycle. Otherwise (or after the spin) block.
+    fn recv_soon(&mut self) -> Result<Command, mpsc::RecvError> {
+        if self.config().durability == Durability::Always {
+            let deadline = Instant::now() + SPIN_BEFORE_SLEEP;
+            while Instant::now() < deadline {
+                match self.rx.try_recv() {
+                    Ok(cmd) => return Ok(cmd),
+                    Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+                }
+            }
+        }
+        self.rx.recv()
     }
 
     /// Write out the current part and wait for every running sync: afterwards everything
