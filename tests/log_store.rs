@@ -436,8 +436,8 @@ async fn retention_by_bytes_and_age() -> TestResult {
     Ok(())
 }
 
-/// A tailing reader waiting for the next offset wakes when a record is appended, and `subscribe`
-/// reports the new visible end.
+/// A tailing reader waiting for the next offset wakes when a record is appended, `subscribe`
+/// reports the new visible end, and closing the store releases waiters with `Closed`.
 #[tokio::test]
 async fn tailing_wakes_on_append() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -451,6 +451,14 @@ async fn tailing_wakes_on_append() -> TestResult {
     assert_eq!(waiter.await??, 1);
     watch.changed().await?;
     assert_eq!(*watch.borrow(), 1);
+    // A reader waiting past the end is released with `Closed` when the store closes.
+    let waiter = {
+        let log = log.clone();
+        tokio::spawn(async move { log.wait_for(5).await })
+    };
+    tokio::task::yield_now().await;
+    log.close().await?;
+    assert!(matches!(waiter.await?, Err(LogError::Closed)));
     Ok(())
 }
 

@@ -94,6 +94,8 @@ struct Shared {
     visible: watch::Sender<u64>,
     /// False after a failed write or sync, until a write succeeds again (readiness).
     writable: AtomicBool,
+    /// Set once the writer has stopped (after `close`).
+    closed: AtomicBool,
 }
 
 /// Messages to the writer thread.
@@ -206,6 +208,7 @@ impl LogStore {
             producers: Mutex::new(rec.producers),
             visible,
             writable: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
         let syncer = spawn_syncer()?;
@@ -322,15 +325,19 @@ impl LogStore {
     }
 
     /// Wait until the record at `offset` is visible; returns the visible end offset (> `offset`).
+    /// Cancel-safe: drop the future (e.g. in `select!` with a shutdown token) to stop waiting.
     ///
     /// # Errors
-    /// [`LogError::Closed`] if the store goes away while waiting.
+    /// [`LogError::Closed`] if the store is closed while waiting.
     pub async fn wait_for(&self, offset: u64) -> Result<u64, LogError> {
         let mut rx = self.subscribe();
         loop {
             let end = *rx.borrow_and_update();
             if end > offset {
                 return Ok(end);
+            }
+            if self.inner.shared.closed.load(Ordering::Acquire) {
+                return Err(LogError::Closed);
             }
             rx.changed().await.map_err(|_| LogError::Closed)?;
         }
@@ -641,6 +648,9 @@ impl Writer {
             }
             Command::Close { reply } => {
                 let _ = reply.send(self.drain().and_then(|()| self.sync()));
+                // Wake tailing readers so that `wait_for` can report the store as closed.
+                self.shared.closed.store(true, Ordering::Release);
+                self.shared.visible.send_modify(|_| {});
                 return true;
             }
         }
