@@ -541,6 +541,21 @@ async fn damaged_sealed_record_fails_the_read() -> TestResult {
     Ok(())
 }
 
+/// A second store cannot open a directory that an open store holds; once the first is closed,
+/// it can.
+#[tokio::test]
+async fn directory_is_locked_while_open() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let log = LogStore::open(small_config(dir.path())).await?;
+    let err = LogStore::open(small_config(dir.path()))
+        .await
+        .expect_err("locked");
+    assert!(err.to_string().contains("another store"), "{err}");
+    log.close().await?;
+    LogStore::open(small_config(dir.path())).await?.close().await?;
+    Ok(())
+}
+
 /// Byte positions of the frames in a segment file (walks the length prefixes).
 fn record_starts(bytes: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();

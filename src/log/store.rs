@@ -96,6 +96,35 @@ struct Shared {
     writable: AtomicBool,
     /// Set once the writer has stopped (after `close`).
     closed: AtomicBool,
+    /// The exclusive `flock` on `<dir>/LOCK`, released when the last user of the store is gone.
+    _lock: File,
+}
+
+/// Take an exclusive lock on the log directory so that two stores (or two processes) never
+/// write the same log.
+///
+/// # Errors
+/// [`LogError::Io`] (`EWOULDBLOCK`) when another store holds the directory.
+fn lock_dir(dir: &std::path::Path) -> Result<File, LogError> {
+    use std::os::fd::AsRawFd;
+    fs::create_dir_all(dir).map_err(|e| LogError::io("create log directory", dir, e))?;
+    let path = dir.join("LOCK");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LogError::io("open lock file", &path, e))?;
+    // SAFETY: flock on a valid, owned file descriptor; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(LogError::io(
+            "lock log directory (is another store open on it?)",
+            &path,
+            e,
+        ));
+    }
+    Ok(file)
 }
 
 /// Messages to the writer thread.
@@ -180,9 +209,12 @@ impl LogStore {
     /// [`LogError::Corrupt`] for damage in the middle of the log, I/O errors otherwise.
     pub async fn open(config: LogConfig) -> Result<LogStore, LogError> {
         let cfg = config.clone();
-        let rec = tokio::task::spawn_blocking(move || recovery::recover(&cfg))
-            .await
-            .map_err(|_| LogError::Closed)??;
+        let (lock, rec) = tokio::task::spawn_blocking(move || {
+            let lock = lock_dir(&cfg.dir)?;
+            Ok::<_, LogError>((lock, recovery::recover(&cfg)?))
+        })
+        .await
+        .map_err(|_| LogError::Closed)??;
         let start = rec.segments.first().map_or(0, |s| s.base);
         let end = rec.segments.last().map_or(0, |s| s.end);
         let active = rec.segments.last().ok_or(LogError::Closed)?;
@@ -209,6 +241,7 @@ impl LogStore {
             visible,
             writable: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            _lock: lock,
         });
         let (tx, rx) = mpsc::channel();
         let syncer = spawn_syncer()?;
