@@ -19,3 +19,6 @@ unit: ## cargo test (unit + integration tests over loopback)
 
 demo: ## the one-command local cluster
 	$(CARGO) run --release --locked -- demo
+
+bench-log: ## log store benchmark: fdatasync rate, concurrent appends, batched MB/s vs disk bandwidth
+	$(CARGO) bench --locked --bench log

@@ -112,12 +112,16 @@ fn body(n: u64, size: usize) -> Bytes {
     Bytes::from(v)
 }
 
-async fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
+async fn run(ops: Vec<Op>, segment_bytes: u64, always: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut cfg = LogConfig::new(dir.path());
     cfg.segment_bytes = segment_bytes;
     cfg.index_interval_bytes = 64;
-    cfg.durability = Durability::Never;
+    cfg.durability = if always {
+        Durability::Always
+    } else {
+        Durability::Never
+    };
     let fail = |e: LogError| TestCaseError::fail(e.to_string());
     let mut log = LogStore::open(cfg.clone()).await.map_err(fail)?;
     let mut model = Model {
@@ -250,9 +254,13 @@ proptest! {
     /// Any sequence of appends, retries, fenced appends, reads, truncations and reopens leaves the
     /// store agreeing with the model: same end, last term, producer sequences and record contents.
     #[test]
-    fn store_agrees_with_model(ops in prop::collection::vec(op(), 1..40), segment_bytes in 200u64..1500) {
+    fn store_agrees_with_model(
+        ops in prop::collection::vec(op(), 1..40),
+        segment_bytes in 200u64..1500,
+        always in prop::bool::weighted(0.25),
+    ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        rt.block_on(run(ops, segment_bytes))?;
+        rt.block_on(run(ops, segment_bytes, always))?;
     }
 }

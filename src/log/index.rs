@@ -46,14 +46,10 @@ impl SparseIndex {
         self.entries.truncate(i);
     }
 
-    /// Number of entries (for tests and diagnostics).
+    /// Number of entries.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// True when nothing is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

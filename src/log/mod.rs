@@ -3,10 +3,10 @@
 //!
 //! # Layout
 //! - [`record`]: the record type and its CRC32C-checked frame (see `docs/log-format.md`).
-//! - [`segment`]: segment files named by base offset; frame scan; positional reads.
-//! - [`index`]: the sparse offset index and the `.index` / `.snapshot` side files.
-//! - [`producer`]: per-producer sequence history for idempotent retries.
-//! - [`recovery`]: opening a directory: torn-tail repair, corruption refusal, state rebuild.
+//! - `segment`: segment files named by base offset; frame scan; positional reads.
+//! - `index`: the sparse offset index and the `.index` / `.snapshot` side files.
+//! - `producer`: per-producer sequence history for idempotent retries.
+//! - `recovery`: opening a directory: torn-tail repair, corruption refusal, state rebuild.
 //! - [`store`]: [`LogStore`], the handle, and its group-committing writer thread.
 //! - [`config`], [`error`], [`fault`]: settings, typed errors, test fault injection.
 //!
@@ -17,11 +17,11 @@
 pub mod config;
 pub mod error;
 pub mod fault;
-pub mod index;
-pub mod producer;
+pub(crate) mod index;
+pub(crate) mod producer;
 pub mod record;
-pub mod recovery;
-pub mod segment;
+pub(crate) mod recovery;
+pub(crate) mod segment;
 pub mod store;
 
 pub use config::{Durability, LogConfig, ParseDurabilityError};

@@ -124,23 +124,6 @@ impl Producers {
             }
         }
     }
-
-    /// Forget every record at offsets `>= from` (truncate-suffix); batches cut in the middle keep
-    /// their surviving prefix.
-    pub fn truncate_from(&mut self, from: u64) {
-        self.map.retain(|_, h| {
-            while let Some(b) = h.back_mut() {
-                if b.first_offset >= from {
-                    h.pop_back();
-                } else {
-                    let kept = from - b.first_offset;
-                    b.last_seq = b.last_seq.min(b.first_seq + kept - 1);
-                    break;
-                }
-            }
-            !h.is_empty()
-        });
-    }
 }
 
 #[cfg(test)]
@@ -163,16 +146,13 @@ mod tests {
         assert_eq!(p.check("b", 0, 1), SeqCheck::New);
     }
 
-    /// Truncation removes later batches and shortens the one cut in the middle.
+    /// A recorded batch can be undone exactly (used when its write fails).
     #[test]
-    fn truncate_rolls_back() {
+    fn restore_undoes_record() {
         let mut p = Producers::default();
         p.record("a", 0, 3, 0);
-        p.record("a", 3, 3, 3);
-        p.record("b", 0, 1, 6);
-        p.truncate_from(4);
+        p.record("a", 3, 1, 3);
         assert_eq!(p.last_seq("a"), Some(3));
-        assert_eq!(p.last_seq("b"), None);
         let prior = p.record("a", 4, 1, 4);
         p.restore("a", prior);
         assert_eq!(p.last_seq("a"), Some(3));
