@@ -400,14 +400,27 @@ fn record(
     }
 }
 
-/// Logs every leader change the Consul watch reports.
+/// How often to warn while Consul names no leader (a wrong `--consul-addr` or election key, or
+/// a cluster without a leader, would otherwise only show as silence).
+const NO_LEADER_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs every leader change the Consul watch reports, and warns while there is none.
 async fn log_leader_changes(mut rx: watch::Receiver<Option<CurrentLeader>>, stop: CancellationToken) {
+    tracing::info!("waiting for Consul to name a leader");
     loop {
+        let leaderless = rx.borrow_and_update().is_none();
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(NO_LEADER_WARN_EVERY), if leaderless => {
+                tracing::warn!(
+                    waited = ?NO_LEADER_WARN_EVERY,
+                    "still no leader in Consul (is --consul-addr / --election-key right?)"
+                );
+                continue;
+            }
         }
-        match rx.borrow_and_update().as_ref() {
+        match rx.borrow().as_ref() {
             Some(leader) => tracing::info!(
                 leader = leader.record.name,
                 address = leader.record.address,
