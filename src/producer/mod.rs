@@ -20,6 +20,7 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
+use tokio_util::task::TaskTracker;
 
 use self::{
     batch::{Batch, Batcher},
@@ -246,15 +247,17 @@ pub async fn run_with(
         .timeout(config.request_timeout)
         .build()
         .map_err(ProducerError::Http)?;
-    // Background tasks (the leader watch) outlive shutdown until the drain is over, then stop.
+    // Background tasks (the leader watch, the source, the drain timer) outlive shutdown until
+    // the drain is over, then stop; the guard also stops them if this future is dropped.
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    let tasks = TaskTracker::new();
     let route = match &config.target {
         Some(target) => Route::Fixed(sender::base_url(target)),
         None => {
             let consul = ConsulClient::new(&config.consul).map_err(ProducerError::Consul)?;
             let rx = watch_leader(consul, config.election_key.clone(), background.child_token());
-            tokio::spawn(log_leader_changes(rx.clone(), background.child_token()));
+            tasks.spawn(log_leader_changes(rx.clone(), background.child_token()));
             Route::Leader(rx)
         }
     };
@@ -278,8 +281,12 @@ pub async fn run_with(
     let source_task = {
         let emitter = Emitter::new(tx, config.count, stats.clone(), shutdown.clone());
         let done = source_done.clone();
-        tokio::spawn(async move {
-            source::run(source, emitter).await;
+        let stop = background.child_token();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = source::run(source, emitter) => {}
+                _ = stop.cancelled() => {}
+            }
             done.cancel();
         })
     };
@@ -290,7 +297,7 @@ pub async fn run_with(
         let (abort, shutdown, source_done) = (abort.clone(), shutdown.clone(), source_done.clone());
         let drain_timeout = config.drain_timeout;
         let stop = background.child_token();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = source_done.cancelled() => {}
@@ -344,6 +351,9 @@ pub async fn run_with(
     if let Err(err) = source_task.await {
         tracing::error!(%err, "the source task failed");
     }
+    background.cancel();
+    tasks.close();
+    tasks.wait().await;
     let summary = stats.snapshot();
     stats.publish();
     tracing::info!(%summary, "producer finished");
