@@ -89,6 +89,10 @@ pub struct Config {
     /// Timeout of one request (connect, send and answer).
     #[arg(long, env = "SIMPLELOGGERS_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Timeout of establishing a connection (at most `--request-timeout`): a vanished leader's
+    /// address is given up on quickly, and nothing was sent yet, so it is always safe to retry.
+    #[arg(long, env = "SIMPLELOGGERS_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
     /// How long to keep retrying one batch before counting its messages as failed.
     #[arg(long, env = "SIMPLELOGGERS_RETRY_MAX_ELAPSED", default_value = "5m", value_parser = humantime::parse_duration)]
     pub retry_max_elapsed: Duration,
@@ -126,6 +130,7 @@ impl Config {
             linger: Duration::from_millis(5),
             max_in_flight: 1,
             request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
             retry_max_elapsed: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
             producer_id: None,
@@ -159,8 +164,8 @@ impl Config {
         if self.max_in_flight == 0 {
             return bad("--max-in-flight must be at least 1");
         }
-        if self.request_timeout.is_zero() {
-            return bad("--request-timeout must be positive");
+        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("--request-timeout and --connect-timeout must be positive");
         }
         if let Some(target) = &self.target {
             let raw = target.trim();
@@ -245,6 +250,7 @@ pub async fn run_with(
     let (producer_id, first_seq) = identity(&config);
     let client = reqwest::Client::builder()
         .timeout(config.request_timeout)
+        .connect_timeout(config.connect_timeout.min(config.request_timeout))
         .build()
         .map_err(ProducerError::Http)?;
     // Background tasks (the leader watch, the source, the drain timer) outlive shutdown until
