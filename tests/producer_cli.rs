@@ -76,3 +76,44 @@ async fn rejected_message_exits_non_zero() {
     assert!(stdout.contains("failed=1"), "{stdout}");
     assert_eq!(node.messages(), ["ok 1", "ok 2"]);
 }
+
+/// SIGTERM stops the source, pending batches are drained (through a burst of 503s), and the
+/// process exits 0 with every sent message acknowledged and stored once.
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_drains_then_exits_zero() {
+    use producer_support::{wait_until, Fault};
+
+    let node = FakeNode::start().await;
+    let mut cmd = producer();
+    cmd.args(["--target", &node.url(), "--rate", "200"]);
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id().expect("running").to_string();
+    wait_until(LIMIT, "the producer is sending", || node.stored() >= 20).await;
+    node.fail_next((0..3).map(|_| Fault::Status {
+        status: 503,
+        leader: None,
+    }));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = within(LIMIT, "producer exits", child.wait_with_output())
+        .await
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout} stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent: u64 = stdout
+        .strip_prefix("sent=")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line: {stdout}"));
+    assert!(stdout.contains(&format!("acknowledged={sent} ")), "{stdout}");
+    let expected: Vec<String> = (0..sent).map(|i| format!("Message: {i}")).collect();
+    assert_eq!(node.messages(), expected);
+}

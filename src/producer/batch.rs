@@ -246,6 +246,46 @@ mod tests {
         assert_eq!(seqs, [(0, 2), (2, 1), (3, 1)]);
     }
 
+    proptest::proptest! {
+        /// For any messages and limits: batches hand out every message once, in order, with
+        /// consecutive sequence numbers, within the count cap, and within the byte cap unless
+        /// a single message is larger.
+        #[test]
+        fn batches_partition_the_input(
+            messages in proptest::collection::vec(".{0,20}", 0..60),
+            max_count in 1usize..10,
+            max_bytes in 1usize..80,
+            first_seq in 0u64..1000,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            let batches = rt.block_on(async {
+                let (tx, rx) = mpsc::channel(100);
+                for m in &messages {
+                    tx.send(m.clone()).await.unwrap();
+                }
+                drop(tx);
+                let mut b = Batcher::new(rx, first_seq, max_count, max_bytes, Duration::from_millis(1));
+                let mut out = Vec::new();
+                while let Some(batch) = b.next_batch().await {
+                    out.push(batch);
+                }
+                out
+            });
+            let mut seq = first_seq;
+            let mut all = Vec::new();
+            for batch in &batches {
+                proptest::prop_assert_eq!(batch.seq, seq);
+                proptest::prop_assert!(batch.count >= 1 && batch.count <= max_count);
+                proptest::prop_assert!(batch.body.len() <= max_bytes || batch.count == 1);
+                let got = lines(batch);
+                proptest::prop_assert_eq!(got.len(), batch.count);
+                seq += batch.count as u64;
+                all.extend(got);
+            }
+            proptest::prop_assert_eq!(all, messages);
+        }
+    }
+
     /// Dropping `next_batch` mid-wait (as `select!` does) keeps the messages already taken.
     #[tokio::test(start_paused = true)]
     async fn next_batch_is_cancel_safe() {

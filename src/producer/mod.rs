@@ -20,6 +20,7 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
+use tokio_util::task::TaskTracker;
 
 use self::{
     batch::{Batch, Batcher},
@@ -88,6 +89,10 @@ pub struct Config {
     /// Timeout of one request (connect, send and answer).
     #[arg(long, env = "SIMPLELOGGERS_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Timeout of establishing a connection (at most `--request-timeout`): a vanished leader's
+    /// address is given up on quickly, and nothing was sent yet, so it is always safe to retry.
+    #[arg(long, env = "SIMPLELOGGERS_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
     /// How long to keep retrying one batch before counting its messages as failed.
     #[arg(long, env = "SIMPLELOGGERS_RETRY_MAX_ELAPSED", default_value = "5m", value_parser = humantime::parse_duration)]
     pub retry_max_elapsed: Duration,
@@ -125,6 +130,7 @@ impl Config {
             linger: Duration::from_millis(5),
             max_in_flight: 1,
             request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
             retry_max_elapsed: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
             producer_id: None,
@@ -158,8 +164,8 @@ impl Config {
         if self.max_in_flight == 0 {
             return bad("--max-in-flight must be at least 1");
         }
-        if self.request_timeout.is_zero() {
-            return bad("--request-timeout must be positive");
+        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("--request-timeout and --connect-timeout must be positive");
         }
         if let Some(target) = &self.target {
             let raw = target.trim();
@@ -244,17 +250,20 @@ pub async fn run_with(
     let (producer_id, first_seq) = identity(&config);
     let client = reqwest::Client::builder()
         .timeout(config.request_timeout)
+        .connect_timeout(config.connect_timeout.min(config.request_timeout))
         .build()
         .map_err(ProducerError::Http)?;
-    // Background tasks (the leader watch) outlive shutdown until the drain is over, then stop.
+    // Background tasks (the leader watch, the source, the drain timer) outlive shutdown until
+    // the drain is over, then stop; the guard also stops them if this future is dropped.
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    let tasks = TaskTracker::new();
     let route = match &config.target {
         Some(target) => Route::Fixed(sender::base_url(target)),
         None => {
             let consul = ConsulClient::new(&config.consul).map_err(ProducerError::Consul)?;
             let rx = watch_leader(consul, config.election_key.clone(), background.child_token());
-            tokio::spawn(log_leader_changes(rx.clone(), background.child_token()));
+            tasks.spawn(log_leader_changes(rx.clone(), background.child_token()));
             Route::Leader(rx)
         }
     };
@@ -278,8 +287,12 @@ pub async fn run_with(
     let source_task = {
         let emitter = Emitter::new(tx, config.count, stats.clone(), shutdown.clone());
         let done = source_done.clone();
-        tokio::spawn(async move {
-            source::run(source, emitter).await;
+        let stop = background.child_token();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = source::run(source, emitter) => {}
+                _ = stop.cancelled() => {}
+            }
             done.cancel();
         })
     };
@@ -290,7 +303,7 @@ pub async fn run_with(
         let (abort, shutdown, source_done) = (abort.clone(), shutdown.clone(), source_done.clone());
         let drain_timeout = config.drain_timeout;
         let stop = background.child_token();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = source_done.cancelled() => {}
@@ -344,6 +357,9 @@ pub async fn run_with(
     if let Err(err) = source_task.await {
         tracing::error!(%err, "the source task failed");
     }
+    background.cancel();
+    tasks.close();
+    tasks.wait().await;
     let summary = stats.snapshot();
     stats.publish();
     tracing::info!(%summary, "producer finished");
@@ -400,14 +416,27 @@ fn record(
     }
 }
 
-/// Logs every leader change the Consul watch reports.
+/// How often to warn while Consul names no leader (a wrong `--consul-addr` or election key, or
+/// a cluster without a leader, would otherwise only show as silence).
+const NO_LEADER_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs every leader change the Consul watch reports, and warns while there is none.
 async fn log_leader_changes(mut rx: watch::Receiver<Option<CurrentLeader>>, stop: CancellationToken) {
+    tracing::info!("waiting for Consul to name a leader");
     loop {
+        let leaderless = rx.borrow_and_update().is_none();
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(NO_LEADER_WARN_EVERY), if leaderless => {
+                tracing::warn!(
+                    waited = ?NO_LEADER_WARN_EVERY,
+                    "still no leader in Consul (is --consul-addr / --election-key right?)"
+                );
+                continue;
+            }
         }
-        match rx.borrow_and_update().as_ref() {
+        match rx.borrow().as_ref() {
             Some(leader) => tracing::info!(
                 leader = leader.record.name,
                 address = leader.record.address,
