@@ -16,7 +16,13 @@ use simpleloggers::{
 #[command(name = "simpleloggers", version, about, args_override_self = true)]
 struct Cli {
     /// Log line format.
-    #[arg(long, global = true, env = "SIMPLELOGGERS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIMPLELOGGERS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -39,31 +45,50 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // The demo prints its own status lines; its in-process Consul and producer only warn.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    telemetry::init(cli.log_format, default_filter);
     match cli.command {
         Command::Node(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
-            println!("simpleloggers node listening on http://{}", listener.local_addr()?);
-            node::run(*config, listener, shutdown::on_signal()).await.context("node failed")?;
+            println!(
+                "simpleloggers node listening on http://{}",
+                listener.local_addr()?
+            );
+            node::run(*config, listener, shutdown::on_signal())
+                .await
+                .context("node failed")?;
         }
         Command::DevConsul(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
-            println!("simpleloggers dev-consul listening on http://{}", listener.local_addr()?);
-            devconsul::run(listener, config, shutdown::on_signal()).await.context("dev-consul failed")?;
+            println!(
+                "simpleloggers dev-consul listening on http://{}",
+                listener.local_addr()?
+            );
+            devconsul::run(listener, config, shutdown::on_signal())
+                .await
+                .context("dev-consul failed")?;
         }
         Command::Demo(config) => {
-            let verified = demo::run(config, shutdown::on_signal()).await.context("the demo could not run")?;
+            let verified = demo::run(config, shutdown::on_signal())
+                .await
+                .context("the demo could not run")?;
             if !verified {
                 anyhow::bail!("verification failed: see the report above");
             }
         }
         Command::Producer(config) => {
-            let summary =
-                producer::run(*config, shutdown::on_signal()).await.context("the producer could not start")?;
+            let summary = producer::run(*config, shutdown::on_signal())
+                .await
+                .context("the producer could not start")?;
             println!("{summary}");
             std::io::stdout().flush().context("cannot write the summary")?;
             let code = if summary.all_acknowledged() {

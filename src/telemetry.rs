@@ -15,9 +15,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; calling it twice is harmless (the second call is ignored).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber with `default_filter` unless `RUST_LOG` is set; calling it
+/// twice is harmless (the second call is ignored).
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

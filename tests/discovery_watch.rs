@@ -28,7 +28,11 @@ async fn follows_acquire_and_release() {
         // Let the first (non-blocking) answer arrive so that the next query blocks.
         tokio::time::sleep(Duration::from_millis(50 * round)).await;
         let session = client.session_create(&SessionRequest::default()).await.unwrap();
-        let record = LeaderRecord { name: format!("n{round}"), address: "127.0.0.1:1".into(), since: "t".into() };
+        let record = LeaderRecord {
+            name: format!("n{round}"),
+            address: "127.0.0.1:1".into(),
+            since: "t".into(),
+        };
         let value = serde_json::to_vec(&record).unwrap();
         assert!(client.kv_acquire(KEY, &session, value.clone()).await.unwrap());
         let leader = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|l| l.is_some()))

@@ -123,31 +123,47 @@ impl DemoNode {
             .append(true)
             .open(&self.log)
             .map_err(io(format!("cannot open {}", self.log.display())))?;
-        let listen = self.addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let listen = self
+            .addr
+            .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
         let mut cmd = Command::new(exe);
-        cmd.args(["node", "--name", &self.name, "--listen", &listen, "--consul-addr", consul_url])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--durability", durability])
-            .env_remove("CONSUL_HTTP_TOKEN")
-            // Node logs go to files, so they can be detailed whatever the demo's own level.
-            .env("RUST_LOG", std::env::var("SIMPLELOGGERS_DEMO_NODE_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            // Its own process group: the terminal's Ctrl-C reaches the demo, which stops the
-            // nodes in order, instead of every node at once.
-            .process_group(0)
-            .kill_on_drop(true);
+        cmd.args([
+            "node",
+            "--name",
+            &self.name,
+            "--listen",
+            &listen,
+            "--consul-addr",
+            consul_url,
+        ])
+        .arg("--data-dir")
+        .arg(&self.data_dir)
+        .args(["--durability", durability])
+        .env_remove("CONSUL_HTTP_TOKEN")
+        // Node logs go to files, so they can be detailed whatever the demo's own level.
+        .env(
+            "RUST_LOG",
+            std::env::var("SIMPLELOGGERS_DEMO_NODE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        // Its own process group: the terminal's Ctrl-C reaches the demo, which stops the
+        // nodes in order, instead of every node at once.
+        .process_group(0)
+        .kill_on_drop(true);
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it makes the
         // kernel kill the node if the demo itself dies, so no process is ever left behind.
         unsafe {
             cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
             });
         }
-        let mut child = cmd.spawn().map_err(io(format!("cannot start node {}", self.name)))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(io(format!("cannot start node {}", self.name)))?;
         let fail = |message: String| DemoError::NodeStart {
             name: self.name.clone(),
             message,
@@ -180,7 +196,9 @@ impl DemoNode {
 
     /// SIGTERM, then SIGKILL if it does not exit in time.
     async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -188,7 +206,10 @@ impl DemoNode {
             );
         }
         if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
-            eprintln!("node {} did not stop within {STOP_TIMEOUT:?}; killing it", self.name);
+            eprintln!(
+                "node {} did not stop within {STOP_TIMEOUT:?}; killing it",
+                self.name
+            );
             let _ = child.kill().await;
         }
     }
@@ -220,7 +241,10 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<bool
     })
     .await?;
     let consul_url = consul.url();
-    println!("dev Consul on {consul_url}; data and node logs in {}", base.display());
+    println!(
+        "dev Consul on {consul_url}; data and node logs in {}",
+        base.display()
+    );
 
     let mut nodes: Vec<DemoNode> = (0..config.nodes)
         .map(|i| DemoNode {
@@ -253,14 +277,20 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<bool
     let producer = tokio::spawn(producer::run_with(
         producer_config,
         stop_producer.clone(),
-        Hooks { progress: Some(progress_tx), acks: Some(ack_tx), reader: None },
+        Hooks {
+            progress: Some(progress_tx),
+            acks: Some(ack_tx),
+            reader: None,
+        },
     ));
 
     let started = Instant::now();
     let end = tokio::time::Instant::now() + config.duration;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut chaos = config.chaos_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let mut chaos = config
+        .chaos_every
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     let mut restart: Option<(usize, tokio::time::Instant)> = None;
     let mut acks = Vec::new();
     let mut last_acked = 0;
@@ -327,7 +357,10 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<bool
     let summary = match producer.await {
         Ok(result) => result?,
         Err(err) => {
-            return Err(DemoError::Io { what: "the producer task failed".into(), source: std::io::Error::other(err) })
+            return Err(DemoError::Io {
+                what: "the producer task failed".into(),
+                source: std::io::Error::other(err),
+            })
         }
     };
     while let Ok(ack) = ack_rx.try_recv() {
@@ -342,18 +375,28 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<bool
 
     let mut logs = Vec::new();
     for node in &nodes {
-        let records = read_all(&node.data_dir)
-            .await
-            .map_err(|source| DemoError::Log { name: node.name.clone(), source })?;
+        let records = read_all(&node.data_dir).await.map_err(|source| DemoError::Log {
+            name: node.name.clone(),
+            source,
+        })?;
         logs.push((node.name.clone(), node.url(), records));
     }
     let result = verify(&summary.producer_id, &acks, &logs);
-    report(&summary, &result, &nodes_summary(&logs), &base, config.dir.is_some());
+    report(
+        &summary,
+        &result,
+        &nodes_summary(&logs),
+        &base,
+        config.dir.is_some(),
+    );
     Ok(result.holds() && summary.all_acknowledged())
 }
 
 fn nodes_summary(logs: &[(String, String, Vec<crate::log::Record>)]) -> String {
-    logs.iter().map(|(name, _, records)| format!("{name}: {} records", records.len())).collect::<Vec<_>>().join(", ")
+    logs.iter()
+        .map(|(name, _, records)| format!("{name}: {} records", records.len()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn report(summary: &Summary, result: &Verification, nodes: &str, base: &Path, kept: bool) {

@@ -62,11 +62,16 @@ pub fn verify(producer_id: &str, acks: &[Ack], logs: &[(String, String, Vec<Reco
             }
         }
     }
-    let node_of_url: BTreeMap<&str, &str> =
-        logs.iter().map(|(name, url, _)| (url.trim_end_matches('/'), name.as_str())).collect();
+    let node_of_url: BTreeMap<&str, &str> = logs
+        .iter()
+        .map(|(name, url, _)| (url.trim_end_matches('/'), name.as_str()))
+        .collect();
     let mut result = Verification::default();
     for ack in acks {
-        let node = node_of_url.get(ack.leader.trim_end_matches('/')).copied().unwrap_or("?");
+        let node = node_of_url
+            .get(ack.leader.trim_end_matches('/'))
+            .copied()
+            .unwrap_or("?");
         for i in 0..ack.count {
             let seq = ack.seq + i;
             result.acknowledged += 1;
@@ -74,11 +79,14 @@ pub fn verify(producer_id: &str, acks: &[Ack], logs: &[(String, String, Vec<Reco
             let offset = ack.first_offset + i;
             // A duplicate answer names the offsets of the original copy, written in an earlier
             // term of the same node; a fresh answer names the term it was written in.
-            let stored = found.iter().find(|c| {
-                c.node == node && c.offset == offset && (ack.duplicate || c.term == ack.term)
-            });
+            let stored = found
+                .iter()
+                .find(|c| c.node == node && c.offset == offset && (ack.duplicate || c.term == ack.term));
             let Some(expected) = stored.cloned() else {
-                result.missing.push(format!("seq {seq}: expected at {node} offset {offset} term {}", ack.term));
+                result.missing.push(format!(
+                    "seq {seq}: expected at {node} offset {offset} term {}",
+                    ack.term
+                ));
                 continue;
             };
             result.verified += 1;
@@ -127,13 +135,24 @@ mod tests {
             offset,
             term,
             timestamp_ms: 0,
-            producer: Some(ProducerSeq { producer_id: "p".into(), seq }),
+            producer: Some(ProducerSeq {
+                producer_id: "p".into(),
+                seq,
+            }),
             payload: Bytes::from_static(b"m"),
         }
     }
 
     fn ack(seq: u64, count: u64, first: u64, term: u64, leader: &str) -> Ack {
-        Ack { seq, count, first_offset: first, last_offset: first + count - 1, term, duplicate: false, leader: leader.into() }
+        Ack {
+            seq,
+            count,
+            first_offset: first,
+            last_offset: first + count - 1,
+            term,
+            duplicate: false,
+            leader: leader.into(),
+        }
     }
 
     /// Acknowledged copies verify; an older-term unacknowledged attempt elsewhere is allowed and
@@ -141,10 +160,22 @@ mod tests {
     #[test]
     fn verdicts() {
         let logs = vec![
-            ("a".to_string(), "http://a".to_string(), vec![rec(0, 1, 0), rec(1, 1, 1), rec(2, 1, 2)]),
-            ("b".to_string(), "http://b".to_string(), vec![rec(0, 2, 2), rec(1, 2, 3)]),
+            (
+                "a".to_string(),
+                "http://a".to_string(),
+                vec![rec(0, 1, 0), rec(1, 1, 1), rec(2, 1, 2)],
+            ),
+            (
+                "b".to_string(),
+                "http://b".to_string(),
+                vec![rec(0, 2, 2), rec(1, 2, 3)],
+            ),
         ];
-        let good = verify("p", &[ack(0, 2, 0, 1, "http://a"), ack(2, 2, 0, 2, "http://b")], &logs);
+        let good = verify(
+            "p",
+            &[ack(0, 2, 0, 1, "http://a"), ack(2, 2, 0, 2, "http://b")],
+            &logs,
+        );
         assert!(good.holds(), "{good:?}");
         assert_eq!((good.verified, good.unacknowledged_attempts), (4, 1));
 
