@@ -18,6 +18,7 @@ use crate::{
         SessionRequest, Watcher,
     },
     discovery::{leader_from_kv, CurrentLeader, LeaderRecord},
+    metrics::{ErrorLabels, Metrics},
     shutdown::CancellationToken,
 };
 
@@ -296,6 +297,8 @@ struct Shared {
     session_changed: Notify,
     /// Stops both background loops.
     stop: CancellationToken,
+    /// Where failed Consul requests are counted.
+    metrics: Metrics,
 }
 
 impl Shared {
@@ -333,6 +336,16 @@ impl Shared {
         });
     }
 
+    /// Counts a failed Consul request by kind.
+    fn consul_error(&self, err: &ConsulError) {
+        self.metrics
+            .consul_errors
+            .get_or_create(&ErrorLabels {
+                kind: err.kind().to_string(),
+            })
+            .inc();
+    }
+
     fn our_record(&self) -> LeaderRecord {
         LeaderRecord {
             name: self.config.name.clone(),
@@ -350,7 +363,7 @@ pub struct Elector {
 
 impl Elector {
     /// Starts registering, creating a session and contending for the lock in the background.
-    pub fn start(consul: ConsulClient, config: ElectionConfig) -> Self {
+    pub fn start(consul: ConsulClient, config: ElectionConfig, metrics: Metrics) -> Self {
         let (state, _) = watch::channel(LeaderState::initial());
         let shared = Arc::new(Shared {
             consul: consul.with_timeout(config.renew_timeout()),
@@ -367,6 +380,7 @@ impl Elector {
             state,
             session_changed: Notify::new(),
             stop: CancellationToken::new(),
+            metrics,
         });
         tokio::spawn(keep_session(shared.clone()));
         tokio::spawn(contend(shared.clone()));
@@ -469,6 +483,7 @@ async fn keep_session(shared: Arc<Shared>) {
                     shared.session_changed.notify_one();
                 }
                 Err(err) => {
+                    shared.consul_error(&err);
                     tracing::warn!(%err, "cannot create a Consul session yet; retrying");
                     shared.update(|core| {
                         core.consul_reachable = !err.is_unavailable();
@@ -493,6 +508,7 @@ async fn keep_session(shared: Arc<Shared>) {
                 core.consul_reachable = true;
             }),
             Err(err) if err.is_not_found() => {
+                shared.consul_error(&err);
                 tracing::warn!(session = %session, "Consul invalidated our session");
                 shared.update(|core| {
                     core.session = None;
@@ -505,6 +521,7 @@ async fn keep_session(shared: Arc<Shared>) {
                 shared.session_changed.notify_one();
             }
             Err(err) => {
+                shared.consul_error(&err);
                 tracing::warn!(%err, "session renewal failed; the lease runs out unless a renewal succeeds");
                 shared.update(|core| {
                     core.consul_reachable = false;
@@ -606,6 +623,7 @@ async fn contend(shared: Arc<Shared>) {
         let pair = match fetched {
             Ok(pair) => pair,
             Err(err) => {
+                shared.consul_error(&err);
                 tracing::debug!(%err, "watch of the election key failed");
                 shared.update(|core| {
                     core.consul_reachable = false;
@@ -670,6 +688,7 @@ async fn contend(shared: Arc<Shared>) {
                 watcher.reset();
             }
             Err(err) => {
+                shared.consul_error(&err);
                 tracing::debug!(%err, "acquire failed");
                 if err.is_unavailable() {
                     // An invalid session answers 500 too: let the keeper find out with a renewal.

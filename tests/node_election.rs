@@ -171,3 +171,38 @@ async fn paused_leader_accepts_nothing_after_its_lease() {
         "nothing was stored by the deposed leader"
     );
 }
+
+/// With `--follower-writes forward`, a follower proxies a write to the leader, which stores it.
+#[tokio::test]
+async fn follower_forwards_writes_when_asked() {
+    let cluster = Cluster::start(3, &["--follower-writes", "forward"]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let ack: serde_json::Value = eventually(Duration::from_secs(5), || async {
+        let resp = cluster
+            .http
+            .post(format!("{}/api/v1/log", cluster.url(follower)))
+            .body("via follower")
+            .send()
+            .await
+            .ok()?;
+        if resp.status() == 200 {
+            resp.json().await.ok()
+        } else {
+            None
+        }
+    })
+    .await
+    .expect("the follower forwards once it knows the leader");
+    assert_eq!(ack["offset"], 0);
+    let read: serde_json::Value = cluster
+        .http
+        .get(format!("{}/api/v1/log?from=0", cluster.url(leader)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["entries"][0]["message"], "via follower");
+}

@@ -181,6 +181,19 @@ async fn never_two_ready_nodes() {
             tokio::time::sleep(Duration::from_secs(2)).await;
             c.consul.signal(Signal::SIGCONT);
             leader = wait_new_leader(&c, None).await;
+            let metrics = c
+                .http
+                .get(format!("{}/metrics", c.url(leader)))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                metrics.contains("simpleloggers_consul_errors_total{kind="),
+                "the outage is counted: {metrics}"
+            );
         }
         eprintln!("round {round} done; leader n{leader}");
         assert!(

@@ -232,8 +232,8 @@ pub async fn run(
         source,
     })?;
     let consul = ConsulClient::new(&config.consul)?;
-    let elector = Elector::start(consul, election);
     let metrics = Metrics::new();
+    let elector = Elector::start(consul, election, metrics.clone());
     let node = Node {
         config: std::sync::Arc::new(Settings {
             name: name.clone(),
