@@ -94,3 +94,37 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::from(kind)
+    }
+
+    /// Storage errors map to the statuses clients branch on: a full disk 507, other I/O 503.
+    #[test]
+    fn log_errors_map_to_statuses() {
+        let full = ApiError::Log(LogError::DiskFull {
+            op: "append",
+            path: PathBuf::from("x"),
+            source: io(std::io::ErrorKind::StorageFull),
+        });
+        assert_eq!(full.status(), StatusCode::INSUFFICIENT_STORAGE);
+        let failed = ApiError::Log(LogError::Io {
+            op: "sync",
+            path: PathBuf::from("x"),
+            source: io(std::io::ErrorKind::Other),
+        });
+        assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = failed.into_response();
+        assert!(
+            response.headers().contains_key(header::RETRY_AFTER),
+            "503s say when to retry"
+        );
+        assert_eq!(ApiError::LeaseLapsed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
