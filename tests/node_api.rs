@@ -17,15 +17,7 @@ async fn leader() -> (Cluster, String) {
 }
 
 async fn end_offset(c: &Cluster, url: &str) -> u64 {
-    let status: Value = c
-        .http
-        .get(format!("{url}/api/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = c.get_json(format!("{url}/api/v1/status")).await;
     status["log_end_offset"].as_u64().unwrap()
 }
 
@@ -78,15 +70,7 @@ async fn writes_and_reads() {
     );
     assert_eq!(end_offset(&c, &url).await, 5, "the retry stored nothing");
 
-    let read: Value = c
-        .http
-        .get(format!("{log}?from=0&limit=10"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value = c.get_json(format!("{log}?from=0&limit=10")).await;
     let entries = read["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 5);
     assert_eq!(entries[0]["message"], "hello");
@@ -94,15 +78,7 @@ async fn writes_and_reads() {
     assert!(entries[1].get("message").is_none());
     assert_eq!(entries[4]["message"], "c");
     assert_eq!(read["next"], 5);
-    let page: Value = c
-        .http
-        .get(format!("{log}?from=3&limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = c.get_json(format!("{log}?from=3&limit=1")).await;
     assert_eq!(page["entries"][0]["offset"], 3);
     assert_eq!(page["next"], 4);
 }
@@ -217,15 +193,7 @@ async fn probes_and_metrics() {
             .status(),
         200
     );
-    let ready: Value = c
-        .http
-        .get(format!("{url}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = c.get_json(format!("{url}/readyz")).await;
     assert_eq!(ready["role"], "leader");
     c.http
         .post(format!("{url}/api/v1/log"))

@@ -55,14 +55,8 @@ async fn one_leader_and_followers_redirect() {
         assert_eq!(body["leader"]["address"], leader_addr.as_str());
         assert!(body["error"].as_str().unwrap().contains("not the leader"));
         let status: serde_json::Value = cluster
-            .http
-            .get(format!("{}/api/v1/status", cluster.url(follower)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(format!("{}/api/v1/status", cluster.url(follower)))
+            .await;
         assert_eq!(status["role"], "follower");
         assert_eq!(status["log_end_offset"], 0, "the rejected write stored nothing");
     }
@@ -157,15 +151,7 @@ async fn paused_leader_accepts_nothing_after_its_lease() {
         "the resumed node is not ready"
     );
     assert!(cluster.ready(new).await.is_some());
-    let status: serde_json::Value = cluster
-        .http
-        .get(format!("{old_url}/api/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = cluster.get_json(format!("{old_url}/api/v1/status")).await;
     assert_eq!(
         status["log_end_offset"], 0,
         "nothing was stored by the deposed leader"
@@ -196,13 +182,7 @@ async fn follower_forwards_writes_when_asked() {
     .expect("the follower forwards once it knows the leader");
     assert_eq!(ack["offset"], 0);
     let read: serde_json::Value = cluster
-        .http
-        .get(format!("{}/api/v1/log?from=0", cluster.url(leader)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(format!("{}/api/v1/log?from=0", cluster.url(leader)))
+        .await;
     assert_eq!(read["entries"][0]["message"], "via follower");
 }

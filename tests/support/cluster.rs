@@ -262,6 +262,20 @@ impl Cluster {
         }
     }
 
+    /// GETs `url` and decodes its JSON body (panics on any failure: for test assertions).
+    pub async fn get_json(&self, url: impl AsRef<str>) -> serde_json::Value {
+        let url = url.as_ref();
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        resp.json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+    }
+
     /// Indices of the nodes answering `/readyz` 200.
     pub async fn ready_nodes(&self) -> Vec<usize> {
         let mut ready = Vec::new();
