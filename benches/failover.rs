@@ -331,7 +331,7 @@ async fn run(trials: usize) -> anyhow::Result<()> {
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
 
     println!();
-    println!("| kind | trials | first ack from new leader: min / median / max (ms) | survivor ready: median (ms) | process exit: median (ms) | failed sends | retried requests (total) |");
+    println!("| kind | trials | first ack from new leader: min / median* / max (ms) | survivor ready: median (ms) | process exit: median (ms) | failed sends | retried requests (total) |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for kind in [Kind::Kill, Kind::Term] {
         let of_kind: Vec<&Trial> = results.iter().filter(|t| t.kind == kind).collect();
@@ -370,6 +370,7 @@ async fn run(trials: usize) -> anyhow::Result<()> {
             );
         }
     }
+    println!("(*median: the upper one of an even count, e.g. the 11th of 20 sorted trials)");
     println!();
     for kind in [Kind::Kill, Kind::Term] {
         let mut acks: Vec<Duration> = results
