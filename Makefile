@@ -1,7 +1,7 @@
 # simpleloggers — the commands a newcomer and CI run. `make` lists the targets.
 CARGO ?= cargo
 
-.PHONY: help test fmt lint unit demo bench-log
+.PHONY: help test fmt lint unit demo bench-log bench-ingest bench-memory bench-failover
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -22,3 +22,11 @@ demo: ## the one-command local cluster
 
 bench-log: ## log store benchmark: fdatasync rate, concurrent appends, batched MB/s vs disk bandwidth
 	$(CARGO) bench --locked --bench log
+
+bench-ingest: ## HTTP ingest (1/16/64 conns vs a do-nothing axum ceiling, NDJSON batches) + node memory
+	$(CARGO) bench --locked --bench ingest
+
+bench-memory: bench-ingest ## node VmRSS idle and under load (measured by bench-ingest)
+
+bench-failover: ## leader SIGKILL/SIGTERM -> first ack from the new leader, 3 nodes, default timings (TRIALS=20)
+	$(CARGO) bench --locked --bench failover

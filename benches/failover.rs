@@ -1,0 +1,413 @@
+//! `make bench-failover`: how long writes stop when the leader dies. Starts dev Consul and three
+//! nodes with the default election timings as processes, runs the real producer in-process
+//! (`producer::run_with`, 200 messages/s, discovering the leader through Consul) and timestamps
+//! every acknowledgement; then, alternately, SIGKILLs or SIGTERMs the leader and measures the
+//! time until the first message acknowledged by another node. The stopped node is restarted and
+//! rejoins before the next trial. `TRIALS` (default 20 per kind) bounds the run.
+
+mod support;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+use simpleloggers::{
+    consul::ConsulConfig,
+    producer::{self, Ack, Hooks, Summary},
+    shutdown::CancellationToken,
+};
+use support::{eventually, quantile, NodeSpec, Proc};
+use tokio::sync::{mpsc, watch};
+
+/// Nodes in the cluster.
+const NODES: usize = 3;
+/// The producer's rate (messages/s).
+const RATE: f64 = 200.0;
+/// Trials of each kind unless `TRIALS` says otherwise.
+const DEFAULT_TRIALS: usize = 20;
+/// No new trial starts after this much time (the run stays bounded whatever happens).
+const BUDGET: Duration = Duration::from_secs(330);
+/// Longest wait for a new leader's first acknowledgement before a trial counts as failed.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Targets of issue 4.
+const TARGET_KILL_P50: Duration = Duration::from_secs(3);
+const TARGET_TERM_P50: Duration = Duration::from_millis(300);
+const TARGET_TERM_MAX: Duration = Duration::from_secs(1);
+
+/// How the leader is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Kill,
+    Term,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "SIGKILL",
+            Kind::Term => "SIGTERM",
+        }
+    }
+}
+
+/// One acknowledgement as the benchmark saw it arrive.
+struct Seen {
+    at: Instant,
+    term: u64,
+    leader: String,
+}
+
+/// One trial's figures.
+struct Trial {
+    kind: Kind,
+    /// Signal → first acknowledgement from another node.
+    first_ack: Duration,
+    /// Signal → a surviving node answers `/readyz` 200.
+    ready: Option<Duration>,
+    /// Signal → the stopped process exited (SIGTERM only).
+    exited: Option<Duration>,
+    /// Exit code after SIGTERM (`None`: killed by a signal).
+    exit_code: Option<i32>,
+    /// Messages the producer gave up on during the trial.
+    failed: u64,
+    /// Requests the producer had to resend during the trial.
+    retried: u64,
+    old_term: u64,
+    new_term: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let trials = std::env::var("TRIALS")
+        .ok()
+        .map(|s| s.parse::<usize>().context("TRIALS"))
+        .transpose()?
+        .unwrap_or(DEFAULT_TRIALS);
+    tokio::runtime::Runtime::new()?.block_on(run(trials))
+}
+
+/// The single node answering `/readyz` 200, with the term it reports.
+async fn single_leader(http: &reqwest::Client, nodes: &[Option<Proc>]) -> Option<(usize, u64)> {
+    let mut ready = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let Some(node) = node else { continue };
+        let answer = http
+            .get(format!("{}/readyz", node.url()))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await;
+        if let Ok(r) = answer {
+            if r.status() == 200 {
+                let body: serde_json::Value = r.json().await.ok()?;
+                ready.push((i, body["term"].as_u64()?));
+            }
+        }
+    }
+    (ready.len() == 1).then(|| ready[0])
+}
+
+async fn run(trials: usize) -> anyhow::Result<()> {
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base)?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-failover-")
+        .tempdir_in(base)
+        .context("bench directory")?;
+    println!("failover benchmark in {}", dir.path().display());
+    println!("machine: {}", support::machine(dir.path()));
+    println!(
+        "{NODES} nodes, default timings (session TTL 10s, lock-delay 2s, renew 500ms, check 1s), durability always; producer at {RATE}/s; {trials} trials per kind"
+    );
+    let started = Instant::now();
+    let mut consul = support::dev_consul(dir.path()).await?;
+    let specs: Vec<NodeSpec> = (0..NODES)
+        .map(|i| {
+            NodeSpec::new(
+                dir.path(),
+                &format!("n{i}"),
+                &consul.url(),
+                &["--durability", "always"],
+            )
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for spec in &specs {
+        nodes.push(Some(spec.start("127.0.0.1:0").await?));
+    }
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), || single_leader(&http, &nodes))
+        .await
+        .context("no single leader within 30 s")?;
+
+    // The producer, timestamping every acknowledgement as it arrives.
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(ack) = ack_rx.recv().await {
+                let at = Instant::now();
+                let mut seen = seen.lock().expect("ack log");
+                seen.push(Seen {
+                    at,
+                    term: ack.term,
+                    leader: ack.leader,
+                });
+            }
+        });
+    }
+    let (progress_tx, progress_rx) = watch::channel(Summary::default());
+    let mut config = producer::Config::for_consul(ConsulConfig::new(consul.url()));
+    config.rate = RATE;
+    let stop_producer = CancellationToken::new();
+    let producer = tokio::spawn(producer::run_with(
+        config,
+        stop_producer.clone(),
+        Hooks {
+            progress: Some(progress_tx),
+            acks: Some(ack_tx),
+            reader: None,
+        },
+    ));
+
+    // The first acknowledgement at or after `since` from a node other than `not`.
+    let first_ack_after = |since: Instant, not: Option<&str>| {
+        let seen = seen.lock().expect("ack log");
+        seen.iter()
+            .rev()
+            .take_while(|s| s.at >= since)
+            .filter(|s| not.map_or(true, |n| s.leader != n))
+            .last()
+            .map(|s| (s.at, s.term, s.leader.clone()))
+    };
+
+    let mut results = Vec::new();
+    let mut timeouts = Vec::new();
+    'trials: for round in 0..trials {
+        for kind in [Kind::Kill, Kind::Term] {
+            if started.elapsed() > BUDGET {
+                println!("time budget of {BUDGET:?} used up after {} trials", results.len());
+                break 'trials;
+            }
+            let (idx, old_term) = eventually(Duration::from_secs(30), || single_leader(&http, &nodes))
+                .await
+                .context("no single leader before the trial")?;
+            let old = nodes[idx].as_ref().context("leader running")?;
+            let old_url = old.url();
+            // The producer is acknowledged by this leader before the signal.
+            let now = Instant::now();
+            eventually(Duration::from_secs(10), || async {
+                first_ack_after(now, None).filter(|(_, _, l)| *l == old_url)
+            })
+            .await
+            .context("the producer is not acknowledged by the leader")?;
+            let before = progress_rx.borrow().clone();
+
+            let t0 = Instant::now();
+            old.signal(match kind {
+                Kind::Kill => Signal::SIGKILL,
+                Kind::Term => Signal::SIGTERM,
+            });
+            let survivors: Vec<String> = nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| *i != idx && n.is_some())
+                .filter_map(|(_, n)| n.as_ref().map(Proc::url))
+                .collect();
+            let ready = async {
+                eventually(TRIAL_TIMEOUT, || async {
+                    for url in &survivors {
+                        let r = http
+                            .get(format!("{url}/readyz"))
+                            .timeout(Duration::from_millis(500))
+                            .send()
+                            .await;
+                        if matches!(&r, Ok(r) if r.status() == 200) {
+                            return Some(t0.elapsed());
+                        }
+                    }
+                    None
+                })
+                .await
+            };
+            let acked = eventually(TRIAL_TIMEOUT, || async { first_ack_after(t0, Some(&old_url)) });
+            let old = nodes[idx].as_mut().context("leader running")?;
+            let exited = async {
+                match kind {
+                    Kind::Kill => {
+                        old.kill().await;
+                        (None, None)
+                    }
+                    Kind::Term => {
+                        let code = old.wait(Duration::from_secs(20)).await;
+                        let at = t0.elapsed();
+                        match code {
+                            Ok(code) => (Some(at), code),
+                            Err(err) => {
+                                eprintln!("{err:#}; killing it");
+                                old.kill().await;
+                                (None, None)
+                            }
+                        }
+                    }
+                }
+            };
+            let (ready, acked, (exited, exit_code)) = tokio::join!(ready, acked, exited);
+            let addr = old.addr;
+            nodes[idx] = None;
+
+            // Restart the stopped node and wait until it follows the new leader again.
+            let restarted = specs[idx].start(&addr.to_string()).await?;
+            let status_url = format!("{}/api/v1/status", restarted.url());
+            nodes[idx] = Some(restarted);
+            let Some((at, new_term, new_leader)) = acked else {
+                println!(
+                    "trial {round} {}: no acknowledgement from another node within {TRIAL_TIMEOUT:?}",
+                    kind.name()
+                );
+                timeouts.push(kind);
+                continue;
+            };
+            let rejoined = eventually(Duration::from_secs(30), || async {
+                let r = http.get(&status_url).send().await.ok()?;
+                let s: serde_json::Value = r.json().await.ok()?;
+                let follows = s["role"] == "follower"
+                    && s["session"].is_string()
+                    && s["leader"]["address"]
+                        .as_str()
+                        .is_some_and(|a| new_leader.ends_with(a));
+                follows.then_some(())
+            })
+            .await;
+            if rejoined.is_none() {
+                bail!(
+                    "node {} did not rejoin as a follower within 30 s",
+                    specs[idx].name
+                );
+            }
+            // Let the producer's counters catch up with the trial.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = progress_rx.borrow().clone();
+            let trial = Trial {
+                kind,
+                first_ack: at - t0,
+                ready,
+                exited,
+                exit_code,
+                failed: after.failed - before.failed,
+                retried: after.retried - before.retried,
+                old_term,
+                new_term,
+            };
+            println!(
+                "trial {round:>2} {}: term {} -> {}: first ack from the new leader after {:>7.1} ms (survivor ready after {}; exited after {}; exit code {:?}; failed {}; retried {})",
+                kind.name(),
+                trial.old_term,
+                trial.new_term,
+                ms(trial.first_ack),
+                trial.ready.map_or("-".into(), |d| format!("{:.1} ms", ms(d))),
+                trial.exited.map_or("-".into(), |d| format!("{:.1} ms", ms(d))),
+                trial.exit_code,
+                trial.failed,
+                trial.retried,
+            );
+            results.push(trial);
+        }
+    }
+
+    stop_producer.cancel();
+    let summary = producer.await.context("producer task")?.context("producer")?;
+    println!("producer: {summary}");
+    for node in nodes.iter_mut().flatten() {
+        node.stop().await;
+    }
+    consul.stop().await;
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+
+    println!();
+    println!("| kind | trials | first ack from new leader: min / median* / max (ms) | survivor ready: median (ms) | process exit: median (ms) | failed sends | retried requests (total) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for kind in [Kind::Kill, Kind::Term] {
+        let of_kind: Vec<&Trial> = results.iter().filter(|t| t.kind == kind).collect();
+        let mut acks: Vec<Duration> = of_kind.iter().map(|t| t.first_ack).collect();
+        acks.sort_unstable();
+        let mut ready: Vec<Duration> = of_kind.iter().filter_map(|t| t.ready).collect();
+        ready.sort_unstable();
+        let mut exited: Vec<Duration> = of_kind.iter().filter_map(|t| t.exited).collect();
+        exited.sort_unstable();
+        let q = |v: &[Duration], p: f64| quantile(v, p).map_or("-".into(), |d| format!("{:.0}", ms(d)));
+        let failed: u64 = of_kind.iter().map(|t| t.failed).sum();
+        let retried: u64 = of_kind.iter().map(|t| t.retried).sum();
+        let lost = timeouts.iter().filter(|k| **k == kind).count();
+        println!(
+            "| {} | {}{} | {} / {} / {} | {} | {} | {} | {} |",
+            kind.name(),
+            of_kind.len(),
+            if lost > 0 {
+                format!(" (+{lost} timed out)")
+            } else {
+                String::new()
+            },
+            q(&acks, 0.0),
+            q(&acks, 0.5),
+            q(&acks, 1.0),
+            q(&ready, 0.5),
+            q(&exited, 0.5),
+            failed,
+            retried
+        );
+        let clean_exits = of_kind.iter().filter(|t| t.exit_code == Some(0)).count();
+        if kind == Kind::Term {
+            println!(
+                "  (SIGTERM: {clean_exits}/{} exited with status 0)",
+                of_kind.len()
+            );
+        }
+    }
+    println!("(*median: the upper one of an even count, e.g. the 11th of 20 sorted trials)");
+    println!();
+    for kind in [Kind::Kill, Kind::Term] {
+        let mut acks: Vec<Duration> = results
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| t.first_ack)
+            .collect();
+        acks.sort_unstable();
+        let p50 = quantile(&acks, 0.5).unwrap_or(Duration::MAX);
+        let max = quantile(&acks, 1.0).unwrap_or(Duration::MAX);
+        let failed: u64 = results.iter().filter(|t| t.kind == kind).map(|t| t.failed).sum();
+        match kind {
+            Kind::Kill => println!(
+                "- SIGKILL p50 {:.0} ms (target <= {} ms): {}",
+                ms(p50),
+                TARGET_KILL_P50.as_millis(),
+                if p50 <= TARGET_KILL_P50 { "met" } else { "MISSED" }
+            ),
+            Kind::Term => println!(
+                "- SIGTERM p50 {:.0} ms (target <= {} ms), max {:.0} ms (target <= {} ms), failed sends {failed} (target 0): {}",
+                ms(p50),
+                TARGET_TERM_P50.as_millis(),
+                ms(max),
+                TARGET_TERM_MAX.as_millis(),
+                if p50 <= TARGET_TERM_P50 && max <= TARGET_TERM_MAX && failed == 0 {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            ),
+        }
+    }
+    if !summary.all_acknowledged() {
+        bail!("the producer did not get every message acknowledged: {summary}");
+    }
+    if !timeouts.is_empty() {
+        bail!("{} trials timed out", timeouts.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,508 @@
+//! `make bench-ingest`: the write path end to end over HTTP. Starts dev Consul and one node
+//! (`--durability always`, data on the local disk) as processes, then in one run measures
+//! single-message POSTs (100-byte bodies, keep-alive) at 1, 16 and 64 connections against the
+//! node and against a do-nothing axum server (the HTTP ceiling, a separate process running this
+//! same benchmark binary), NDJSON batches of 1000 messages, and the node's resident memory idle
+//! and under that load. Every phase is bounded by time (`BENCH_SECONDS`, default 3 s).
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    client::conn::http1::SendRequest,
+    header::{CONTENT_TYPE, HOST},
+    Request,
+};
+use hyper_util::rt::TokioIo;
+use support::{cpu_time, mib, proc_status_kib, quantile, Proc};
+use tokio::net::TcpStream;
+
+/// Set in the environment of the child process that serves the HTTP ceiling.
+const CEILING_ENV: &str = "SIMPLELOGGERS_BENCH_CEILING";
+/// Concurrent keep-alive connections of the single-message phases.
+const LEVELS: [usize; 3] = [1, 16, 64];
+/// Concurrent senders of the batch phases.
+const BATCH_SENDERS: [usize; 2] = [4, 16];
+/// Messages per NDJSON batch.
+const BATCH_MESSAGES: usize = 1000;
+/// Bytes per message.
+const MESSAGE_BYTES: usize = 100;
+/// Discarded start of every phase (connections open, caches warm).
+const WARMUP: Duration = Duration::from_millis(500);
+/// How often the node's VmRSS is sampled under load.
+const RSS_EVERY: Duration = Duration::from_millis(20);
+/// Targets of issue 4.
+const TARGET_RATIO_64: f64 = 0.5;
+const TARGET_BATCH_RATE: f64 = 1_000_000.0;
+const TARGET_IDLE_MIB: f64 = 30.0;
+const TARGET_LOADED_MIB: f64 = 100.0;
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var_os(CEILING_ENV).is_some() {
+        return ceiling_server();
+    }
+    let seconds = std::env::var("BENCH_SECONDS")
+        .ok()
+        .map(|s| s.parse::<f64>().context("BENCH_SECONDS"))
+        .transpose()?
+        .unwrap_or(3.0);
+    // The client gets its own multi-threaded runtime (one worker per core, like the servers).
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(Duration::from_secs_f64(seconds)))
+}
+
+/// The HTTP ceiling: axum answering every `POST /api/v1/log` with a constant acknowledgement
+/// after reading the body, on a default multi-threaded runtime in its own process (like the
+/// node), so it competes with the client for the same cores exactly as the node does.
+fn ceiling_server() -> anyhow::Result<()> {
+    async fn ack(_body: Bytes) -> axum::Json<serde_json::Value> {
+        axum::Json(serde_json::json!({"offset": 0, "term": 1}))
+    }
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let app = axum::Router::new().route("/api/v1/log", axum::routing::post(ack));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("ceiling listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// One load phase's figures.
+struct Load {
+    /// Requests completed inside the measured window.
+    requests: u64,
+    /// Length of the measured window.
+    window: Duration,
+    /// Latency of each of those requests, sorted (microseconds).
+    latencies_us: Vec<u32>,
+    /// Failed requests (non-200 or connection error), over the whole phase.
+    errors: u64,
+    /// CPU the server process used in the window.
+    server_cpu: Duration,
+    /// CPU this (client) process used in the window.
+    client_cpu: Duration,
+}
+
+impl Load {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.window.as_secs_f64()
+    }
+
+    fn p(&self, q: f64) -> f64 {
+        quantile(&self.latencies_us, q).map_or(f64::NAN, |us| f64::from(us) / 1000.0)
+    }
+
+    /// Server CPU microseconds per request.
+    fn server_us_per_request(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    }
+
+    fn client_us_per_request(&self) -> f64 {
+        self.client_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection (each load task owns exactly one).
+async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// `POST /api/v1/log` on `conn`; fails unless the answer is 200 (the body is read in full so
+/// the connection can carry the next request).
+async fn post(
+    conn: &mut SendRequest<Full<Bytes>>,
+    host: &str,
+    content_type: &'static str,
+    body: Bytes,
+) -> anyhow::Result<()> {
+    conn.ready().await?;
+    let request = Request::post("/api/v1/log")
+        .header(HOST, host)
+        .header(CONTENT_TYPE, content_type)
+        .body(Full::new(body))?;
+    let response = conn.send_request(request).await?;
+    let status = response.status();
+    let answer = response.into_body().collect().await?.to_bytes();
+    if status != 200 {
+        bail!("{status}: {}", String::from_utf8_lossy(&answer));
+    }
+    Ok(())
+}
+
+/// `conns` tasks, each on its own connection, POST `body` back to back for `WARMUP + window`;
+/// requests completing inside the window are counted.
+async fn load(
+    server: &Proc,
+    conns: usize,
+    window: Duration,
+    content_type: &'static str,
+    body: Bytes,
+) -> anyhow::Result<Load> {
+    let addr = server.addr;
+    let host = addr.to_string();
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut conns_ready = Vec::new();
+    for _ in 0..conns {
+        conns_ready.push(connect(addr).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + WARMUP;
+    let end = measure_from + window;
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in conns_ready {
+        let (host, body, errors) = (host.clone(), body.clone(), errors.clone());
+        tasks.spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            let mut latencies = Vec::new();
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                match post(&mut conn, &host, content_type, body.clone()).await {
+                    Ok(()) => {
+                        let done = Instant::now();
+                        if done >= measure_from && done <= end {
+                            let us = (done - sent).as_micros();
+                            latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        }
+                    }
+                    Err(err) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("request failed: {err:#}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        if let Ok(fresh) = connect(addr).await {
+                            conn = fresh;
+                        }
+                    }
+                }
+            }
+            latencies
+        });
+    }
+    // CPU of both processes over exactly the measured window.
+    let me = std::process::id();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu0 = (cpu_time(server.pid), cpu_time(me));
+    tokio::time::sleep_until(end.into()).await;
+    let cpu1 = (cpu_time(server.pid), cpu_time(me));
+    let mut latencies_us = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        latencies_us.extend(joined.context("load task")?);
+    }
+    latencies_us.sort_unstable();
+    let diff = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => Duration::ZERO,
+    };
+    Ok(Load {
+        requests: latencies_us.len() as u64,
+        window,
+        latencies_us,
+        errors: errors.load(Ordering::Relaxed),
+        server_cpu: diff(cpu0.0, cpu1.0),
+        client_cpu: diff(cpu0.1, cpu1.1),
+    })
+}
+
+/// Samples VmRSS of `pid` every [`RSS_EVERY`] until dropped; the peak is read with
+/// [`RssSampler::peak_kib`].
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = proc_status_kib(pid, "VmRSS") {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                tokio::time::sleep(RSS_EVERY).await;
+            }
+        });
+        RssSampler { peak, stop }
+    }
+
+    fn peak_kib(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `write(100 B)` + `fdatasync` in a loop for `budget` (at most 20 000 times): the disk's
+/// single-writer sync rate right now, which bounds one connection under `always`.
+fn fdatasync_rate(dir: &Path, budget: Duration) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe.bin");
+    let mut f = std::fs::File::create(&path)?;
+    let start = Instant::now();
+    let mut n = 0u32;
+    while n < 20_000 && start.elapsed() < budget {
+        f.write_all(&[7u8; MESSAGE_BYTES])?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let rate = f64::from(n) / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(path)?;
+    Ok(rate)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+async fn run(window: Duration) -> anyhow::Result<()> {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base)?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-ingest-")
+        .tempdir_in(base)
+        .context("bench directory")?;
+    println!("ingest benchmark in {}", dir.path().display());
+    println!("machine: {}", support::machine(dir.path()));
+    println!(
+        "each phase: {} ms warm-up (not counted) + {:.1} s measured; {MESSAGE_BYTES}-byte messages",
+        WARMUP.as_millis(),
+        window.as_secs_f64()
+    );
+
+    let mut consul = support::dev_consul(dir.path()).await?;
+    let spec = support::NodeSpec::new(dir.path(), "n0", &consul.url(), &["--durability", "always"]);
+    let mut node = spec.start("127.0.0.1:0").await?;
+    let http = reqwest::Client::new();
+    let readyz = format!("{}/readyz", node.url());
+    support::eventually(Duration::from_secs(30), || async {
+        support::ok(&http, &readyz).await.then_some(())
+    })
+    .await
+    .context("the node did not become leader within 30 s")?;
+    // Let start-up work (registration, first renewals) settle before reading the idle figure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_kib = proc_status_kib(node.pid, "VmRSS").context("VmRSS")?;
+    println!(
+        "node pid {} leader on {}; idle VmRSS {:.1} MiB",
+        node.pid,
+        node.url(),
+        mib(idle_kib)
+    );
+
+    let ceiling_exe = std::env::current_exe()?;
+    let mut ceiling = Proc::start(
+        &ceiling_exe,
+        &[],
+        &dir.path().join("ceiling.log"),
+        &[(CEILING_ENV, "1")],
+    )
+    .await?;
+    println!(
+        "ceiling (do-nothing axum, own process) pid {} on {}",
+        ceiling.pid,
+        ceiling.url()
+    );
+
+    let single = Bytes::from(format!("{:0>width$}", "bench message", width = MESSAGE_BYTES));
+    assert_eq!(single.len(), MESSAGE_BYTES);
+    let fsync_before = fdatasync_rate(dir.path(), Duration::from_secs(1))?;
+    println!("disk: write(100 B) + fdatasync, one writer: {fsync_before:.0}/s");
+    let rss = RssSampler::start(node.pid);
+    let mut rows = Vec::new();
+    let mut errors = 0;
+    for conns in LEVELS {
+        // Node and ceiling back to back at each level, so both see the same background load.
+        let n = load(&node, conns, window, "text/plain", single.clone()).await?;
+        let c = load(&ceiling, conns, window, "text/plain", single.clone()).await?;
+        println!(
+            "{conns:>3} conns: node {:>8.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors) | ceiling {:>8.0}/s p50 {:.2} ms p99 {:.2} ms | ratio {:.2}",
+            n.per_second(),
+            n.p(0.5),
+            n.p(0.99),
+            n.errors,
+            c.per_second(),
+            c.p(0.5),
+            c.p(0.99),
+            n.per_second() / c.per_second()
+        );
+        errors += n.errors + c.errors;
+        rows.push((conns, n, c));
+    }
+    let single_peak = rss.peak_kib();
+
+    let line = format!("\"{}\"\n", "m".repeat(MESSAGE_BYTES));
+    let batch = Bytes::from(line.repeat(BATCH_MESSAGES));
+    let mut batch_rows = Vec::new();
+    for senders in BATCH_SENDERS {
+        let b = load(&node, senders, window, "application/x-ndjson", batch.clone()).await?;
+        let c = load(&ceiling, senders, window, "application/x-ndjson", batch.clone()).await?;
+        println!(
+            "batches: {senders} senders x {BATCH_MESSAGES} messages ({} KiB bodies): node {:.0} messages/s (p50 {:.2} ms, p99 {:.2} ms, {} errors) | ceiling {:.0} messages/s",
+            batch.len() / 1024,
+            b.per_second() * BATCH_MESSAGES as f64,
+            b.p(0.5),
+            b.p(0.99),
+            b.errors,
+            c.per_second() * BATCH_MESSAGES as f64,
+        );
+        errors += b.errors + c.errors;
+        batch_rows.push((senders, b, c));
+    }
+    let peak_kib = rss.peak_kib();
+    drop(rss);
+    let hwm_kib = proc_status_kib(node.pid, "VmHWM").unwrap_or(0);
+    let fsync_after = fdatasync_rate(dir.path(), Duration::from_secs(1))?;
+    println!("disk: write(100 B) + fdatasync, one writer: {fsync_after:.0}/s");
+
+    // Diagnostic (not a target): the same node with `--durability never`, to split the gap to
+    // the ceiling into disk wait and everything else. Own election key, same dev Consul.
+    let never_spec = support::NodeSpec::new(
+        dir.path(),
+        "never",
+        &consul.url(),
+        &[
+            "--durability",
+            "never",
+            "--election-key",
+            "service/bench-never/leader",
+            "--service-name",
+            "bench-never",
+        ],
+    );
+    let mut never = never_spec.start("127.0.0.1:0").await?;
+    let readyz = format!("{}/readyz", never.url());
+    support::eventually(Duration::from_secs(30), || async {
+        support::ok(&http, &readyz).await.then_some(())
+    })
+    .await
+    .context("the durability=never node did not become leader within 30 s")?;
+    let mut never_rows = Vec::new();
+    for conns in [1, 64] {
+        let n = load(&never, conns, window, "text/plain", single.clone()).await?;
+        println!(
+            "durability never, {conns:>3} conns: {:>8.0}/s p50 {:.2} ms p99 {:.2} ms, node CPU {:.0} µs/msg",
+            n.per_second(),
+            n.p(0.5),
+            n.p(0.99),
+            n.server_us_per_request()
+        );
+        errors += n.errors;
+        never_rows.push((conns, n));
+    }
+    never.stop().await;
+
+    // The summary, as Markdown for BENCHMARKS.md.
+    println!();
+    println!("| connections | node msg/s | node p50 / p99 (ms) | ceiling msg/s | ceiling p50 / p99 (ms) | ratio | node CPU µs/msg | ceiling CPU µs/msg | client CPU µs/msg (node / ceiling) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (conns, n, c) in &rows {
+        println!(
+            "| {conns} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2} | {:.0} | {:.0} | {:.0} / {:.0} |",
+            n.per_second(),
+            n.p(0.5),
+            n.p(0.99),
+            c.per_second(),
+            c.p(0.5),
+            c.p(0.99),
+            n.per_second() / c.per_second(),
+            n.server_us_per_request(),
+            c.server_us_per_request(),
+            n.client_us_per_request(),
+            c.client_us_per_request(),
+        );
+    }
+    for (conns, n) in &never_rows {
+        // Against the ceiling measured earlier in this run at the same level (not back to back).
+        let ceiling = rows
+            .iter()
+            .find(|(c, _, _)| c == conns)
+            .map_or(f64::NAN, |(_, _, c)| c.per_second());
+        println!(
+            "| {conns}, `--durability never` (diagnostic) | {:.0} | {:.2} / {:.2} | (above) | | {:.2} | {:.0} | | {:.0} / |",
+            n.per_second(),
+            n.p(0.5),
+            n.p(0.99),
+            n.per_second() / ceiling,
+            n.server_us_per_request(),
+            n.client_us_per_request(),
+        );
+    }
+    println!();
+    println!("| NDJSON batches of {BATCH_MESSAGES} | node messages/s | node p50 / p99 (ms) | node CPU µs/msg | ceiling messages/s |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (senders, b, c) in &batch_rows {
+        println!(
+            "| {senders} senders | {:.0} | {:.1} / {:.1} | {:.2} | {:.0} |",
+            b.per_second() * BATCH_MESSAGES as f64,
+            b.p(0.5),
+            b.p(0.99),
+            b.server_us_per_request() / BATCH_MESSAGES as f64,
+            c.per_second() * BATCH_MESSAGES as f64,
+        );
+    }
+    println!();
+    println!("disk fdatasync rate (one writer, 100 B): {fsync_before:.0}/s before, {fsync_after:.0}/s after");
+    let (_, n64, c64) = rows.last().context("no levels")?;
+    let ratio = n64.per_second() / c64.per_second();
+    println!(
+        "- 64 connections: {ratio:.2} of the ceiling (target >= {TARGET_RATIO_64}): {}",
+        met(ratio >= TARGET_RATIO_64)
+    );
+    let (senders, b, _) = batch_rows.first().context("no batch phase")?;
+    let batch_rate = b.per_second() * BATCH_MESSAGES as f64;
+    println!(
+        "- NDJSON batches of {BATCH_MESSAGES}, {senders} senders: {batch_rate:.0} messages/s (target >= {TARGET_BATCH_RATE:.0}): {}",
+        met(batch_rate >= TARGET_BATCH_RATE)
+    );
+    println!(
+        "- node VmRSS idle: {:.1} MiB (target <= {TARGET_IDLE_MIB}): {}",
+        mib(idle_kib),
+        met(mib(idle_kib) <= TARGET_IDLE_MIB)
+    );
+    let loaded = mib(peak_kib.max(hwm_kib));
+    println!(
+        "- node VmRSS under load: peak sampled {:.1} MiB during single messages, {:.1} MiB including batches; VmHWM {:.1} MiB (target <= {TARGET_LOADED_MIB}): {}",
+        mib(single_peak),
+        mib(peak_kib),
+        mib(hwm_kib),
+        met(loaded <= TARGET_LOADED_MIB)
+    );
+    ceiling.kill().await;
+    node.stop().await;
+    consul.stop().await;
+    if errors > 0 {
+        bail!("{errors} requests failed");
+    }
+    Ok(())
+}
