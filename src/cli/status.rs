@@ -33,8 +33,8 @@ pub struct StatusConfig {
     )]
     pub election_key: String,
     /// How long each member's /api/v1/status may take before it is shown as unreachable.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    #[arg(long = "timeout", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub member_timeout: Duration,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
@@ -47,7 +47,7 @@ pub struct StatusConfig {
 pub async fn run(config: &StatusConfig) -> Result<String, ConsulError> {
     let consul = ConsulClient::new(&config.consul)?;
     let http = reqwest::Client::builder()
-        .connect_timeout(config.timeout)
+        .connect_timeout(config.member_timeout)
         .build()
         .map_err(|e| ConsulError::Config(format!("cannot build the HTTP client: {e}")))?;
     let view = cluster::collect(
@@ -55,7 +55,7 @@ pub async fn run(config: &StatusConfig) -> Result<String, ConsulError> {
         &http,
         &config.service_name,
         &config.election_key,
-        config.timeout,
+        config.member_timeout,
     )
     .await?;
     Ok(render(&view, config.output))
