@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium driven through chromedriver's WebDriver
 //! protocol (Debian packages `chromium` and `chromium-driver`, installed by `make browser-deps`)
 //! opens one page on a demo-like cluster, shows the right leader, and — without a reload — shows
-//! the new leader after the old one is SIGKILLed, with the change in its timeline. The final
+//! the new leader after the old one is SIGKILLed, with the change in its timeline, and recovers by
+//! itself when the node it is viewed through restarts (a restarted port-forward). The final
 //! render is saved as `docs/dashboard.png` for the README. Skips (with a message) without Chromium.
 
 #[path = "support/cluster.rs"]
@@ -234,6 +235,25 @@ async fn dashboard_follows_the_leader() {
         members.contains("unreachable"),
         "the killed node shows as unreachable: {members:?}"
     );
+
+    // The node behind the page goes away and comes back on the same address, as when a
+    // port-forward is restarted: the page says so, then recovers by itself without a reload.
+    let addr = c.nodes[viewer].as_ref().unwrap().addr;
+    c.nodes[viewer].as_mut().unwrap().terminate().await;
+    c.nodes[viewer] = None;
+    browser
+        .wait_text("conn", "reconnecting…", Duration::from_secs(15))
+        .await;
+    c.restart(viewer, addr).await;
+    browser.wait_text("conn", "live", Duration::from_secs(30)).await;
+    browser
+        .wait_text("tail-state", "streaming", Duration::from_secs(30))
+        .await;
+    let leader = c.wait_leader(Duration::from_secs(60)).await;
+    browser
+        .wait_text("leader-name", &format!("n{leader}"), Duration::from_secs(30))
+        .await;
+    let second = leader;
 
     // For the screenshot: the new leader's own page while it takes traffic, so the tail and
     // the ingest chart have something to show.

@@ -170,9 +170,36 @@ function addTail(entry) {
   while (list.children.length > TAIL_LINES) list.lastChild.remove();
 }
 
+let lastEventId = null;
+let streamDelay = 1000;
+
+function openStream(from) {
+  const source = new EventSource(from === null ? "api/v1/log/stream" : "api/v1/log/stream?from=" + from);
+  source.onopen = () => { streamOk = true; streamDelay = 1000; showConnection(); };
+  source.onerror = () => {
+    streamOk = false;
+    showConnection();
+    // EventSource retries by itself after a dropped connection, but gives up for good after an
+    // error answer (e.g. a port-forward whose pod is gone): then reopen it ourselves, with back-off.
+    if (source.readyState === EventSource.CLOSED) {
+      const resume = lastEventId === null ? from : lastEventId + 1;
+      setTimeout(() => openStream(resume), streamDelay);
+      streamDelay = Math.min(streamDelay * 2, MAX_BACKOFF_MS);
+    }
+  };
+  source.onmessage = (ev) => {
+    streamOk = true;
+    try {
+      const entry = JSON.parse(ev.data);
+      lastEventId = entry.offset;
+      addTail(entry);
+    } catch (e) { /* not an entry */ }
+  };
+}
+
 function stream() {
-  // Start a few messages back so the tail is not empty on a quiet cluster; EventSource resends
-  // the last id on reconnect, which the node honours over `from`.
+  // Start a few messages back so the tail is not empty on a quiet cluster; on reconnect
+  // EventSource resends the last id, which the node honours over `from`.
   fetch("api/v1/status", { cache: "no-store" })
     .then((r) => r.json())
     .then((s) => {
@@ -180,15 +207,7 @@ function stream() {
       return Math.max(s.log_start_offset, s.log_end_offset - TAIL_LINES);
     })
     .catch(() => null)
-    .then((from) => {
-      const source = new EventSource(from === null ? "api/v1/log/stream" : "api/v1/log/stream?from=" + from);
-      source.onopen = () => { streamOk = true; showConnection(); };
-      source.onerror = () => { streamOk = false; showConnection(); };
-      source.onmessage = (ev) => {
-        streamOk = true;
-        try { addTail(JSON.parse(ev.data)); } catch (e) { /* not an entry */ }
-      };
-    });
+    .then(openStream);
 }
 
 drawChart();

@@ -9,7 +9,7 @@ use axum::{
     http::HeaderMap,
     response::sse::{Event, KeepAlive, Sse},
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 use super::{ApiError, Entry, Node};
 use crate::{
@@ -23,6 +23,8 @@ const PAGE_RECORDS: usize = 256;
 const PAGE_BYTES: usize = 1 << 20;
 /// Interval of the keep-alive comments (proxies and port-forwards drop idle connections).
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How soon a browser's `EventSource` reconnects after the connection drops (its default is ~3 s).
+const RECONNECT: Duration = Duration::from_secs(1);
 
 /// Where a stream starts: the `from` parameter, or one past `Last-Event-ID` on a reconnect
 /// (which wins, since the browser re-sends the original URL). `None`: the current end.
@@ -86,10 +88,19 @@ pub async fn stream(
         page: VecDeque::new(),
         done: false,
     };
-    let events = futures::stream::unfold(tail, |mut tail| async move {
-        let event = tail.next_event().await?;
-        Some((Ok(event), tail))
-    });
+    // First a `retry:` hint and a comment saying where the stream starts, so that `curl -N`
+    // shows at once that it is connected.
+    let hello = Event::default().retry(RECONNECT).comment(format!(
+        "simpleloggers log stream of {} from offset {next}",
+        node.config.name
+    ));
+    let events = futures::stream::once(async move { Ok(hello) }).chain(futures::stream::unfold(
+        tail,
+        |mut tail| async move {
+            let event = tail.next_event().await?;
+            Some((Ok(event), tail))
+        },
+    ));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
