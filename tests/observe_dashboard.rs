@@ -88,3 +88,23 @@ async fn cluster_json_shape() {
         assert_eq!(m["holds_lock"], is_leader, "{m}");
     }
 }
+
+/// Without Consul the cluster view is a JSON 503 that says why, not a hang or an HTML error.
+#[tokio::test]
+async fn cluster_json_without_consul_is_503() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.wait_leader(Duration::from_secs(20)).await;
+    c.consul.kill().await;
+    let url = format!("{}/api/v1/cluster", c.url(0));
+    let body = eventually(Duration::from_secs(20), || async {
+        let resp = c.http.get(&url).send().await.ok()?;
+        if resp.status() != 503 {
+            return None;
+        }
+        resp.json::<Value>().await.ok()
+    })
+    .await
+    .expect("503 once the cached view expires");
+    assert!(body["error"].as_str().unwrap().contains("Consul"), "{body}");
+    assert_eq!(body["observed_by"], "n0");
+}

@@ -156,3 +156,29 @@ async fn stream_defaults_to_the_end_and_rejects_bad_input() {
         assert!(body["error"].as_str().unwrap().contains("parameter"), "{body}");
     }
 }
+
+/// An open stream ends when its node stops gracefully, and does not hold up the drain (which
+/// would otherwise wait up to its 10 s bound for the connection).
+#[tokio::test]
+async fn stream_ends_on_graceful_stop() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.wait_leader(Duration::from_secs(20)).await;
+    let url = c.url(0);
+    write(&c, &url, "one").await;
+    let mut stream = SseReader::open(&format!("{url}/api/v1/log/stream?from=0"), None).await;
+    assert_eq!(stream.next(Duration::from_secs(10)).await.data["message"], "one");
+    let started = std::time::Instant::now();
+    c.nodes[0].as_mut().unwrap().terminate().await;
+    let stopped_in = started.elapsed();
+    assert!(stopped_in < Duration::from_secs(5), "stop took {stopped_in:?}");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.resp.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended");
+}
