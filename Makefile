@@ -1,12 +1,25 @@
 # simpleloggers — the commands a newcomer and CI run. `make` lists the targets.
 CARGO ?= cargo
 
-.PHONY: help test fmt lint unit demo bench-log bench-ingest bench-memory bench-failover
+.PHONY: help test fmt lint unit demo browser-deps bench-log bench-ingest bench-memory bench-failover
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-test: fmt lint unit ## every test: formatting, clippy, unit and integration tests
+test: browser-deps fmt lint unit ## every test: formatting, clippy, unit, integration and browser tests
+
+browser-deps: ## headless Chromium + chromedriver for tests/observe_browser.rs (apt-get as root; skipped otherwise)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "browser-deps: chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y chromium chromium-driver || \
+			{ apt-get update && apt-get install -y chromium chromium-driver; }; \
+	elif [ "$$CI" = true ]; then \
+		echo "browser-deps: CI needs chromium and chromium-driver, but this is not root with apt-get" >&2; exit 1; \
+	else \
+		echo "browser-deps: not root (or no apt-get): chromium not installed; the browser test will skip"; \
+	fi
 
 fmt: ## rustfmt check
 	$(CARGO) fmt --all -- --check

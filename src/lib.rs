@@ -2,6 +2,7 @@
 //! HashiCorp Consul (a session and a KV lock); only the leader accepts messages.
 //!
 //! # Layout
+//! - [`cli`]: `simpleloggers status` and `tail`, and the cluster view they share with the dashboard.
 //! - [`consul`]: typed Consul HTTP client (KV, sessions, agent, health, txn, blocking watches).
 //! - [`demo`]: `simpleloggers demo`: the whole system on one machine, verified at the end.
 //! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
@@ -15,6 +16,7 @@
 //! - [`shutdown`]: cancellation plumbing shared by every long-running task.
 //! - [`telemetry`]: tracing subscriber set-up.
 
+pub mod cli;
 pub mod consul;
 pub mod demo;
 pub mod devconsul;

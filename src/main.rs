@@ -5,6 +5,7 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use simpleloggers::{
+    cli::{self, StatusConfig, TailConfig},
     demo, devconsul,
     node::{self, NodeConfig},
     producer, shutdown,
@@ -40,13 +41,22 @@ enum Command {
     DevConsul(devconsul::Config),
     /// Run the whole system on this machine: dev Consul, three nodes, a producer; verify at the end.
     Demo(demo::DemoConfig),
+    /// Show the cluster's members from Consul and their own status: role, readiness, term,
+    /// log end offset, Consul check and session (`-o json` for scripts).
+    Status(StatusConfig),
+    /// Print the leader's messages (found through Consul), one per line; with --follow keep
+    /// streaming across failovers.
+    Tail(TailConfig),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own status lines; its in-process Consul and producer only warn.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+    let default_filter = if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Status(_) | Command::Tail(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -83,6 +93,22 @@ async fn main() -> anyhow::Result<()> {
                 .context("the demo could not run")?;
             if !verified {
                 anyhow::bail!("verification failed: see the report above");
+            }
+        }
+        Command::Status(config) => {
+            let text = cli::status::run(&config)
+                .await
+                .with_context(|| format!("cannot show the status (Consul at {})", config.consul.addr))?;
+            print!("{text}");
+            std::io::stdout().flush().context("cannot write the status")?;
+        }
+        Command::Tail(config) => {
+            let mut out = std::io::stdout();
+            match cli::tail::run(&config, &mut out, shutdown::on_signal()).await {
+                Ok(_) => {}
+                // `tail | head` closes the pipe: that is the reader's choice, not a failure.
+                Err(cli::tail::TailError::Io(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(err) => return Err(err).context("tail failed"),
             }
         }
         Command::Producer(config) => {

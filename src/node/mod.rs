@@ -3,9 +3,11 @@
 //! hands leadership over fastest: not-ready → no new writes → drain → release → destroy →
 //! deregister → close the log.
 
+mod dashboard;
 mod error;
 mod probes;
 mod read;
+mod stream;
 mod write;
 
 use std::{
@@ -24,9 +26,11 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
+pub use dashboard::ClusterCache;
 pub use error::ApiError;
 pub use probes::{readiness, Readiness, Status};
 pub use read::{parse_read_params, Entry, ReadAnswer};
+pub use stream::{parse_stream_start, record_event};
 pub use write::{parse_ndjson, producer_from_headers, BatchAck, SingleAck, PRODUCER_ID, PRODUCER_SEQ};
 
 use crate::{
@@ -121,6 +125,10 @@ pub struct Settings {
     pub max_batch_bytes: usize,
     /// Follower behaviour.
     pub follower_writes: FollowerWrites,
+    /// Consul service name the nodes register under (for `/api/v1/cluster`).
+    pub service_name: String,
+    /// KV key whose lock is leadership (for `/api/v1/cluster`).
+    pub election_key: String,
 }
 
 /// The state every handler shares. Cheap to clone.
@@ -134,8 +142,12 @@ pub struct Node {
     pub store: LogStore,
     /// Metrics.
     pub metrics: Metrics,
-    /// Client for forwarding writes to the leader.
+    /// Client for forwarding writes to the leader and asking peers for their status.
     pub http: reqwest::Client,
+    /// Consul, for the cluster view of the dashboard.
+    pub consul: ConsulClient,
+    /// The last cluster view, shared by every dashboard that polls this node.
+    pub cluster: ClusterCache,
 }
 
 /// Errors that stop a node from starting.
@@ -233,13 +245,15 @@ pub async fn run(
     })?;
     let consul = ConsulClient::new(&config.consul)?;
     let metrics = Metrics::new();
-    let elector = Elector::start(consul, election, metrics.clone());
+    let elector = Elector::start(consul.clone(), election, metrics.clone());
     let node = Node {
         config: std::sync::Arc::new(Settings {
             name: name.clone(),
             max_message_bytes: config.max_message_bytes,
             max_batch_bytes: config.max_batch_bytes.max(config.max_message_bytes),
             follower_writes: config.follower_writes,
+            service_name: config.service_name.clone(),
+            election_key: config.election_key.clone(),
         }),
         elector: elector.clone(),
         store: store.clone(),
@@ -250,6 +264,8 @@ pub async fn run(
             .map_err(|e| {
                 NodeError::Config(format!("cannot build the HTTP client used for forwarding: {e}"))
             })?,
+        consul,
+        cluster: ClusterCache::default(),
     };
     tokio::spawn(follow_state(node.clone(), shutdown.clone()));
     tracing::info!(%name, %advertise, listen = %bound, "node started");
@@ -302,7 +318,11 @@ async fn follow_state(node: Node, shutdown: CancellationToken) {
 /// The node's routes.
 pub fn router(node: Node) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
+        .route("/api/v1/cluster", get(dashboard::cluster))
         .route("/api/v1/log", get(read::read).post(write::append))
+        .route("/api/v1/log/stream", get(stream::stream))
         .route("/api/v1/status", get(probes::status))
         .route("/readyz", get(probes::readyz))
         .route("/healthz", get(probes::healthz))

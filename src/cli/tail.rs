@@ -1,0 +1,326 @@
+//! `simpleloggers tail`: finds the leader through Consul and prints its messages one per line;
+//! with `--follow` it keeps streaming (`/api/v1/log/stream`) and, when leadership moves,
+//! rediscovers the leader and resumes there.
+
+use std::{collections::HashMap, io::Write, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    consul::{ConsulClient, ConsulConfig, ConsulError},
+    discovery::{watch_leader, CurrentLeader},
+    shutdown::CancellationToken,
+};
+
+/// Entries fetched per read without `--follow`.
+const PAGE: usize = 1000;
+/// Longest pause between attempts to reach a leader that does not answer.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Flags of `simpleloggers tail`.
+#[derive(Clone, Debug, clap::Args)]
+#[command(
+    after_help = "Output: one line per message, OFFSET<TAB>TERM<TAB>MESSAGE (newlines in a message \
+are printed as \\n; a message that is not UTF-8 as base64:<data>).\n\n\
+Offsets are per node: each node has its own log, and a new leader's log holds what was written to \
+it (until replication lands, it does not hold the old leader's messages). With --follow, tail \
+therefore resumes after a failover as follows: on a node it has followed before, after the last \
+offset it printed from that node; on a node it has not followed yet, at --from (default 0: \
+everything that node retains). Nothing is printed twice and nothing the new leader holds is \
+skipped."
+)]
+pub struct TailConfig {
+    /// How to reach Consul.
+    #[command(flatten)]
+    pub consul: ConsulConfig,
+    /// KV key whose lock is leadership.
+    #[arg(
+        long,
+        env = "SIMPLELOGGERS_ELECTION_KEY",
+        default_value = "service/simpleloggers/leader"
+    )]
+    pub election_key: String,
+    /// First offset to print (default: the oldest the leader retains).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Keep printing new messages, following the leader across failovers, until Ctrl-C.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How long to wait for a leader to be elected.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+}
+
+/// Why `tail` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// The Consul client could not be built.
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    /// No node held the election lock in time.
+    #[error("no leader found under the election key {key:?} within {wait:?} (is Consul at {consul} and a node running?)")]
+    NoLeader {
+        /// The election key.
+        key: String,
+        /// How long we waited.
+        wait: Duration,
+        /// The Consul address.
+        consul: String,
+    },
+    /// The leader could not be read.
+    #[error("cannot read the log of the leader at {leader}: {message}")]
+    Read {
+        /// The leader's address.
+        leader: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Standard output failed.
+    #[error("cannot write to standard output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One entry as the node serializes it (`read.rs` `Entry`).
+#[derive(Debug, Deserialize)]
+pub struct TailEntry {
+    /// Offset in the leader's log.
+    pub offset: u64,
+    /// Term of the leader that stored it.
+    pub term: u64,
+    /// The message, when UTF-8.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The message in base64 otherwise.
+    #[serde(default)]
+    pub message_base64: Option<String>,
+}
+
+impl TailEntry {
+    /// The printed line (without the newline).
+    pub fn line(&self) -> String {
+        let message = match (&self.message, &self.message_base64) {
+            (Some(m), _) => m.replace('\\', "\\\\").replace('\n', "\\n").replace('\r', "\\r"),
+            (None, Some(b)) => format!("base64:{b}"),
+            (None, None) => String::new(),
+        };
+        format!("{}\t{}\t{}", self.offset, self.term, message)
+    }
+}
+
+#[derive(Deserialize)]
+struct ReadAnswer {
+    entries: Vec<TailEntry>,
+    next: u64,
+    end_offset: u64,
+}
+
+/// Runs `tail`, printing to `out`. Returns the number of messages printed.
+///
+/// # Errors
+/// No leader within `--wait`, an unreadable leader (without `--follow`), or a failed write.
+pub async fn run(
+    config: &TailConfig,
+    out: &mut (impl Write + Send),
+    shutdown: CancellationToken,
+) -> Result<u64, TailError> {
+    let consul = ConsulClient::new(&config.consul)?;
+    let watch_stop = shutdown.child_token();
+    let _stop_watch = watch_stop.clone().drop_guard();
+    let mut leaders = watch_leader(consul.clone(), config.election_key.clone(), watch_stop);
+    let no_leader = || TailError::NoLeader {
+        key: config.election_key.clone(),
+        wait: config.wait,
+        consul: consul.base_url().to_string(),
+    };
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(0),
+        found = tokio::time::timeout(config.wait, leaders.wait_for(Option::is_some)) => match found {
+            Ok(Ok(leader)) => leader.clone(),
+            _ => return Err(no_leader()),
+        },
+    };
+    let leader = first.ok_or_else(no_leader)?;
+    if config.follow {
+        follow(config, out, leaders, shutdown).await
+    } else {
+        print_existing(config, out, &leader).await
+    }
+}
+
+async fn print_existing(
+    config: &TailConfig,
+    out: &mut (impl Write + Send),
+    leader: &CurrentLeader,
+) -> Result<u64, TailError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ConsulError::Config(format!("cannot build the HTTP client: {e}")))?;
+    let read_err = |message: String| TailError::Read {
+        leader: leader.record.address.clone(),
+        message,
+    };
+    let mut from = config.from;
+    let mut until = None;
+    let mut printed = 0;
+    loop {
+        let mut url = format!("{}/api/v1/log?limit={PAGE}", leader.record.url());
+        if let Some(from) = from {
+            url.push_str(&format!("&from={from}"));
+        }
+        let resp = http.get(&url).send().await.map_err(|e| read_err(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(read_err(format!("{status}: {body}")));
+        }
+        let answer: ReadAnswer = resp.json().await.map_err(|e| read_err(e.to_string()))?;
+        // Print what existed when we started; stop there even under a steady stream of writes.
+        let until = *until.get_or_insert(answer.end_offset);
+        for entry in &answer.entries {
+            if entry.offset >= until {
+                break;
+            }
+            writeln!(out, "{}", entry.line())?;
+            printed += 1;
+        }
+        out.flush()?;
+        if answer.entries.is_empty() || answer.next >= until {
+            return Ok(printed);
+        }
+        from = Some(answer.next);
+    }
+}
+
+/// Whether two leader sightings are the same tenure.
+fn same_tenure(a: &CurrentLeader, b: &CurrentLeader) -> bool {
+    a.record.name == b.record.name && a.term == b.term && a.record.address == b.record.address
+}
+
+async fn follow(
+    config: &TailConfig,
+    out: &mut (impl Write + Send),
+    mut leaders: tokio::sync::watch::Receiver<Option<CurrentLeader>>,
+    shutdown: CancellationToken,
+) -> Result<u64, TailError> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| ConsulError::Config(format!("cannot build the HTTP client: {e}")))?;
+    // Next offset to print, per node: offsets are per node (see the help text).
+    let mut positions: HashMap<String, u64> = HashMap::new();
+    let mut printed = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let leader = loop {
+            if let Some(l) = leaders.borrow_and_update().clone() {
+                break l;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(printed),
+                changed = leaders.changed() => if changed.is_err() { return Ok(printed) },
+            }
+        };
+        let name = leader.record.name.clone();
+        let from = positions.get(&name).copied().or(config.from).unwrap_or(0);
+        let url = format!("{}/api/v1/log/stream?from={from}", leader.record.url());
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(printed),
+            resp = http.get(&url).send() => resp.and_then(|r| r.error_for_status()),
+        };
+        let mut resp = match connected {
+            Ok(resp) => {
+                eprintln!(
+                    "tail: following {name} at {} (term {}) from offset {from}",
+                    leader.record.address, leader.term
+                );
+                backoff = Duration::from_millis(100);
+                resp
+            }
+            Err(err) => {
+                tracing::debug!(%err, leader = %name, "cannot reach the leader; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(printed),
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = leaders.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let mut buf = String::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(printed),
+                changed = leaders.changed() => {
+                    if changed.is_err() {
+                        return Ok(printed);
+                    }
+                    let moved = leaders
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|now| !same_tenure(now, &leader));
+                    if moved {
+                        break;
+                    }
+                }
+                chunk = resp.chunk() => match chunk {
+                    Ok(Some(bytes)) => {
+                        buf.push_str(&String::from_utf8_lossy(&bytes));
+                        for entry in take_events(&mut buf) {
+                            positions.insert(name.clone(), entry.offset + 1);
+                            writeln!(out, "{}", entry.line())?;
+                            printed += 1;
+                        }
+                        out.flush()?;
+                    }
+                    // The stream ended (the node stopped) or broke: rediscover.
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        eprintln!("tail: stream from {name} ended; looking for the leader");
+    }
+}
+
+/// Removes the complete SSE events from `buf` and returns their entries (comments, keep-alives
+/// and events without an entry are skipped).
+pub fn take_events(buf: &mut String) -> Vec<TailEntry> {
+    let mut entries = Vec::new();
+    while let Some(pos) = buf.find("\n\n") {
+        let event: String = buf.drain(..pos + 2).collect();
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if data.is_empty() {
+            continue;
+        }
+        if let Ok(entry) = serde_json::from_str::<TailEntry>(&data.join("\n")) {
+            entries.push(entry);
+        }
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Complete events are parsed, comments skipped, a partial event stays buffered.
+    #[test]
+    fn sse_parsing() {
+        let mut buf = String::from(
+            ": keep-alive\n\nid: 3\ndata: {\"offset\":3,\"term\":2,\"timestamp_ms\":1,\"message\":\"a\\nb\"}\n\nid: 4\ndata: {\"off",
+        );
+        let entries = take_events(&mut buf);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].line(), "3\t2\ta\\nb");
+        assert_eq!(buf, "id: 4\ndata: {\"off");
+        buf.push_str("set\":4,\"term\":2,\"message_base64\":\"/w==\"}\n\n");
+        let entries = take_events(&mut buf);
+        assert_eq!(entries[0].line(), "4\t2\tbase64:/w==");
+        assert!(buf.is_empty());
+    }
+}
