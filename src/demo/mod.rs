@@ -49,7 +49,7 @@ pub struct DemoConfig {
     /// Messages per second the producer sends.
     #[arg(long, env = "SIMPLELOGGERS_DEMO_RATE", default_value_t = 100.0)]
     pub rate: f64,
-    /// Durability of the nodes' logs (always, interval:<ms>, never).
+    /// Durability of the nodes' logs (always, `interval:<ms>`, never).
     #[arg(long, env = "SIMPLELOGGERS_DEMO_DURABILITY", default_value = "always")]
     pub durability: String,
     /// Keep the data directories and node logs in this directory instead of a temporary one.

@@ -95,7 +95,7 @@ pub struct NodeConfig {
     /// Interval of Consul's HTTP check on /healthz.
     #[arg(long, env = "SIMPLELOGGERS_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub check_interval: Duration,
-    /// When a write is acknowledged: always (after fdatasync), interval:<ms>, never.
+    /// When a write is acknowledged: always (after fdatasync), `interval:<ms>`, never.
     #[arg(long, env = "SIMPLELOGGERS_DURABILITY", default_value = "always")]
     pub durability: Durability,
     /// Largest accepted message.

@@ -92,7 +92,7 @@ pub struct Ack {
 }
 
 /// Live counters shared by the source, the senders and the run loop. Counters are atomics so the
-/// per-message path takes no lock; [`Stats::publish`] folds them into a [`Summary`] for watchers.
+/// per-message path takes no lock; `Stats::publish` folds them into a [`Summary`] for watchers.
 #[derive(Debug)]
 pub struct Stats {
     producer_id: String,
