@@ -177,10 +177,11 @@ pub fn classify(status: u16, retry_after: Option<&str>, leader_header: Option<&s
 }
 
 /// The delay before the next attempt: the back-off, stretched to the node's `Retry-After` (capped
-/// at [`RETRY_AFTER_CAP`]) unless a leader hint says where to go now.
-pub fn retry_delay(backoff: Duration, retry_after: Option<Duration>, have_hint: bool) -> Duration {
+/// at [`RETRY_AFTER_CAP`]) unless we know where to go now: a leader hint, or the refusing node is
+/// the one Consul names as leader (it took the lock a moment ago and is about to serve).
+pub fn retry_delay(backoff: Duration, retry_after: Option<Duration>, know_where: bool) -> Duration {
     match retry_after {
-        Some(after) if !have_hint => backoff.max(after.min(RETRY_AFTER_CAP)),
+        Some(after) if !know_where => backoff.max(after.min(RETRY_AFTER_CAP)),
         _ => backoff,
     }
 }
@@ -415,7 +416,15 @@ impl Sender {
                     if let Some(leader) = &leader_hint {
                         self.router.hint(&target, leader);
                     }
-                    let delay = retry_delay(backoff.next_delay(), retry_after, leader_hint.is_some());
+                    // A 503 from the node Consul names as leader means it has not finished taking
+                    // over (or its lease just lapsed): the back-off alone paces the retry.
+                    let named_leader = matches!(self.router.route, Route::Leader(_))
+                        && self.router.primary().as_deref() == Some(target.as_str());
+                    let delay = retry_delay(
+                        backoff.next_delay(),
+                        retry_after,
+                        leader_hint.is_some() || named_leader,
+                    );
                     tracing::debug!(seq = batch.seq, attempt = attempts, target, %reason, ?delay, "retrying batch");
                     last_reason = reason;
                     let now = Instant::now();
