@@ -40,6 +40,8 @@ enum Command {
     DevConsul(devconsul::Config),
     /// Run the whole system on this machine: dev Consul, three nodes, a producer; verify at the end.
     Demo(demo::DemoConfig),
+    /// Print the LogCluster CustomResourceDefinition as YAML (what the chart ships in `crds/`).
+    Crd,
 }
 
 #[tokio::main]
@@ -53,6 +55,11 @@ async fn main() -> anyhow::Result<()> {
     };
     telemetry::init(cli.log_format, default_filter);
     match cli.command {
+        Command::Crd => {
+            let yaml = simpleloggers::k8s::crd::crd_yaml().context("cannot render the CRD")?;
+            print!("{yaml}");
+            std::io::stdout().flush().context("cannot write the CRD")?;
+        }
         Command::Node(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await

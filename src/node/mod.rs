@@ -252,6 +252,9 @@ pub async fn run(
             })?,
     };
     tokio::spawn(follow_state(node.clone(), shutdown.clone()));
+    // Best-effort Kubernetes integration (role label, Events, LogCluster status, rollout); it
+    // switches itself off outside a cluster and never affects the election.
+    let k8s_task = crate::k8s::spawn(elector.subscribe(), store.subscribe(), shutdown.clone());
     tracing::info!(%name, %advertise, listen = %bound, "node started");
 
     let app = router(node);
@@ -271,6 +274,8 @@ pub async fn run(
         Err(_) => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}"),
     }
     elector.resign().await;
+    // The integration's last label patch and Event are bounded; do not wait longer than that.
+    let _ = tokio::time::timeout(Duration::from_secs(3), k8s_task).await;
     if let Err(err) = store.close().await {
         tracing::warn!(%err, "closing the log failed");
     }
