@@ -358,7 +358,7 @@ async fn run_as_leader_then_shutdown() {
             )
             .await;
     });
-    let task = tokio::spawn(k8s::run(config(), client, rx, log_rx, shutdown));
+    let task = tokio::spawn(k8s::run(config(), client, None, rx, log_rx, shutdown));
     within(5, verifier).await;
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
@@ -398,7 +398,7 @@ async fn run_survives_api_errors() {
             .expect(Method::POST, EVENTS_URI, None, 500, failure(500, "InternalError"))
             .await;
     });
-    let task = tokio::spawn(k8s::run(config(), client, rx, log_rx, shutdown));
+    let task = tokio::spawn(k8s::run(config(), client, None, rx, log_rx, shutdown));
     within(5, verifier).await;
     tokio::time::timeout(Duration::from_secs(5), task)
         .await

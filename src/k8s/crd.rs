@@ -62,8 +62,9 @@ pub struct LogClusterMember {
     pub name: String,
     /// `leader` for the writer of this status (the lock holder), `follower` for every other pod.
     pub role: String,
-    /// Running with its container started. Followers are never Kubernetes-Ready by design
-    /// (leader-only readiness), so this is not the pod's Ready condition.
+    /// Running with its container started, and passing in Consul when Consul could be asked.
+    /// Followers are never Kubernetes-Ready by design (leader-only readiness), so this is not
+    /// the pod's Ready condition.
     pub ready: bool,
     /// Log end offset, when known (the leader knows only its own).
     pub log_end_offset: Option<u64>,

@@ -27,6 +27,7 @@ use tokio::{sync::watch, task::JoinHandle};
 pub use crd::{LogCluster, LogClusterSpec, LogClusterStatus};
 
 use crate::{
+    consul::{ConsulClient, QueryOptions},
     election::{LeaderState, Role},
     shutdown::CancellationToken,
 };
@@ -35,6 +36,8 @@ use crate::{
 pub const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 /// Bound on every Kubernetes API call, so a hung apiserver never stalls the loop.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on the Consul health read of the members.
+const CONSUL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on the last label patch and event when the node stops.
 const FINAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between retries of a failing call.
@@ -112,6 +115,43 @@ impl K8sConfig {
     }
 }
 
+/// Where the leader asks which members pass in Consul (the rollout waits for a replacement to
+/// pass before the next, and the status reports it).
+#[derive(Clone, Debug)]
+pub struct ConsulHealth {
+    /// The node's Consul client.
+    pub client: ConsulClient,
+    /// The service the nodes register under.
+    pub service: String,
+}
+
+impl ConsulHealth {
+    /// Names of the nodes whose instance passes every check (by the `node_name` meta the
+    /// election registers, else the service id without the `<service>-` prefix).
+    ///
+    /// # Errors
+    /// Any Consul failure.
+    pub async fn passing(&self) -> Result<std::collections::HashSet<String>, crate::consul::ConsulError> {
+        let (entries, _) = self
+            .client
+            .health_service(&self.service, true, &QueryOptions::default())
+            .await?;
+        let prefix = format!("{}-", self.service);
+        Ok(entries
+            .into_iter()
+            .map(|e| match e.service.meta.get("node_name") {
+                Some(name) => name.clone(),
+                None => e
+                    .service
+                    .id
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&e.service.id)
+                    .to_string(),
+            })
+            .collect())
+    }
+}
+
 /// `name-3` → `name`; a name without a numeric suffix is kept.
 fn strip_ordinal(pod: &str) -> String {
     match pod.rsplit_once('-') {
@@ -129,6 +169,7 @@ fn strip_ordinal(pod: &str) -> String {
 pub fn spawn(
     state: watch::Receiver<LeaderState>,
     log_end: watch::Receiver<u64>,
+    consul: Option<ConsulHealth>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -153,7 +194,7 @@ pub fn spawn(
             return;
         };
         tracing::info!(?config, "Kubernetes integration on");
-        run(config, client, state, log_end, shutdown).await;
+        run(config, client, consul, state, log_end, shutdown).await;
     })
 }
 
@@ -195,11 +236,13 @@ async fn bounded<T>(
 }
 
 /// The integration loop: follows `state` and, every `config.period`, refreshes what the leader
-/// maintains. Runs until `shutdown`; then sets the label to follower and, if it led, records
-/// `SteppedDown`. Every failure is logged at warn and retried with backoff.
+/// maintains (with member health from `consul` when given). Runs until `shutdown`; then sets
+/// the label to follower and, if it led, records `SteppedDown`. Every failure is logged at warn
+/// and retried with backoff.
 pub async fn run(
     config: K8sConfig,
     client: Client,
+    consul: Option<ConsulHealth>,
     mut state: watch::Receiver<LeaderState>,
     log_end: watch::Receiver<u64>,
     shutdown: CancellationToken,
@@ -271,7 +314,7 @@ pub async fn run(
 
         if snapshot.role == Role::Leader && (became || (!changed && leader_backoff.ready(now))) {
             let offset = *log_end.borrow();
-            match leader_duties(&config, &client, &snapshot, offset).await {
+            match leader_duties(&config, &client, consul.as_ref(), &snapshot, offset).await {
                 Ok(()) => leader_backoff.succeeded(),
                 Err(err) => {
                     let retry = leader_backoff.failed(now, config.period);
@@ -313,6 +356,7 @@ pub async fn run(
 async fn leader_duties(
     config: &K8sConfig,
     client: &Client,
+    consul: Option<&ConsulHealth>,
     state: &LeaderState,
     log_end: u64,
 ) -> Result<(), K8sError> {
@@ -322,7 +366,20 @@ async fn leader_duties(
     )
     .await
     {
-        Ok(observed) => Some(observed),
+        Ok(mut observed) => {
+            if let Some(consul) = consul {
+                match tokio::time::timeout(CONSUL_TIMEOUT, consul.passing()).await {
+                    Ok(Ok(passing)) => {
+                        for pod in &mut observed.pods {
+                            pod.consul_passing = Some(passing.contains(&pod.name));
+                        }
+                    }
+                    Ok(Err(err)) => tracing::warn!(%err, "cannot read member health from Consul"),
+                    Err(_) => tracing::warn!("reading member health from Consul timed out"),
+                }
+            }
+            Some(observed)
+        }
         Err(err) => {
             tracing::warn!(%err, statefulset = %config.statefulset, "cannot read the StatefulSet and its pods");
             None

@@ -40,6 +40,9 @@ pub struct PodView {
     pub running: bool,
     /// Has a `deletionTimestamp`.
     pub terminating: bool,
+    /// Whether its Consul service instance passes every check: `None` when Consul could not
+    /// be asked (then `running` alone decides).
+    pub consul_passing: Option<bool>,
 }
 
 impl PodView {
@@ -61,7 +64,14 @@ impl PodView {
             revision: meta.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)).cloned(),
             running: phase_running && all_started,
             terminating: meta.deletion_timestamp.is_some(),
+            consul_passing: None,
         }
+    }
+
+    /// Running, and passing in Consul unless Consul could not be asked: a replacement in this
+    /// state has joined the cluster and may take over.
+    pub fn settled(&self) -> bool {
+        self.running && self.consul_passing != Some(false)
     }
 
     fn up_to_date(&self, revision: &str) -> bool {
@@ -84,10 +94,11 @@ pub enum Action {
 /// 1. Wait until the StatefulSet's update revision is known and observed.
 /// 2. Wait while any pod is terminating or missing (fewer pods than replicas): a replacement is in
 ///    progress, and there is never more than one at a time.
-/// 3. Wait while any up-to-date pod is not yet running (the previous replacement must settle).
-/// 4. Delete one out-of-date follower: not-running ones first (they serve nothing), then the
+/// 3. Wait while any up-to-date pod is not yet [settled](PodView::settled) (running and passing
+///    in Consul): the previous replacement must have joined before the next goes.
+/// 4. Delete one out-of-date follower: unsettled ones first (they serve nothing), then the
 ///    highest name, as the StatefulSet controller would.
-/// 5. Only this (leader) pod out of date: delete it only when an up-to-date follower is running
+/// 5. Only this (leader) pod out of date: delete it only when an up-to-date follower is settled
 ///    to take over; its graceful stop hands leadership to that follower.
 /// 6. Otherwise done.
 pub fn plan(sts: &StsView, pods: &[PodView], self_name: &str) -> Action {
@@ -108,18 +119,23 @@ pub fn plan(sts: &StsView, pods: &[PodView], self_name: &str) -> Action {
             sts.replicas
         ));
     }
-    if let Some(p) = pods.iter().find(|p| p.up_to_date(rev) && !p.running) {
-        return Action::Wait(format!("pod {} (up to date) is not running yet", p.name));
+    if let Some(p) = pods.iter().find(|p| p.up_to_date(rev) && !p.settled()) {
+        let what = if p.running {
+            "not passing in Consul"
+        } else {
+            "not running"
+        };
+        return Action::Wait(format!("pod {} (up to date) is {what} yet", p.name));
     }
     let mut stale: Vec<&PodView> = pods
         .iter()
         .filter(|p| !p.up_to_date(rev) && p.name != self_name)
         .collect();
-    // Not-running first, then by name descending (ordinal order within a StatefulSet, for
+    // Unsettled first, then by name descending (ordinal order within a StatefulSet, for
     // names of the same length).
     stale.sort_by(|a, b| {
-        a.running
-            .cmp(&b.running)
+        a.settled()
+            .cmp(&b.settled())
             .then_with(|| b.name.len().cmp(&a.name.len()))
             .then_with(|| b.name.cmp(&a.name))
     });
@@ -130,7 +146,7 @@ pub fn plan(sts: &StsView, pods: &[PodView], self_name: &str) -> Action {
         Some(me) if !me.up_to_date(rev) => {
             let successor = pods
                 .iter()
-                .any(|p| p.name != self_name && p.up_to_date(rev) && p.running);
+                .any(|p| p.name != self_name && p.up_to_date(rev) && p.settled());
             if successor {
                 Action::Delete(me.clone())
             } else {
@@ -244,6 +260,7 @@ mod tests {
             revision: Some(rev.into()),
             running: true,
             terminating: false,
+            consul_passing: Some(true),
         }
     }
 
@@ -292,6 +309,21 @@ mod tests {
         fresh.running = false;
         let pods = [pod("sl-0", OLD), pod("sl-1", OLD), fresh];
         assert!(matches!(plan(&sts(3), &pods, "sl-0"), Action::Wait(r) if r.contains("sl-2")));
+    }
+
+    /// A replacement running but not (yet) passing in Consul holds the rollout, and is no
+    /// successor for the leader; unknown Consul health falls back to running.
+    #[test]
+    fn replacement_not_passing_in_consul_waits() {
+        let mut fresh = pod("sl-2", NEW);
+        fresh.consul_passing = Some(false);
+        let pods = [pod("sl-0", OLD), pod("sl-1", OLD), fresh.clone()];
+        assert!(matches!(plan(&sts(3), &pods, "sl-0"), Action::Wait(r) if r.contains("Consul")));
+        let pods = [pod("sl-0", OLD), fresh.clone()];
+        assert!(matches!(plan(&sts(2), &pods, "sl-0"), Action::Wait(_)));
+        fresh.consul_passing = None;
+        let pods = [pod("sl-0", OLD), fresh];
+        assert_eq!(deleted(&plan(&sts(2), &pods, "sl-0")), Some("sl-0"));
     }
 
     /// A terminating pod holds the rollout.

@@ -56,7 +56,7 @@ pub fn build_status(
         log_end_offset: (name == self_name).then_some(log_end_offset),
     };
     let mut members: Vec<LogClusterMember> = match pods {
-        Some(pods) => pods.iter().map(|p| member(&p.name, p.running)).collect(),
+        Some(pods) => pods.iter().map(|p| member(&p.name, p.settled())).collect(),
         None => Vec::new(),
     };
     if !members.iter().any(|m| m.name == self_name) {
@@ -167,6 +167,7 @@ mod tests {
             revision: None,
             running,
             terminating: false,
+            consul_passing: None,
         }
     }
 

@@ -232,6 +232,10 @@ pub async fn run(
         source,
     })?;
     let consul = ConsulClient::new(&config.consul)?;
+    let k8s_consul = crate::k8s::ConsulHealth {
+        client: consul.clone(),
+        service: config.service_name.clone(),
+    };
     let elector = Elector::start(consul, election);
     let metrics = Metrics::new();
     let node = Node {
@@ -254,7 +258,12 @@ pub async fn run(
     tokio::spawn(follow_state(node.clone(), shutdown.clone()));
     // Best-effort Kubernetes integration (role label, Events, LogCluster status, rollout); it
     // switches itself off outside a cluster and never affects the election.
-    let k8s_task = crate::k8s::spawn(elector.subscribe(), store.subscribe(), shutdown.clone());
+    let k8s_task = crate::k8s::spawn(
+        elector.subscribe(),
+        store.subscribe(),
+        Some(k8s_consul),
+        shutdown.clone(),
+    );
     tracing::info!(%name, %advertise, listen = %bound, "node started");
 
     let app = router(node);
