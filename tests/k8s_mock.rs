@@ -405,3 +405,108 @@ async fn run_survives_api_errors() {
         .expect("run ends after shutdown")
         .unwrap();
 }
+
+/// Leadership gained and lost while running: follower label first, then leader label,
+/// BecameLeader, the leader's reads and status; on losing the lock the label goes back and
+/// SteppedDown carries the reason; shutdown then needs no further call.
+#[tokio::test]
+async fn run_follows_role_changes() {
+    let (client, mut server) = mock();
+    let mut follower = leader_state("sl-1", 2);
+    follower.role = Role::Follower;
+    let (tx, rx) = watch::channel(follower.clone());
+    let (_log_tx, log_rx) = watch::channel(5u64);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let label = |role: &str| Some(json!({"metadata": {"labels": {"simpleloggers.io/role": role}}}));
+    let event_reply = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}});
+    let verifier = tokio::spawn(async move {
+        server
+            .expect(
+                Method::PATCH,
+                POD_URI,
+                label("follower"),
+                200,
+                pod_json("sl-0", "new", true),
+            )
+            .await;
+        tx.send(leader_state("sl-0", 3)).unwrap();
+        server
+            .expect(
+                Method::PATCH,
+                POD_URI,
+                label("leader"),
+                200,
+                pod_json("sl-0", "new", true),
+            )
+            .await;
+        server
+            .expect(
+                Method::POST,
+                EVENTS_URI,
+                Some(json!({"reason": "BecameLeader"})),
+                201,
+                event_reply.clone(),
+            )
+            .await;
+        server
+            .expect(Method::GET, STS_URI, None, 200, sts_json("new"))
+            .await;
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            pod_json("sl-0", "new", true), pod_json("sl-1", "new", true), pod_json("sl-2", "new", true)
+        ]});
+        server.expect(Method::GET, PODS_URI, None, 200, list).await;
+        let body = server
+            .expect(
+                Method::PATCH,
+                STATUS_URI,
+                Some(json!({"status": {"leader": "sl-0", "term": 3}})),
+                200,
+                json!({"apiVersion": "simpleloggers.io/v1alpha1", "kind": "LogCluster",
+                       "metadata": {"name": "sl"}, "spec": {"replicas": 3, "serviceName": "s", "electionKey": "k"}}),
+            )
+            .await;
+        assert_eq!(
+            body["status"]["conditions"][1]["status"], "True",
+            "all pods up to date"
+        );
+        let mut lost = follower;
+        lost.term = 4;
+        lost.reason = "the lease lapsed".into();
+        tx.send(lost).unwrap();
+        server
+            .expect(
+                Method::PATCH,
+                POD_URI,
+                label("follower"),
+                200,
+                pod_json("sl-0", "new", true),
+            )
+            .await;
+        server
+            .expect(
+                Method::POST,
+                EVENTS_URI,
+                Some(json!({"reason": "SteppedDown", "note": "stepped down from term 3: the lease lapsed"})),
+                201,
+                event_reply,
+            )
+            .await;
+        stop.cancel();
+        // Either nothing comes, or the loop ended and dropped the client (no request).
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(Duration::from_millis(300), server.0.next_request()).await
+        {
+            panic!(
+                "no call expected after shutdown of a labelled follower, got {}",
+                request.uri()
+            );
+        }
+    });
+    let task = tokio::spawn(k8s::run(config(), client, None, rx, log_rx, shutdown));
+    within(5, verifier).await;
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run ends after shutdown")
+        .unwrap();
+}
