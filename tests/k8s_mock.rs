@@ -510,3 +510,78 @@ async fn run_follows_role_changes() {
         .expect("run ends after shutdown")
         .unwrap();
 }
+
+/// Leadership lost while the leader's rollout step is in flight: the step is abandoned, so no
+/// pod is deleted by a former leader; the label and SteppedDown follow at once.
+#[tokio::test]
+async fn lost_leadership_abandons_the_rollout() {
+    let (client, mut server) = mock();
+    let (tx, rx) = watch::channel(leader_state("sl-0", 5));
+    let (_log_tx, log_rx) = watch::channel(0u64);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let verifier = tokio::spawn(async move {
+        server
+            .expect(Method::PATCH, POD_URI, None, 200, pod_json("sl-0", "old", true))
+            .await;
+        server
+            .expect(
+                Method::POST,
+                EVENTS_URI,
+                None,
+                201,
+                json!({"metadata": {"name": "e"}}),
+            )
+            .await;
+        server
+            .expect(Method::GET, STS_URI, None, 200, sts_json("new"))
+            .await;
+        let (request, pending) = server.0.next_request().await.expect("the pod list");
+        assert_eq!(request.uri().to_string(), PODS_URI);
+        let mut follower = leader_state("sl-1", 6);
+        follower.role = Role::Follower;
+        follower.reason = "another node holds the lock".into();
+        tx.send(follower).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The answer would have made sl-2 (out of date) the pod to delete.
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            pod_json("sl-0", "old", true), pod_json("sl-1", "new", true), pod_json("sl-2", "old", true)
+        ]});
+        pending.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&list).unwrap()))
+                .unwrap(),
+        );
+        let label = json!({"metadata": {"labels": {"simpleloggers.io/role": "follower"}}});
+        server
+            .expect(
+                Method::PATCH,
+                POD_URI,
+                Some(label),
+                200,
+                pod_json("sl-0", "old", true),
+            )
+            .await;
+        server
+            .expect(
+                Method::POST,
+                EVENTS_URI,
+                Some(json!({"reason": "SteppedDown"})),
+                201,
+                json!({"metadata": {"name": "f"}}),
+            )
+            .await;
+        stop.cancel();
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(Duration::from_millis(300), server.0.next_request()).await
+        {
+            panic!("no call expected, got {} {}", request.method(), request.uri());
+        }
+    });
+    let task = tokio::spawn(k8s::run(config(), client, None, rx, log_rx, shutdown));
+    within(5, verifier).await;
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run ends after shutdown")
+        .unwrap();
+}

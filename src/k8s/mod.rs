@@ -314,12 +314,20 @@ pub async fn run(
 
         if snapshot.role == Role::Leader && (became || (!changed && leader_backoff.ready(now))) {
             let offset = *log_end.borrow();
-            match leader_duties(&config, &client, consul.as_ref(), &snapshot, offset).await {
-                Ok(()) => leader_backoff.succeeded(),
-                Err(err) => {
-                    let retry = leader_backoff.failed(now, config.period);
-                    tracing::warn!(%err, ?retry, "cannot update the LogCluster status or roll out");
-                }
+            // Abandoned as soon as leadership is lost or the node stops: a former leader must
+            // not go on deleting pods, and the label must follow the role promptly.
+            let mut watcher = state.clone();
+            let lost = watcher.wait_for(|s| s.role != Role::Leader);
+            tokio::select! {
+                done = leader_duties(&config, &client, consul.as_ref(), &state, &snapshot, offset) => match done {
+                    Ok(()) => leader_backoff.succeeded(),
+                    Err(err) => {
+                        let retry = leader_backoff.failed(now, config.period);
+                        tracing::warn!(%err, ?retry, "cannot update the LogCluster status or roll out");
+                    }
+                },
+                _ = lost => tracing::info!("leadership lost: LogCluster status and rollout abandoned"),
+                _ = shutdown.cancelled() => {}
             }
         }
     }
@@ -357,6 +365,7 @@ async fn leader_duties(
     config: &K8sConfig,
     client: &Client,
     consul: Option<&ConsulHealth>,
+    current: &watch::Receiver<LeaderState>,
     state: &LeaderState,
     log_end: u64,
 ) -> Result<(), K8sError> {
@@ -394,6 +403,11 @@ async fn leader_duties(
             rollout::Action::Wait(why) => tracing::debug!(%why, "rollout waits"),
             rollout::Action::Done => tracing::debug!("rollout: every pod is up to date"),
             rollout::Action::Delete(_) => {}
+        }
+        // Re-checked right before acting: only the current leader deletes pods.
+        let still_leader = current.borrow().role == Role::Leader;
+        if !still_leader {
+            return Ok(());
         }
         if let Err(err) = bounded(CALL_TIMEOUT, rollout::execute(client, &config.namespace, action)).await {
             tracing::warn!(%err, "rollout: cannot delete the pod");
