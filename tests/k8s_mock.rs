@@ -366,8 +366,9 @@ async fn run_as_leader_then_shutdown() {
         .unwrap();
 }
 
-/// Every call failing (500, 403) neither panics nor stops the loop: the status is still written
-/// (with this node alone as member) after the StatefulSet read fails, and shutdown still ends it.
+/// Every call failing (500, 403) neither panics nor stops the loop, and each failure is logged
+/// at warn: the status is still written (with this node alone as member) after the StatefulSet
+/// read fails, and shutdown still ends it.
 #[tokio::test]
 async fn run_survives_api_errors() {
     let (client, mut server) = mock();
@@ -398,12 +399,63 @@ async fn run_survives_api_errors() {
             .expect(Method::POST, EVENTS_URI, None, 500, failure(500, "InternalError"))
             .await;
     });
+    let logs = Logs::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    // Current-thread runtime: the spawned loop runs on this thread, under this subscriber.
     let task = tokio::spawn(k8s::run(config(), client, None, rx, log_rx, shutdown));
     within(5, verifier).await;
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("run ends after shutdown")
         .unwrap();
+    let text = logs.text();
+    for expected in [
+        "cannot set the pod role label",
+        "cannot record the leadership Event",
+        "cannot read the StatefulSet and its pods",
+        "cannot update the LogCluster status or roll out",
+        "cannot set the pod role label to follower on shutdown",
+        "cannot record the SteppedDown Event",
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(" WARN ") && l.contains(expected)),
+            "no warning {expected:?} in:\n{text}"
+        );
+    }
+}
+
+/// Captured log output.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
 
 /// Leadership gained and lost while running: follower label first, then leader label,

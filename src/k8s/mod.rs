@@ -319,6 +319,8 @@ pub async fn run(
             let mut watcher = state.clone();
             let lost = watcher.wait_for(|s| s.role != Role::Leader);
             tokio::select! {
+                // A finished step wins over a simultaneous stop, so its outcome is logged.
+                biased;
                 done = leader_duties(&config, &client, consul.as_ref(), &state, &snapshot, offset) => match done {
                     Ok(()) => leader_backoff.succeeded(),
                     Err(err) => {
