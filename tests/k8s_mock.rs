@@ -637,3 +637,91 @@ async fn lost_leadership_abandons_the_rollout() {
         .expect("run ends after shutdown")
         .unwrap();
 }
+
+/// With Consul health (the real HTTP of the dev Consul): an up-to-date replacement that runs but
+/// does not pass in Consul holds the rollout (no delete), and the status shows it not ready.
+#[tokio::test]
+async fn rollout_waits_for_consul_passing() {
+    let dev = simpleloggers::devconsul::spawn(simpleloggers::devconsul::Config::ephemeral())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    for (name, status) in [("sl-0", "passing"), ("sl-1", "critical"), ("sl-2", "passing")] {
+        let body = json!({"ID": format!("simpleloggers-{name}"), "Name": "simpleloggers", "Port": 3000,
+                          "Meta": {"node_name": name},
+                          "Check": {"CheckID": format!("c-{name}"), "TTL": "60s", "Status": status}});
+        let resp = http
+            .put(format!("{}/v1/agent/service/register", dev.url()))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let consul = k8s::ConsulHealth {
+        client: simpleloggers::consul::ConsulClient::from_addr(dev.url()).unwrap(),
+        service: "simpleloggers".into(),
+    };
+    let (client, mut server) = mock();
+    let (_tx, rx) = watch::channel(leader_state("sl-0", 9));
+    let (_log_tx, log_rx) = watch::channel(0u64);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let verifier = tokio::spawn(async move {
+        server
+            .expect(Method::PATCH, POD_URI, None, 200, pod_json("sl-0", "old", true))
+            .await;
+        server
+            .expect(
+                Method::POST,
+                EVENTS_URI,
+                None,
+                201,
+                json!({"metadata": {"name": "e"}}),
+            )
+            .await;
+        server
+            .expect(Method::GET, STS_URI, None, 200, sts_json("new"))
+            .await;
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            pod_json("sl-0", "old", true), pod_json("sl-1", "new", true), pod_json("sl-2", "old", true)
+        ]});
+        server.expect(Method::GET, PODS_URI, None, 200, list).await;
+        // No DELETE: straight to the status.
+        let body = server
+            .expect(
+                Method::PATCH,
+                STATUS_URI,
+                None,
+                200,
+                json!({"metadata": {"name": "sl"}}),
+            )
+            .await;
+        let members = &body["status"]["members"];
+        assert_eq!(members[1]["name"], "sl-1");
+        assert_eq!(members[1]["ready"], false, "sl-1 runs but is critical in Consul");
+        assert_eq!(members[2]["ready"], true);
+        let rollout = &body["status"]["conditions"][1];
+        assert_eq!(rollout["reason"], "Waiting");
+        assert!(rollout["message"].as_str().unwrap().contains("sl-1"), "{rollout}");
+        stop.cancel();
+        server
+            .expect(Method::PATCH, POD_URI, None, 200, pod_json("sl-0", "old", true))
+            .await;
+        server
+            .expect(
+                Method::POST,
+                EVENTS_URI,
+                None,
+                201,
+                json!({"metadata": {"name": "f"}}),
+            )
+            .await;
+    });
+    let task = tokio::spawn(k8s::run(config(), client, Some(consul), rx, log_rx, shutdown));
+    within(5, verifier).await;
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run ends after shutdown")
+        .unwrap();
+}

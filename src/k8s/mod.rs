@@ -380,6 +380,14 @@ async fn leader_duties(
         Ok(mut observed) => {
             if let Some(consul) = consul {
                 match tokio::time::timeout(CONSUL_TIMEOUT, consul.passing()).await {
+                    // The leader itself passes (its session is bound to its checks); when its
+                    // pod name is not among the passing names, node names differ from pod
+                    // names and Consul cannot tell about pods: fall back to running alone.
+                    Ok(Ok(passing)) if !passing.contains(&config.pod_name) => tracing::warn!(
+                        pod = %config.pod_name,
+                        "this pod is not among the passing Consul instances; are node names \
+                         (--name) different from pod names? Using pod state alone"
+                    ),
                     Ok(Ok(passing)) => {
                         for pod in &mut observed.pods {
                             pod.consul_passing = Some(passing.contains(&pod.name));
