@@ -9,6 +9,22 @@
 //! - [`events`]: `BecameLeader` / `SteppedDown` Events.
 //! - [`status`]: the LogCluster status the leader writes.
 //! - [`rollout`]: the pure rollout [`rollout::plan`] and the step that carries it out.
+//!
+//! # Environment
+//! `KUBERNETES_SERVICE_HOST` (set by Kubernetes; unset = off), `POD_NAME` (required; unset =
+//! off), `SIMPLELOGGERS_K8S_NAMESPACE` (else the service-account namespace file),
+//! `SIMPLELOGGERS_STATEFULSET` (else `POD_NAME` without its ordinal), `SIMPLELOGGERS_LOGCLUSTER`
+//! (else the StatefulSet name), `SIMPLELOGGERS_K8S_ROLLOUT` (`false`/`0`/`off`/`no` disables the
+//! leader-driven rollout).
+//!
+//! # RBAC (namespaced Role; exactly the calls made)
+//! - `""` pods: `patch` (role label), `list` (members, rollout), `delete` (rollout).
+//! - `apps` statefulsets: `get`.
+//! - `simpleloggers.io` logclusters/status: `patch`.
+//! - `events.k8s.io` events: `create`, `patch` (kube's Recorder patches a repeated event).
+//!
+//! The StatefulSet is polled every period (5 s) by the leader rather than watched: one `get`
+//! and one `list` per period, nothing to resync.
 
 pub mod crd;
 pub mod events;
