@@ -8,6 +8,8 @@
 //! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
 //! - [`election`]: the Elector: Consul session + KV lock + lease; publishes the LeaderState.
+//! - [`k8s`]: best-effort Kubernetes integration: LogCluster CRD and status, pod role label,
+//!   leadership Events, leader-driven rolling update.
 //! - [`log`]: the durable, segmented, append-only log store.
 //! - [`metrics`]: the `simpleloggers_` Prometheus metrics.
 //! - [`node`]: `simpleloggers node`: the HTTP API, probes and status around the elector and log.
@@ -22,6 +24,7 @@ pub mod demo;
 pub mod devconsul;
 pub mod discovery;
 pub mod election;
+pub mod k8s;
 pub mod log;
 pub mod metrics;
 pub mod node;

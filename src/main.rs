@@ -47,6 +47,8 @@ enum Command {
     /// Print the leader's messages (found through Consul), one per line; with --follow keep
     /// streaming across failovers.
     Tail(TailConfig),
+    /// Print the LogCluster CustomResourceDefinition as YAML (what the chart ships in `crds/`).
+    Crd,
 }
 
 #[tokio::main]
@@ -63,6 +65,11 @@ async fn main() -> anyhow::Result<()> {
     };
     telemetry::init(cli.log_format, default_filter);
     match cli.command {
+        Command::Crd => {
+            let yaml = simpleloggers::k8s::crd::crd_yaml().context("cannot render the CRD")?;
+            print!("{yaml}");
+            std::io::stdout().flush().context("cannot write the CRD")?;
+        }
         Command::Node(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await

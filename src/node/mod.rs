@@ -244,6 +244,10 @@ pub async fn run(
         source,
     })?;
     let consul = ConsulClient::new(&config.consul)?;
+    let k8s_consul = crate::k8s::ConsulHealth {
+        client: consul.clone(),
+        service: config.service_name.clone(),
+    };
     let metrics = Metrics::new();
     let elector = Elector::start(consul.clone(), election, metrics.clone());
     let node = Node {
@@ -268,6 +272,14 @@ pub async fn run(
         cluster: ClusterCache::default(),
     };
     tokio::spawn(follow_state(node.clone(), shutdown.clone()));
+    // Best-effort Kubernetes integration (role label, Events, LogCluster status, rollout); it
+    // switches itself off outside a cluster and never affects the election.
+    let k8s_task = crate::k8s::spawn(
+        elector.subscribe(),
+        store.subscribe(),
+        Some(k8s_consul),
+        shutdown.clone(),
+    );
     tracing::info!(%name, %advertise, listen = %bound, "node started");
 
     let app = router(node);
@@ -287,6 +299,8 @@ pub async fn run(
         Err(_) => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}"),
     }
     elector.resign().await;
+    // The integration's last label patch and Event are bounded; do not wait longer than that.
+    let _ = tokio::time::timeout(Duration::from_secs(3), k8s_task).await;
     if let Err(err) = store.close().await {
         tracing::warn!(%err, "closing the log failed");
     }
