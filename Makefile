@@ -1,12 +1,14 @@
 # simpleloggers — the commands a newcomer and CI run. `make` lists the targets.
 CARGO ?= cargo
+PYTHON ?= python3
+VENV ?= .venv
 
-.PHONY: help test fmt lint unit demo bench-log
+.PHONY: help test fmt lint unit demo bench-log chart-test kind-up kind-e2e kind-down
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-test: fmt lint unit ## every test: formatting, clippy, unit and integration tests
+test: fmt lint unit chart-test ## every test: formatting, clippy, unit and integration tests, chart tests
 
 fmt: ## rustfmt check
 	$(CARGO) fmt --all -- --check
@@ -22,3 +24,25 @@ demo: ## the one-command local cluster
 
 bench-log: ## log store benchmark: fdatasync rate, concurrent appends, batched MB/s vs disk bandwidth
 	$(CARGO) bench --locked --bench log
+
+chart-test: ## chart tests, no cluster: Helm render + lint (Go SDK), kubernetes-validate, semantics, shellcheck
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/chart/requirements.txt
+	@if ! command -v shellcheck >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "chart-test: installing shellcheck (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; \
+	  else \
+	    echo "chart-test: shellcheck is missing and this is not root: the shellcheck test is skipped (CI installs it)"; \
+	  fi; \
+	fi
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/chart
+
+kind-up: ## kind cluster + image + chart; waits for exactly one Ready node (the leader)
+	bash deploy/kind-up.sh
+
+kind-e2e: ## on the kind cluster: leader-only endpoint, port-forward write, failover time, producer, helm test
+	bash deploy/kind-e2e.sh
+
+kind-down: ## delete the kind cluster
+	bash deploy/kind-down.sh
