@@ -6,7 +6,7 @@ VENV ?= .venv
 .PHONY: help test fmt lint unit demo bench-log chart-test kind-up kind-e2e kind-down
 
 help: ## list targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 test: fmt lint unit chart-test ## every test: formatting, clippy, unit and integration tests, chart tests
 
