@@ -14,6 +14,9 @@ if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   kind create cluster --name "$CLUSTER" --config kind-config.yaml
 fi
 
+# Helm installs crds/ only on first install and never upgrades them: apply them every time.
+kubectl --context "kind-${CLUSTER}" apply --server-side -f charts/simpleloggers/crds/
+
 docker build -f deploy/Dockerfile -t "$IMAGE" .
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 # The image id in a pod annotation makes a rebuilt image a new StatefulSet revision, which the

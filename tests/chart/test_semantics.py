@@ -310,8 +310,9 @@ def test_logcluster(objects_of):
     env = env_of(container(_node_pod(objects)[1], "node"))
     assert env["SIMPLELOGGERS_SERVICE_NAME"]["value"] == lc["spec"]["serviceName"]
     assert env["SIMPLELOGGERS_ELECTION_KEY"]["value"] == lc["spec"]["electionKey"]
-    assert env["SIMPLELOGGERS_K8S_LOGCLUSTER"]["value"] == lc["metadata"]["name"]
-    assert env["SIMPLELOGGERS_K8S_STATEFULSET"]["value"] == FULLNAME
+    assert env["SIMPLELOGGERS_LOGCLUSTER"]["value"] == lc["metadata"]["name"]
+    assert env["SIMPLELOGGERS_STATEFULSET"]["value"] == FULLNAME
+    assert env["SIMPLELOGGERS_K8S_ROLLOUT"]["value"] == "on"
 
 
 def test_helm_test_pod(value_set, objects_of):
