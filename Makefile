@@ -26,7 +26,9 @@ bench-log: ## log store benchmark: fdatasync rate, concurrent appends, batched M
 	$(CARGO) bench --locked --bench log
 
 chart-test: ## chart tests, no cluster: Helm render + lint (Go SDK), kubernetes-validate, semantics, shellcheck
-	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	    && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/chart/requirements.txt
 	@if ! command -v shellcheck >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
