@@ -1,12 +1,14 @@
 # simpleloggers — the commands a newcomer and CI run. `make` lists the targets.
 CARGO ?= cargo
+PYTHON ?= python3
+VENV ?= .venv
 
-.PHONY: help test fmt lint unit demo browser-deps bench-log bench-ingest bench-memory bench-failover
+.PHONY: help test fmt lint unit demo browser-deps chart-test bench-log bench-ingest bench-memory bench-failover kind-up kind-e2e kind-down
 
 help: ## list targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-test: browser-deps fmt lint unit ## every test: formatting, clippy, unit, integration and browser tests
+test: browser-deps fmt lint unit chart-test ## every test: formatting, clippy, unit, integration, browser and chart tests
 
 browser-deps: ## headless Chromium + chromedriver for tests/observe_browser.rs (apt-get as root; skipped otherwise)
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
@@ -43,3 +45,27 @@ bench-memory: bench-ingest ## node VmRSS idle and under load (measured by bench-
 
 bench-failover: ## leader SIGKILL/SIGTERM -> first ack from the new leader, 3 nodes, default timings (TRIALS=20)
 	$(CARGO) bench --locked --bench failover
+
+chart-test: ## chart tests, no cluster: Helm render + lint (Go SDK), kubernetes-validate, semantics, shellcheck
+	@$(VENV)/bin/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	    && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/chart/requirements.txt
+	@if ! command -v shellcheck >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "chart-test: installing shellcheck (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; \
+	  else \
+	    echo "chart-test: shellcheck is missing and this is not root: the shellcheck test is skipped (CI installs it)"; \
+	  fi; \
+	fi
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/chart
+
+kind-up: ## kind cluster + image + chart; waits for exactly one Ready node (the leader)
+	bash deploy/kind-up.sh
+
+kind-e2e: ## on the kind cluster: leader-only endpoint, port-forward write, failover time, producer, helm test
+	bash deploy/kind-e2e.sh
+
+kind-down: ## delete the kind cluster
+	bash deploy/kind-down.sh

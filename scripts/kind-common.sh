@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Shared by deploy/kind-*.sh (sourced, not run): names, tool checks and the leader queries.
+# Override any name through the environment.
+
+CLUSTER="${KIND_CLUSTER:-simpleloggers}"
+RELEASE="${RELEASE:-simpleloggers}"
+NAMESPACE="${NAMESPACE:-simpleloggers}"
+IMAGE="${IMAGE:-simpleloggers:dev}"
+# The release name contains the chart name, so the full name is the release name.
+SERVICE="${RELEASE}"
+CONSUL="${RELEASE}-consul-server"
+ELECTION_KEY="${ELECTION_KEY:-service/simpleloggers/leader}"
+KUBECTL=(kubectl --context "kind-${CLUSTER}" --namespace "${NAMESPACE}")
+NODE_SELECTOR="app.kubernetes.io/instance=${RELEASE},app.kubernetes.io/component=node"
+
+# require TOOL...: exits naming every missing tool.
+require() {
+  local missing=() tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if ((${#missing[@]})); then
+    echo "missing tools: ${missing[*]} (install them and retry)" >&2
+    exit 1
+  fi
+}
+
+# ready_node_pods: the node pods whose Ready condition is True, one per line.
+ready_node_pods() {
+  "${KUBECTL[@]}" get pods -l "$NODE_SELECTOR" \
+    -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
+    awk '$2 == "True" { print $1 }'
+}
+
+# ready_endpoints: the pods behind the main Service's ready endpoints (EndpointSlices).
+ready_endpoints() {
+  "${KUBECTL[@]}" get endpointslices -l "kubernetes.io/service-name=${SERVICE}" \
+    -o jsonpath='{range .items[*].endpoints[*]}{.targetRef.name}{" "}{.conditions.ready}{"\n"}{end}' |
+    awk '$2 == "true" { print $1 }' | sort -u
+}
+
+# lock_holder: the node named in the election key while a session holds it (empty otherwise).
+lock_holder() {
+  "${KUBECTL[@]}" exec "statefulset/${CONSUL}" -c consul -- consul kv get -detailed "$ELECTION_KEY" 2>/dev/null |
+    awk '$1 == "Session" { held = ($2 != "-") } $1 == "Value" { value = $2 }
+         END { if (held && match(value, /"name":"[^"]*"/)) print substr(value, RSTART + 8, RLENGTH - 9) }'
+}
+
+# wait_for_one_ready TIMEOUT_S: waits until exactly one node pod is Ready (the leader).
+wait_for_one_ready() {
+  local deadline=$((SECONDS + $1)) ready
+  while :; do
+    ready="$(ready_node_pods)"
+    if [[ -n "$ready" && "$(wc -l <<<"$ready")" -eq 1 ]]; then
+      echo "$ready"
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "timed out after $1 s waiting for exactly one Ready node pod" >&2
+      "${KUBECTL[@]}" get pods -o wide >&2
+      return 1
+    fi
+    sleep 1
+  done
+}
