@@ -182,7 +182,7 @@ async fn run(trials: usize) -> anyhow::Result<()> {
         seen.iter()
             .rev()
             .take_while(|s| s.at >= since)
-            .filter(|s| not.map_or(true, |n| s.leader != n))
+            .filter(|s| not.is_none_or(|n| s.leader != n))
             .last()
             .map(|s| (s.at, s.term, s.leader.clone()))
     };

@@ -18,7 +18,6 @@ use crate::{
         SessionRequest, Watcher,
     },
     discovery::{leader_from_kv, CurrentLeader, LeaderRecord},
-    metrics::{ErrorLabels, Metrics},
     shutdown::CancellationToken,
 };
 
@@ -297,8 +296,6 @@ struct Shared {
     session_changed: Notify,
     /// Stops both background loops.
     stop: CancellationToken,
-    /// Where failed Consul requests are counted.
-    metrics: Metrics,
 }
 
 impl Shared {
@@ -336,16 +333,6 @@ impl Shared {
         });
     }
 
-    /// Counts a failed Consul request by kind.
-    fn consul_error(&self, err: &ConsulError) {
-        self.metrics
-            .consul_errors
-            .get_or_create(&ErrorLabels {
-                kind: err.kind().to_string(),
-            })
-            .inc();
-    }
-
     fn our_record(&self) -> LeaderRecord {
         LeaderRecord {
             name: self.config.name.clone(),
@@ -363,7 +350,7 @@ pub struct Elector {
 
 impl Elector {
     /// Starts registering, creating a session and contending for the lock in the background.
-    pub fn start(consul: ConsulClient, config: ElectionConfig, metrics: Metrics) -> Self {
+    pub fn start(consul: ConsulClient, config: ElectionConfig) -> Self {
         let (state, _) = watch::channel(LeaderState::initial());
         let shared = Arc::new(Shared {
             consul: consul.with_timeout(config.renew_timeout()),
@@ -380,7 +367,6 @@ impl Elector {
             state,
             session_changed: Notify::new(),
             stop: CancellationToken::new(),
-            metrics,
         });
         tokio::spawn(keep_session(shared.clone()));
         tokio::spawn(contend(shared.clone()));
@@ -483,7 +469,6 @@ async fn keep_session(shared: Arc<Shared>) {
                     shared.session_changed.notify_one();
                 }
                 Err(err) => {
-                    shared.consul_error(&err);
                     tracing::warn!(%err, "cannot create a Consul session yet; retrying");
                     shared.update(|core| {
                         core.consul_reachable = !err.is_unavailable();
@@ -508,8 +493,8 @@ async fn keep_session(shared: Arc<Shared>) {
                 core.consul_reachable = true;
             }),
             Err(err) if err.is_not_found() => {
-                shared.consul_error(&err);
-                tracing::warn!(session = %session, "Consul invalidated our session");
+                let term = shared.core().holding;
+                tracing::warn!(session = %session, ?term, reason = "renewal answered 404: a bound check failed, the TTL expired or the session was destroyed", "Consul invalidated our session");
                 shared.update(|core| {
                     core.session = None;
                     core.holding = None;
@@ -521,7 +506,6 @@ async fn keep_session(shared: Arc<Shared>) {
                 shared.session_changed.notify_one();
             }
             Err(err) => {
-                shared.consul_error(&err);
                 tracing::warn!(%err, "session renewal failed; the lease runs out unless a renewal succeeds");
                 shared.update(|core| {
                     core.consul_reachable = false;
@@ -623,7 +607,6 @@ async fn contend(shared: Arc<Shared>) {
         let pair = match fetched {
             Ok(pair) => pair,
             Err(err) => {
-                shared.consul_error(&err);
                 tracing::debug!(%err, "watch of the election key failed");
                 shared.update(|core| {
                     core.consul_reachable = false;
@@ -688,7 +671,6 @@ async fn contend(shared: Arc<Shared>) {
                 watcher.reset();
             }
             Err(err) => {
-                shared.consul_error(&err);
                 tracing::debug!(%err, "acquire failed");
                 if err.is_unavailable() {
                     // An invalid session answers 500 too: let the keeper find out with a renewal.

@@ -26,6 +26,13 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+/// Labels of a Consul request metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The operation (`kv`, `session/renew`, ...).
+    pub op: String,
+}
+
 /// Every metric a node exports. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -52,6 +59,8 @@ pub struct Metrics {
     pub http_seconds: Histogram,
     /// Consul request failures by kind.
     pub consul_errors: Family<ErrorLabels, Counter>,
+    /// Consul request latency by operation.
+    pub consul_seconds: Family<OpLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -78,6 +87,11 @@ impl Metrics {
             http_requests: Family::default(),
             http_seconds: Histogram::new(buckets()),
             consul_errors: Family::default(),
+            consul_seconds: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.000_1, 2.0, 18,
+                ))
+            }),
         };
         registry.register(
             "is_leader",
@@ -134,10 +148,42 @@ impl Metrics {
             "Failed Consul requests by kind",
             m.consul_errors.clone(),
         );
+        registry.register(
+            "consul_request_duration_seconds",
+            "Consul request latency by operation (blocking queries included)",
+            m.consul_seconds.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             ..m
         }
+    }
+
+    /// An observer for [`crate::consul::ConsulClient::with_observer`]: times every request and
+    /// counts failures — transport errors by kind, 403 as `permission_denied`, 5xx as
+    /// `unavailable` (a 404 is an answer, not a failure).
+    pub fn consul_observer(&self) -> crate::consul::RequestObserver {
+        let metrics = self.clone();
+        std::sync::Arc::new(move |op, elapsed, outcome| {
+            metrics
+                .consul_seconds
+                .get_or_create(&OpLabels { op: op.to_string() })
+                .observe(elapsed.as_secs_f64());
+            let kind = match outcome {
+                Err(err) => Some(err.kind()),
+                Ok(403) => Some("permission_denied"),
+                Ok(status) if status >= 500 => Some("unavailable"),
+                Ok(_) => None,
+            };
+            if let Some(kind) = kind {
+                metrics
+                    .consul_errors
+                    .get_or_create(&ErrorLabels {
+                        kind: kind.to_string(),
+                    })
+                    .inc();
+            }
+        })
     }
 
     /// The text exposition of every metric.

@@ -212,5 +212,9 @@ async fn probes_and_metrics() {
         .unwrap();
     assert!(text.contains("simpleloggers_messages_appended_total 1"), "{text}");
     assert!(text.contains("simpleloggers_is_leader 1"));
+    assert!(
+        text.contains(r#"simpleloggers_consul_request_duration_seconds_count{op="session/renew"}"#),
+        "Consul requests are timed by operation: {text}"
+    );
     assert!(text.contains(r#"route="/api/v1/log",method="POST",status="200""#));
 }

@@ -1,7 +1,7 @@
 //! The HTTP plumbing every endpoint shares: base URL, token header, timeouts, query options,
 //! response metadata (`X-Consul-Index`, ...) and the mapping of statuses to [`ConsulError`].
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -90,6 +90,21 @@ pub struct QueryMeta {
     pub last_contact_ms: u64,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::operation;
+
+    /// Operations drop keys and ids, so metric labels stay few.
+    #[test]
+    fn operations() {
+        assert_eq!(operation("/v1/kv/service/simpleloggers/leader"), "kv");
+        assert_eq!(operation("/v1/session/renew/abc"), "session/renew");
+        assert_eq!(operation("/v1/agent/service/register"), "agent/service");
+        assert_eq!(operation("/v1/txn"), "txn");
+        assert_eq!(operation("/v1/status/leader"), "status/leader");
+    }
+}
+
 impl QueryMeta {
     fn from_response(resp: &Response) -> Self {
         let header = |name: &str| {
@@ -108,13 +123,40 @@ impl QueryMeta {
     }
 }
 
+/// What an observer learns of each request: its operation (`kv`, `session/renew`, ...), how long
+/// it took, and its HTTP status or the transport error.
+pub type RequestObserver = Arc<dyn Fn(&str, Duration, std::result::Result<u16, &ConsulError>) + Send + Sync>;
+
 /// A cheap-to-clone handle on one Consul agent.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConsulClient {
     http: reqwest::Client,
     base: url::Url,
     token: Option<String>,
     timeout: Duration,
+    /// Told about every request (metrics); `None` costs nothing.
+    observer: Option<RequestObserver>,
+}
+
+impl std::fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulClient")
+            .field("base", &self.base.as_str())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The operation a `/v1/...` path names, without keys or ids: `kv`, `session/renew`, ...
+pub fn operation(path: &str) -> &str {
+    let rest = path.strip_prefix("/v1/").unwrap_or(path);
+    let mut parts = rest.splitn(3, '/');
+    let first = parts.next().unwrap_or("");
+    match (first, parts.next()) {
+        ("kv" | "txn", _) | (_, None) => &rest[..first.len()],
+        (_, Some(second)) => &rest[..first.len() + 1 + second.len()],
+    }
 }
 
 impl ConsulClient {
@@ -148,6 +190,7 @@ impl ConsulClient {
             base,
             token: config.token.clone().filter(|t| !t.is_empty()),
             timeout: config.timeout,
+            observer: None,
         })
     }
 
@@ -164,6 +207,14 @@ impl ConsulClient {
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self {
             timeout,
+            ..self.clone()
+        }
+    }
+
+    /// The same client reporting every request to `observer` (used for metrics).
+    pub fn with_observer(&self, observer: RequestObserver) -> Self {
+        Self {
+            observer: Some(observer),
             ..self.clone()
         }
     }
@@ -213,7 +264,22 @@ impl ConsulClient {
 
     /// Sends a request and maps transport failures.
     pub(crate) async fn send(&self, req: RequestBuilder) -> Result<Response> {
-        req.send().await.map_err(|e| self.transport_error(e))
+        let Some(observer) = &self.observer else {
+            return req.send().await.map_err(|e| self.transport_error(e));
+        };
+        let request = req.build().map_err(|e| self.transport_error(e))?;
+        let op = operation(request.url().path()).to_string();
+        let started = std::time::Instant::now();
+        let result = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.transport_error(e));
+        match &result {
+            Ok(resp) => observer(&op, started.elapsed(), Ok(resp.status().as_u16())),
+            Err(err) => observer(&op, started.elapsed(), Err(err)),
+        }
+        result
     }
 
     /// Sends a request and maps any non-2xx status to an error.

@@ -6,9 +6,9 @@ use std::time::Duration;
 /// `"<n>s"`, whole milliseconds as `"<n>ms"`, otherwise nanoseconds as `"<n>ns"`.
 pub fn format_go_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
-    if nanos % 1_000_000_000 == 0 {
+    if nanos.is_multiple_of(1_000_000_000) {
         format!("{}s", nanos / 1_000_000_000)
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{}ms", nanos / 1_000_000)
     } else {
         format!("{nanos}ns")

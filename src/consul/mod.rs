@@ -14,7 +14,7 @@ mod txn;
 mod watch;
 
 pub use agent::{AgentSelf, CheckDefinition, CheckStatus, ServiceRegistration};
-pub use client::{ConsulClient, QueryMeta, QueryOptions};
+pub use client::{operation, ConsulClient, QueryMeta, QueryOptions, RequestObserver};
 pub use config::ConsulConfig;
 pub use duration::format_go_duration;
 pub use error::ConsulError;

@@ -224,7 +224,7 @@ struct Backoff {
 
 impl Backoff {
     fn ready(&self, now: Instant) -> bool {
-        self.not_before.map_or(true, |t| now >= t)
+        self.not_before.is_none_or(|t| now >= t)
     }
 
     fn failed(&mut self, now: Instant, base: Duration) -> Duration {

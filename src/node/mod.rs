@@ -243,13 +243,13 @@ pub async fn run(
         dir: config.data_dir.clone(),
         source,
     })?;
-    let consul = ConsulClient::new(&config.consul)?;
+    let metrics = Metrics::new();
+    let consul = ConsulClient::new(&config.consul)?.with_observer(metrics.consul_observer());
     let k8s_consul = crate::k8s::ConsulHealth {
         client: consul.clone(),
         service: config.service_name.clone(),
     };
-    let metrics = Metrics::new();
-    let elector = Elector::start(consul.clone(), election, metrics.clone());
+    let elector = Elector::start(consul.clone(), election);
     let node = Node {
         config: std::sync::Arc::new(Settings {
             name: name.clone(),
