@@ -4,9 +4,9 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use reqwest::Method;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use super::{format_go_duration, ConsulClient, Result};
+use super::{ConsulClient, Result};
 
 /// A check's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,15 +45,21 @@ pub struct CheckDefinition {
     #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
     /// Interval of an HTTP check.
-    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "super::duration::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub interval: Option<Duration>,
     /// Timeout of an HTTP check.
-    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "super::duration::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// TTL of a TTL check.
     #[serde(
         rename = "TTL",
-        serialize_with = "opt_dur",
+        serialize_with = "super::duration::serialize_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub ttl: Option<Duration>,
@@ -61,15 +67,11 @@ pub struct CheckDefinition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<CheckStatus>,
     /// Deregister the service once the check has been critical this long (minimum 1 min).
-    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "super::duration::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deregister_critical_service_after: Option<Duration>,
-}
-
-fn opt_dur<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_str(&format_go_duration(*d)),
-        None => s.serialize_none(),
-    }
 }
 
 /// The body of `PUT /v1/agent/service/register`.

@@ -15,6 +15,15 @@ pub fn format_go_duration(d: Duration) -> String {
     }
 }
 
+/// Serde helper: an optional duration as a Go duration string (`None` as `null`; pair it with
+/// `skip_serializing_if = "Option::is_none"`).
+pub(crate) fn serialize_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format_go_duration(*d)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

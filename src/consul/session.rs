@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use super::{format_go_duration, ConsulClient, ConsulError, QueryMeta, QueryOptions, Result};
+use super::{ConsulClient, ConsulError, QueryMeta, QueryOptions, Result};
 
 /// What Consul does with the locks of an invalidated session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,14 +42,17 @@ pub struct SessionRequest {
     pub node: Option<String>,
     /// How long Consul keeps others from acquiring a lock this session held when it is
     /// invalidated (Consul's default 15s when unset; 0 disables).
-    #[serde(serialize_with = "opt_go_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "super::duration::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub lock_delay: Option<Duration>,
     /// Release or delete held keys on invalidation.
     pub behavior: Behavior,
     /// Invalidate when not renewed within this (Consul may wait up to 2×).
     #[serde(
         rename = "TTL",
-        serialize_with = "opt_go_duration",
+        serialize_with = "super::duration::serialize_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub ttl: Option<Duration>,
@@ -59,13 +62,6 @@ pub struct SessionRequest {
     /// Service checks to bind to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub service_checks: Vec<ServiceCheckRef>,
-}
-
-fn opt_go_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_str(&format_go_duration(*d)),
-        None => s.serialize_none(),
-    }
 }
 
 /// A session as Consul reports it.
