@@ -56,12 +56,15 @@ async fn status_lists_members_with_one_leader() {
         let members: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
         let settled = members.len() == 3
             && members.iter().all(|m| {
-                m["consul_check"] == "passing" && (m["role"] == "leader" || m["role"] == "follower")
+                // A follower learns the term from its blocking query a moment after the election.
+                m["consul_check"] == "passing"
+                    && (m["role"] == "leader" || m["role"] == "follower")
+                    && m["term"].as_u64().is_some_and(|t| t >= 1)
             });
         settled.then_some(members)
     })
     .await
-    .expect("three members with passing checks, each leader or follower");
+    .expect("three members with passing checks, each leader or follower, all knowing the term");
     let leaders: Vec<&Value> = members.iter().filter(|m| m["role"] == "leader").collect();
     assert_eq!(leaders.len(), 1, "{members:?}");
     assert_eq!(leaders[0]["name"], format!("n{leader}"));
