@@ -13,6 +13,11 @@ use crate::{
     shutdown::CancellationToken,
 };
 
+/// The KV key whose lock is leadership, unless configured otherwise.
+pub const DEFAULT_ELECTION_KEY: &str = "service/simpleloggers/leader";
+/// The Consul service name nodes register under, unless configured otherwise.
+pub const DEFAULT_SERVICE_NAME: &str = "simpleloggers";
+
 /// How long one blocking query on the election key may wait.
 const WATCH_WAIT: Duration = Duration::from_secs(60);
 

@@ -60,8 +60,8 @@ impl ElectionConfig {
         Self {
             name: name.into(),
             advertise_addr: advertise_addr.into(),
-            service_name: "simpleloggers".into(),
-            election_key: "service/simpleloggers/leader".into(),
+            service_name: crate::discovery::DEFAULT_SERVICE_NAME.into(),
+            election_key: crate::discovery::DEFAULT_ELECTION_KEY.into(),
             session_ttl: Duration::from_secs(10),
             lock_delay,
             renew_interval: Duration::from_millis(500),

@@ -23,13 +23,13 @@ pub struct StatusConfig {
     #[command(flatten)]
     pub consul: ConsulConfig,
     /// Consul service name the nodes register under.
-    #[arg(long, env = "SIMPLELOGGERS_SERVICE_NAME", default_value = "simpleloggers")]
+    #[arg(long, env = "SIMPLELOGGERS_SERVICE_NAME", default_value = crate::discovery::DEFAULT_SERVICE_NAME)]
     pub service_name: String,
     /// KV key whose lock is leadership.
     #[arg(
         long,
         env = "SIMPLELOGGERS_ELECTION_KEY",
-        default_value = "service/simpleloggers/leader"
+        default_value = crate::discovery::DEFAULT_ELECTION_KEY
     )]
     pub election_key: String,
     /// How long each member's /api/v1/status may take before it is shown as unreachable.

@@ -37,7 +37,7 @@ pub struct TailConfig {
     #[arg(
         long,
         env = "SIMPLELOGGERS_ELECTION_KEY",
-        default_value = "service/simpleloggers/leader"
+        default_value = crate::discovery::DEFAULT_ELECTION_KEY
     )]
     pub election_key: String,
     /// First offset to print (default: the oldest the leader retains).

@@ -267,7 +267,11 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<bool
         message: e.to_string(),
         log: String::new(),
     })?;
-    let mut leader_rx = watch_leader(client, "service/simpleloggers/leader".into(), stop_watch.clone());
+    let mut leader_rx = watch_leader(
+        client,
+        crate::discovery::DEFAULT_ELECTION_KEY.into(),
+        stop_watch.clone(),
+    );
 
     let mut producer_config = producer::Config::for_consul(consul_config);
     producer_config.rate = config.rate;

@@ -111,6 +111,19 @@ pub struct ScanOutcome {
     pub torn: Option<TornTail>,
 }
 
+/// The outcome of a scan whose tail from `good` on is cut off for `reason`.
+fn torn_tail(buf: &[u8], good: usize, good_end: u64, reason: String) -> ScanOutcome {
+    ScanOutcome {
+        good_len: good as u64,
+        end: good_end,
+        torn: Some(TornTail {
+            position: good as u64,
+            dropped_bytes: (buf.len() - good) as u64,
+            reason,
+        }),
+    }
+}
+
 /// Validate the frames of a segment's contents. `on_batch` sees every complete atomic batch in
 /// order. A bad frame is corruption (named by file and byte position) unless the mode allows tail
 /// repair and no valid frame follows it anywhere in the file.
@@ -167,16 +180,7 @@ pub fn scan(
             if mode == ScanMode::Strict || valid_frame_after(buf, pos + 1) {
                 return Err(corrupt(pos, reason));
             }
-            let torn = TornTail {
-                position: good as u64,
-                dropped_bytes: (buf.len() - good) as u64,
-                reason,
-            };
-            return Ok(ScanOutcome {
-                good_len: good as u64,
-                end: good_end,
-                torn: Some(torn),
-            });
+            return Ok(torn_tail(buf, good, good_end, reason));
         }
     }
     if !batch.is_empty() {
@@ -184,16 +188,7 @@ pub fn scan(
         if mode == ScanMode::Strict {
             return Err(corrupt(good, reason));
         }
-        let torn = TornTail {
-            position: good as u64,
-            dropped_bytes: (buf.len() - good) as u64,
-            reason,
-        };
-        return Ok(ScanOutcome {
-            good_len: good as u64,
-            end: good_end,
-            torn: Some(torn),
-        });
+        return Ok(torn_tail(buf, good, good_end, reason));
     }
     Ok(ScanOutcome {
         good_len: good as u64,

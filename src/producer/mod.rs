@@ -39,7 +39,7 @@ use crate::{
 };
 
 /// The election key the nodes contend for, whose value names the leader.
-pub const DEFAULT_ELECTION_KEY: &str = "service/simpleloggers/leader";
+pub use crate::discovery::DEFAULT_ELECTION_KEY;
 
 /// How the producer runs. Every field is a flag of `simpleloggers producer` with an
 /// `SIMPLELOGGERS_*` environment fallback; [`Config::for_target`] and [`Config::for_consul`]
