@@ -6,6 +6,7 @@
 
 use std::{
     ops::{Deref, DerefMut},
+    path::Path,
     time::Duration,
 };
 
@@ -94,4 +95,17 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
     }
+}
+
+/// Command lines of the processes whose command line mentions `needle` (to prove none is left).
+pub fn processes_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect()
 }
