@@ -5,7 +5,6 @@
 //! - [`cli`]: `simpleloggers status` and `tail`, and the cluster view they share with the dashboard.
 //! - [`consul`]: typed Consul HTTP client (KV, sessions, agent, health, txn, blocking watches).
 //! - [`demo`]: `simpleloggers demo`: the whole system on one machine, verified at the end.
-//! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
 //! - [`election`]: the Elector: Consul session + KV lock + lease; publishes the LeaderState.
 //! - [`k8s`]: best-effort Kubernetes integration: LogCluster CRD and status, pod role label,
@@ -21,7 +20,6 @@
 pub mod cli;
 pub mod consul;
 pub mod demo;
-pub mod devconsul;
 pub mod discovery;
 pub mod election;
 pub mod k8s;

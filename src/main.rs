@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use simpleloggers::{
     cli::{self, StatusConfig, TailConfig},
-    demo, devconsul,
+    demo,
     node::{self, NodeConfig},
     producer, shutdown,
     telemetry::{self, LogFormat},
