@@ -7,6 +7,7 @@
 //! - [`demo`]: `simpleloggers demo`: the whole system on one machine, verified at the end.
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
 //! - [`election`]: the Elector: Consul session + KV lock + lease; publishes the LeaderState.
+//! - [`flags`]: the flag groups shared by subcommands (Consul, election key, election timing).
 //! - [`k8s`]: best-effort Kubernetes integration: LogCluster CRD and status, pod role label,
 //!   leadership Events, leader-driven rolling update.
 //! - [`log`]: the durable, segmented, append-only log store.
@@ -22,6 +23,7 @@ pub mod consul;
 pub mod demo;
 pub mod discovery;
 pub mod election;
+pub mod flags;
 pub mod k8s;
 pub mod log;
 pub mod metrics;
