@@ -31,7 +31,7 @@ it (until replication lands, it does not hold the old leader's messages). With -
 therefore resumes after a failover as follows: on a node it has followed before, after the last \
 offset it printed from that node; on a node it has not followed yet, at --from (default 0: \
 everything that node retains). Nothing is printed twice and nothing the new leader holds is \
-skipped."
+skipped. An event that cannot be interpreted is reported on stderr with its id and data."
 )]
 pub struct TailConfig {
     /// How to reach Consul.

@@ -1,5 +1,6 @@
 //! The node: `simpleloggers node`. Opens the durable log, runs the [`Elector`], and serves the
-//! HTTP API (writes on the leader, reads, probes, status, metrics). Shuts down in the order that
+//! HTTP API (writes on the leader, reads, probes, status, metrics) under the limits of
+//! [`HttpLimits`]. Shuts down in the order that
 //! hands leadership over fastest: not-ready → no new writes → drain → release → destroy →
 //! deregister → close the log.
 
@@ -394,12 +395,9 @@ struct RequestSlots {
 /// so an overloaded node answers quickly and clients back off (`Retry-After`). The slot is held
 /// until the handler has answered (for the live stream: until it has started).
 async fn limit_requests(State(slots): State<RequestSlots>, request: Request, next: Next) -> Response {
-    match slots.permits.clone().try_acquire_owned() {
-        Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
-            response
-        }
+    match slots.permits.try_acquire() {
+        // Held until the handler has answered.
+        Ok(_slot) => next.run(request).await,
         Err(_) => ApiError::Overloaded { limit: slots.limit }.into_response(),
     }
 }
