@@ -42,6 +42,15 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request body did not arrive within `--http-body-timeout`.
+    #[error(transparent)]
+    BodyTimeout(#[from] super::BodyTimeout),
+    /// Every request slot is taken; retry later.
+    #[error("overloaded: already handling {limit} requests (--http-max-concurrent-requests); retry later")]
+    Overloaded {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl ApiError {
@@ -59,6 +68,17 @@ impl ApiError {
             ApiError::Forward { .. } => StatusCode::BAD_GATEWAY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The error for a request body that could not be read within `limit` bytes: 408 when it
+    /// came too slowly, else 413 naming `flag`.
+    pub fn body(err: &axum::Error, flag: &str, limit: usize) -> ApiError {
+        match super::BodyTimeout::find(err) {
+            Some(timeout) => ApiError::BodyTimeout(super::BodyTimeout { limit: timeout.limit }),
+            None => ApiError::TooLarge(format!("request body exceeds {flag} ({limit} bytes)")),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The node: `simpleloggers node`. Opens the durable log, runs the [`Elector`], and serves the
-//! HTTP API (writes on the leader, reads, probes, status, metrics). Shuts down in the order that
+//! HTTP API (writes on the leader, reads, probes, status, metrics) under the limits of
+//! [`HttpLimits`]. Shuts down in the order that
 //! hands leadership over fastest: not-ready → no new writes → drain → release → destroy →
 //! deregister → close the log.
 
@@ -7,12 +8,14 @@ mod dashboard;
 mod error;
 mod probes;
 mod read;
+mod server;
 mod stream;
 mod write;
 
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,12 +27,13 @@ use axum::{
     routing::get,
     Router,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 pub use dashboard::ClusterCache;
 pub use error::ApiError;
 pub use probes::{readiness, Readiness, Status};
 pub use read::{parse_read_params, Entry, ReadAnswer};
+pub use server::{serve, BodyTimeout, HttpLimits};
 pub use stream::{parse_stream_start, record_event};
 pub use write::{parse_ndjson, producer_from_headers, BatchAck, SingleAck, PRODUCER_ID, PRODUCER_SEQ};
 
@@ -38,7 +42,7 @@ use crate::{
     election::{ElectionConfig, Elector, Role},
     flags::{ClusterArgs, ElectionArgs, ServiceArgs},
     log::{Durability, LogConfig, LogStore},
-    metrics::{HttpLabels, Metrics},
+    metrics::{method_label, HttpLabels, Metrics},
     shutdown::CancellationToken,
 };
 
@@ -97,6 +101,9 @@ pub struct NodeConfig {
     /// The election's timing.
     #[command(flatten)]
     pub election: ElectionArgs,
+    /// Timeouts and caps of the HTTP server.
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
 }
 
 /// The settings after defaults and derivations, shared by the handlers.
@@ -114,6 +121,8 @@ pub struct Settings {
     pub service_name: String,
     /// KV key whose lock is leadership (for `/api/v1/cluster`).
     pub election_key: String,
+    /// Requests handled at once (`--http-max-concurrent-requests`).
+    pub max_concurrent_requests: usize,
 }
 
 /// The state every handler shares. Cheap to clone.
@@ -211,6 +220,7 @@ pub async fn run(
     if config.max_message_bytes == 0 {
         return Err(NodeError::Config("--max-message-bytes must be positive".into()));
     }
+    config.http_limits.validate().map_err(NodeError::Config)?;
     let mut election = ElectionConfig::new(&name, &advertise);
     election.service_name = config.service.service_name.clone();
     election.election_key = config.cluster.election_key.clone();
@@ -239,6 +249,7 @@ pub async fn run(
             follower_writes: config.follower_writes,
             service_name: config.service.service_name.clone(),
             election_key: config.cluster.election_key.clone(),
+            max_concurrent_requests: config.http_limits.max_concurrent_requests,
         }),
         elector: elector.clone(),
         store: store.clone(),
@@ -266,16 +277,15 @@ pub async fn run(
     let app = router(node);
     let stopping = shutdown.clone();
     let elector_for_stop = elector.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let serving = serve(listener, app, config.http_limits.clone(), metrics, async move {
         stopping.cancelled().await;
         // Not ready and no new writes at once; in-flight requests still finish.
         elector_for_stop.begin_shutdown();
     });
-    let server = tokio::spawn(async move { serve.await });
+    let server = tokio::spawn(serving);
     shutdown.cancelled().await;
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => tracing::warn!(%err, "HTTP server stopped with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(%err, "HTTP server task failed"),
         Err(_) => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}"),
     }
@@ -312,6 +322,10 @@ async fn follow_state(node: Node, shutdown: CancellationToken) {
 
 /// The node's routes.
 pub fn router(node: Node) -> Router {
+    let slots = RequestSlots {
+        permits: Arc::new(Semaphore::new(node.config.max_concurrent_requests)),
+        limit: node.config.max_concurrent_requests,
+    };
     Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
@@ -319,6 +333,10 @@ pub fn router(node: Node) -> Router {
         .route("/api/v1/log", get(read::read).post(write::append))
         .route("/api/v1/log/stream", get(stream::stream))
         .route("/api/v1/status", get(probes::status))
+        // The routes above share --http-max-concurrent-requests. The probes and /metrics below
+        // do not: an overloaded node must not also be declared dead (restarted by the kubelet,
+        // its session invalidated by Consul) or go blind.
+        .route_layer(middleware::from_fn_with_state(slots, limit_requests))
         .route("/readyz", get(probes::readyz))
         .route("/healthz", get(probes::healthz))
         .route("/metrics", get(metrics))
@@ -345,12 +363,34 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// The shared budget of requests handled at once.
+#[derive(Clone)]
+struct RequestSlots {
+    /// One permit per request being handled.
+    permits: Arc<Semaphore>,
+    /// How many there are (for the error message).
+    limit: usize,
+}
+
+/// Sheds load: a request that finds every slot taken is answered 503 at once rather than queued,
+/// so an overloaded node answers quickly and clients back off (`Retry-After`). The slot is held
+/// until the handler has answered (for the live stream: until it has started).
+async fn limit_requests(State(slots): State<RequestSlots>, request: Request, next: Next) -> Response {
+    match slots.permits.try_acquire() {
+        // Held until the handler has answered.
+        Ok(_slot) => next.run(request).await,
+        Err(_) => ApiError::Overloaded { limit: slots.limit }.into_response(),
+    }
+}
+
+/// Counts every request. Its labels are bounded whatever the client sends: the route is the
+/// router's pattern (never the raw path), the method a standard one or `other`.
 async fn count_requests(State(node): State<Node>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     node.metrics.http_seconds.observe(started.elapsed().as_secs_f64());

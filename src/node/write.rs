@@ -152,14 +152,14 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
     } else {
         node.config.max_message_bytes
     };
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        let flag = if batch {
-            "--max-batch-bytes"
-        } else {
-            "--max-message-bytes"
-        };
-        ApiError::TooLarge(format!("request body exceeds {flag} ({limit} bytes)"))
-    })?;
+    let flag = if batch {
+        "--max-batch-bytes"
+    } else {
+        "--max-message-bytes"
+    };
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|err| ApiError::body(&err, flag, limit))?;
     let producer = producer_from_headers(&headers)?;
     let payloads = if batch {
         parse_ndjson(&body, node.config.max_message_bytes)?
@@ -218,7 +218,7 @@ async fn forward(node: &Node, leader: &str, headers: HeaderMap, body: Body) -> R
     let limit = node.config.max_batch_bytes.max(node.config.max_message_bytes);
     let body = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::TooLarge(format!("request body exceeds {limit} bytes")))?;
+        .map_err(|err| ApiError::body(&err, "--max-batch-bytes", limit))?;
     let mut request = node
         .http
         .request(Method::POST, format!("http://{leader}/api/v1/log"))
