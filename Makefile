@@ -26,11 +26,11 @@ browser-deps: ## headless Chromium + chromedriver for tests/observe_browser.rs (
 fmt: ## rustfmt check
 	$(CARGO) fmt --all -- --check
 
-lint: ## clippy with warnings as errors
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+lint: ## clippy with warnings as errors, every workspace crate and target
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-unit: ## cargo test (unit + integration tests over loopback)
-	$(CARGO) test --locked
+unit: ## cargo test, whole workspace (unit + integration tests over loopback, dev Consul included)
+	$(CARGO) test --locked --workspace
 
 demo: ## the one-command local cluster
 	$(CARGO) run --release --locked -- demo

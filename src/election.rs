@@ -28,6 +28,15 @@ const DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
 /// Bound on each step of a graceful resignation, so SIGTERM never hangs on a dead Consul.
 const RESIGN_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `--session-ttl` unless given: how long Consul keeps a silent node's session.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
+/// `--lock-delay` unless given: with the lease margin, it bounds how long a lost leader may write.
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(2);
+/// `--renew-interval` unless given: at most half the default lease (lock-delay minus margin).
+pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(500);
+/// `--check-interval` unless given: how soon Consul notices a dead node.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the elector needs to know.
 #[derive(Clone, Debug)]
 pub struct ElectionConfig {
@@ -56,17 +65,16 @@ pub struct ElectionConfig {
 impl ElectionConfig {
     /// The defaults of `simpleloggers node` for a node called `name` reachable at `advertise_addr`.
     pub fn new(name: impl Into<String>, advertise_addr: impl Into<String>) -> Self {
-        let lock_delay = Duration::from_secs(2);
         Self {
             name: name.into(),
             advertise_addr: advertise_addr.into(),
             service_name: crate::discovery::DEFAULT_SERVICE_NAME.into(),
             election_key: crate::discovery::DEFAULT_ELECTION_KEY.into(),
-            session_ttl: Duration::from_secs(10),
-            lock_delay,
-            renew_interval: Duration::from_millis(500),
-            check_interval: Duration::from_secs(1),
-            lease_margin: default_lease_margin(lock_delay),
+            session_ttl: DEFAULT_SESSION_TTL,
+            lock_delay: DEFAULT_LOCK_DELAY,
+            renew_interval: DEFAULT_RENEW_INTERVAL,
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            lease_margin: default_lease_margin(DEFAULT_LOCK_DELAY),
             acquire_retry: Duration::from_millis(100),
         }
     }

@@ -7,8 +7,9 @@ use std::{collections::HashMap, io::Write, time::Duration};
 use serde::Deserialize;
 
 use crate::{
-    consul::{ConsulClient, ConsulConfig, ConsulError},
+    consul::{ConsulClient, ConsulError},
     discovery::{watch_leader, CurrentLeader},
+    flags::ClusterArgs,
     shutdown::CancellationToken,
 };
 
@@ -30,16 +31,6 @@ everything that node retains). Nothing is printed twice and nothing the new lead
 skipped."
 )]
 pub struct TailConfig {
-    /// How to reach Consul.
-    #[command(flatten)]
-    pub consul: ConsulConfig,
-    /// KV key whose lock is leadership.
-    #[arg(
-        long,
-        env = "SIMPLELOGGERS_ELECTION_KEY",
-        default_value = crate::discovery::DEFAULT_ELECTION_KEY
-    )]
-    pub election_key: String,
     /// First offset to print (default: the oldest the leader retains).
     #[arg(long)]
     pub from: Option<u64>,
@@ -49,6 +40,9 @@ pub struct TailConfig {
     /// How long to wait for a leader to be elected.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    /// Consul and the election key that names the leader.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// Why `tail` stopped.
@@ -123,12 +117,12 @@ pub async fn run(
     out: &mut (impl Write + Send),
     shutdown: CancellationToken,
 ) -> Result<u64, TailError> {
-    let consul = ConsulClient::new(&config.consul)?;
+    let consul = ConsulClient::new(&config.cluster.consul)?;
     let watch_stop = shutdown.child_token();
     let _stop_watch = watch_stop.clone().drop_guard();
-    let mut leaders = watch_leader(consul.clone(), config.election_key.clone(), watch_stop);
+    let mut leaders = watch_leader(consul.clone(), config.cluster.election_key.clone(), watch_stop);
     let no_leader = || TailError::NoLeader {
-        key: config.election_key.clone(),
+        key: config.cluster.election_key.clone(),
         wait: config.wait,
         consul: consul.base_url().to_string(),
     };

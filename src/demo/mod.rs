@@ -23,7 +23,6 @@ pub use verify::{read_all, verify, Verification};
 
 use crate::{
     consul::{ConsulClient, ConsulConfig},
-    devconsul,
     discovery::watch_leader,
     producer::{self, Ack, Hooks, Summary},
     shutdown::CancellationToken,

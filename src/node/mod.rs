@@ -34,8 +34,9 @@ pub use stream::{parse_stream_start, record_event};
 pub use write::{parse_ndjson, producer_from_headers, BatchAck, SingleAck, PRODUCER_ID, PRODUCER_SEQ};
 
 use crate::{
-    consul::{ConsulClient, ConsulConfig},
-    election::{default_lease_margin, ElectionConfig, Elector, Role},
+    consul::ConsulClient,
+    election::{ElectionConfig, Elector, Role},
+    flags::{ClusterArgs, ElectionArgs, ServiceArgs},
     log::{Durability, LogConfig, LogStore},
     metrics::{HttpLabels, Metrics},
     shutdown::CancellationToken,
@@ -70,31 +71,6 @@ pub struct NodeConfig {
     /// Directory of the durable log.
     #[arg(long, env = "SIMPLELOGGERS_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// How to reach Consul.
-    #[command(flatten)]
-    pub consul: ConsulConfig,
-    /// Consul service name the nodes register under.
-    #[arg(long, env = "SIMPLELOGGERS_SERVICE_NAME", default_value = crate::discovery::DEFAULT_SERVICE_NAME)]
-    pub service_name: String,
-    /// KV key whose lock is leadership.
-    #[arg(
-        long,
-        env = "SIMPLELOGGERS_ELECTION_KEY",
-        default_value = crate::discovery::DEFAULT_ELECTION_KEY
-    )]
-    pub election_key: String,
-    /// Consul session TTL.
-    #[arg(long, env = "SIMPLELOGGERS_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub session_ttl: Duration,
-    /// Session lock-delay; the leader's lease is derived from it.
-    #[arg(long, env = "SIMPLELOGGERS_LOCK_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub lock_delay: Duration,
-    /// How often the session is renewed.
-    #[arg(long, env = "SIMPLELOGGERS_RENEW_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub renew_interval: Duration,
-    /// Interval of Consul's HTTP check on /healthz.
-    #[arg(long, env = "SIMPLELOGGERS_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub check_interval: Duration,
     /// When a write is acknowledged: always (after fdatasync), `interval:<ms>`, never.
     #[arg(long, env = "SIMPLELOGGERS_DURABILITY", default_value = "always")]
     pub durability: Durability,
@@ -112,6 +88,15 @@ pub struct NodeConfig {
         default_value = "reject"
     )]
     pub follower_writes: FollowerWrites,
+    /// Consul and the election key.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The Consul service this node registers under.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The election's timing.
+    #[command(flatten)]
+    pub election: ElectionArgs,
 }
 
 /// The settings after defaults and derivations, shared by the handlers.
@@ -227,13 +212,9 @@ pub async fn run(
         return Err(NodeError::Config("--max-message-bytes must be positive".into()));
     }
     let mut election = ElectionConfig::new(&name, &advertise);
-    election.service_name = config.service_name.clone();
-    election.election_key = config.election_key.clone();
-    election.session_ttl = config.session_ttl;
-    election.lock_delay = config.lock_delay;
-    election.lease_margin = default_lease_margin(config.lock_delay);
-    election.renew_interval = config.renew_interval;
-    election.check_interval = config.check_interval;
+    election.service_name = config.service.service_name.clone();
+    election.election_key = config.cluster.election_key.clone();
+    config.election.apply_to(&mut election);
     election.validate().map_err(NodeError::Config)?;
 
     let mut log = LogConfig::new(&config.data_dir);
@@ -244,10 +225,10 @@ pub async fn run(
         source,
     })?;
     let metrics = Metrics::new();
-    let consul = ConsulClient::new(&config.consul)?.with_observer(metrics.consul_observer());
+    let consul = ConsulClient::new(&config.cluster.consul)?.with_observer(metrics.consul_observer());
     let k8s_consul = crate::k8s::ConsulHealth {
         client: consul.clone(),
-        service: config.service_name.clone(),
+        service: config.service.service_name.clone(),
     };
     let elector = Elector::start(consul.clone(), election);
     let node = Node {
@@ -256,8 +237,8 @@ pub async fn run(
             max_message_bytes: config.max_message_bytes,
             max_batch_bytes: config.max_batch_bytes.max(config.max_message_bytes),
             follower_writes: config.follower_writes,
-            service_name: config.service_name.clone(),
-            election_key: config.election_key.clone(),
+            service_name: config.service.service_name.clone(),
+            election_key: config.cluster.election_key.clone(),
         }),
         elector: elector.clone(),
         store: store.clone(),

@@ -35,6 +35,7 @@ pub use self::{
 use crate::{
     consul::{ConsulClient, ConsulConfig},
     discovery::{watch_leader, CurrentLeader},
+    flags::ClusterArgs,
     shutdown::CancellationToken,
 };
 
@@ -46,12 +47,6 @@ pub use crate::discovery::DEFAULT_ELECTION_KEY;
 /// build one with the defaults from Rust.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    /// How to reach Consul (used unless `--target` is given).
-    #[command(flatten)]
-    pub consul: ConsulConfig,
-    /// The Consul key whose value names the leader.
-    #[arg(long, env = "SIMPLELOGGERS_ELECTION_KEY", default_value = DEFAULT_ELECTION_KEY)]
-    pub election_key: String,
     /// Send to this base URL (e.g. a Kubernetes Service) instead of discovering the leader.
     #[arg(long, env = "SIMPLELOGGERS_TARGET")]
     pub target: Option<String>,
@@ -109,6 +104,9 @@ pub struct Config {
     /// does not reuse the sequence numbers of its previous run.
     #[arg(long, env = "SIMPLELOGGERS_FIRST_SEQ")]
     pub first_seq: Option<u64>,
+    /// Consul and the election key that names the leader (used unless `--target` is given).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 impl Config {
@@ -116,8 +114,7 @@ impl Config {
     /// discovered through Consul at `consul`.
     pub fn for_consul(consul: ConsulConfig) -> Self {
         Self {
-            consul,
-            election_key: DEFAULT_ELECTION_KEY.to_string(),
+            cluster: ClusterArgs::new(consul),
             target: None,
             rate: 1.0,
             stdin: false,
@@ -261,13 +258,17 @@ pub async fn run_with(
     let route = match &config.target {
         Some(target) => Route::Fixed(sender::base_url(target)),
         None => {
-            let consul = ConsulClient::new(&config.consul).map_err(ProducerError::Consul)?;
-            let rx = watch_leader(consul, config.election_key.clone(), background.child_token());
+            let consul = ConsulClient::new(&config.cluster.consul).map_err(ProducerError::Consul)?;
+            let rx = watch_leader(
+                consul,
+                config.cluster.election_key.clone(),
+                background.child_token(),
+            );
             tasks.spawn(log_leader_changes(rx.clone(), background.child_token()));
             Route::Leader(rx)
         }
     };
-    tracing::info!(producer_id, first_seq, target = ?config.target, election_key = config.election_key, "producer starting");
+    tracing::info!(producer_id, first_seq, target = ?config.target, election_key = config.cluster.election_key, "producer starting");
 
     let stats = Arc::new(Stats::new(producer_id.clone(), hooks.progress));
     let sender = Arc::new(Sender {
@@ -464,7 +465,7 @@ mod tests {
     #[test]
     fn flag_defaults_match_constructor() {
         let parsed = Cli::try_parse_from(["producer"]).unwrap().config;
-        let built = Config::for_consul(parsed.consul.clone());
+        let built = Config::for_consul(parsed.cluster.consul.clone());
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
     }
 
