@@ -123,9 +123,10 @@ def test_chart_works_as_a_subchart(tmp_path):
     parent = tmp_path / "platform"
     (parent / "templates").mkdir(parents=True)
     shutil.copytree(CHART, parent / "charts" / "simpleloggers")
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
     (parent / "Chart.yaml").write_text(
         "apiVersion: v2\nname: platform\nversion: 1.0.0\n"
-        "dependencies:\n  - name: simpleloggers\n    version: 0.1.0\n"
+        f"dependencies:\n  - name: simpleloggers\n    version: {version}\n"
     )
     (parent / "values.yaml").write_text(
         "global:\n  environment: staging\n  region: eu-west-1\n  imagePullSecrets:\n    - name: regcred\n"

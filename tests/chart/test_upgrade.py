@@ -37,7 +37,7 @@ def test_chart_version_bump_restarts_no_pod(tmp_path):
     """A new chart version alone changes no pod template: no Consul server restart (with one
     server, a write outage), no leader-driven roll of the nodes, no producer restart."""
     before = _templates(CHART)
-    after = _templates(_bumped_chart(tmp_path, "0.2.0"))
+    after = _templates(_bumped_chart(tmp_path, "9.9.9"))
     for key in WORKLOADS:
         assert after[key] == before[key], f"{key} would restart on a chart-version bump"
 
@@ -46,12 +46,13 @@ def test_app_version_bump_restarts_only_what_runs_it(tmp_path):
     """A new appVersion (the simpleloggers image tag) rolls the node and producer pods through
     their image, and leaves the Consul servers, which do not run it, alone."""
     before = _templates(CHART)
-    after = _templates(_bumped_chart(tmp_path, "0.2.0", "0.2.0"))
+    after = _templates(_bumped_chart(tmp_path, "9.9.9", "9.9.9"))
     assert after[WORKLOADS[0]] == before[WORKLOADS[0]]
     for key in WORKLOADS[1:]:
         images = [c["image"] for c in after[key]["spec"]["containers"]]
-        assert images == ["simpleloggers:0.2.0"], key
-        restored = yaml.safe_load(yaml.safe_dump(after[key]).replace("simpleloggers:0.2.0", "simpleloggers:0.1.0"))
+        assert images == ["simpleloggers:9.9.9"], key
+        app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+        restored = yaml.safe_load(yaml.safe_dump(after[key]).replace("simpleloggers:9.9.9", f"simpleloggers:{app_version}"))
         assert restored == before[key], f"{key} differs in more than its image"
 
 
