@@ -137,7 +137,6 @@ mod tests {
         cli::{StatusConfig, TailConfig},
         consul::{DEFAULT_ADDR, DEFAULT_TIMEOUT},
         demo::DemoConfig,
-        devconsul,
         node::NodeConfig,
         producer,
     };

@@ -12,9 +12,9 @@ use std::{
 };
 
 use clap::Parser;
+use devconsul::{Config, DevConsulHandle};
 use serde_json::Value;
 use simpleloggers::{
-    devconsul::{self, Config, DevConsulHandle},
     node::{self, NodeConfig},
     shutdown::CancellationToken,
 };

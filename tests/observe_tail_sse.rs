@@ -5,8 +5,8 @@
 
 use std::{process::Stdio, time::Duration};
 
+use devconsul::Config;
 use serde_json::json;
-use simpleloggers::devconsul::{self, Config};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
     net::TcpListener,
