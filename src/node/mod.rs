@@ -5,8 +5,11 @@
 
 mod dashboard;
 mod error;
+mod fault_file;
+mod health;
 mod probes;
 mod read;
+mod retention;
 mod stream;
 mod write;
 
@@ -28,15 +31,17 @@ use tokio::net::TcpListener;
 
 pub use dashboard::ClusterCache;
 pub use error::ApiError;
+pub use health::{admit, LogFacts, LogHealth, Refusal};
 pub use probes::{readiness, Readiness, Status};
 pub use read::{parse_read_params, Entry, ReadAnswer};
+pub use retention::parse_byte_size;
 pub use stream::{parse_stream_start, record_event};
 pub use write::{parse_ndjson, producer_from_headers, BatchAck, SingleAck, PRODUCER_ID, PRODUCER_SEQ};
 
 use crate::{
     consul::{ConsulClient, ConsulConfig},
     election::{default_lease_margin, ElectionConfig, Elector, Role},
-    log::{Durability, LogConfig, LogStore},
+    log::{Durability, FaultInjector, LogConfig, LogStore},
     metrics::{HttpLabels, Metrics},
     shutdown::CancellationToken,
 };
@@ -92,7 +97,7 @@ pub struct NodeConfig {
     /// How often the session is renewed.
     #[arg(long, env = "SIMPLELOGGERS_RENEW_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub renew_interval: Duration,
-    /// Interval of Consul's HTTP check on /healthz.
+    /// Interval of Consul's HTTP check on /consul-check.
     #[arg(long, env = "SIMPLELOGGERS_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub check_interval: Duration,
     /// When a write is acknowledged: always (after fdatasync), `interval:<ms>`, never.
@@ -112,6 +117,26 @@ pub struct NodeConfig {
         default_value = "reject"
     )]
     pub follower_writes: FollowerWrites,
+    /// Size at which the log rolls to a new segment file (bytes, or e.g. 64MiB); retention deletes
+    /// whole segments, so this is also its granularity.
+    #[arg(long, env = "SIMPLELOGGERS_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
+    pub segment_bytes: u64,
+    /// Delete the oldest whole segments while the log is larger than this (bytes, or e.g.
+    /// 10GiB); unset keeps everything.
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_BYTES", value_parser = parse_byte_size)]
+    pub retention_bytes: Option<u64>,
+    /// Delete whole segments whose newest record is older than this (e.g. 7d); unset keeps
+    /// everything.
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_AGE", value_parser = humantime::parse_duration)]
+    pub retention_age: Option<Duration>,
+    /// How often retention runs besides on every segment roll (age retention needs it when no
+    /// writes arrive).
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+    /// Test hook: while this file names an errno (ENOSPC, EIO, a number), every log write fails
+    /// with it. Never set in production.
+    #[arg(long, env = "SIMPLELOGGERS_FAULT_FILE", hide = true)]
+    pub fault_file: Option<PathBuf>,
 }
 
 /// The settings after defaults and derivations, shared by the handlers.
@@ -140,6 +165,8 @@ pub struct Node {
     pub elector: Elector,
     /// The local log.
     pub store: LogStore,
+    /// Whether the local log can append now (the Consul check, readiness and write admission).
+    pub health: LogHealth,
     /// Metrics.
     pub metrics: Metrics,
     /// Client for forwarding writes to the leader and asking peers for their status.
@@ -148,6 +175,19 @@ pub struct Node {
     pub consul: ConsulClient,
     /// The last cluster view, shared by every dashboard that polls this node.
     pub cluster: ClusterCache,
+}
+
+impl Node {
+    /// The term to write with now, if a write may be accepted: [`admit`] on the current leader
+    /// state and log health, the same predicate `/readyz` answers with.
+    ///
+    /// # Errors
+    /// Why the write is refused.
+    pub fn admit(&self) -> Result<u64, Refusal> {
+        let facts = self.health.facts();
+        self.elector
+            .with_current(|state| admit(state, Instant::now(), &facts))
+    }
 }
 
 /// Errors that stop a node from starting.
@@ -226,6 +266,11 @@ pub async fn run(
     if config.max_message_bytes == 0 {
         return Err(NodeError::Config("--max-message-bytes must be positive".into()));
     }
+    if config.retention_interval.is_zero() || config.retention_age.is_some_and(|a| a.is_zero()) {
+        return Err(NodeError::Config(
+            "--retention-interval and --retention-age must be positive".into(),
+        ));
+    }
     let mut election = ElectionConfig::new(&name, &advertise);
     election.service_name = config.service_name.clone();
     election.election_key = config.election_key.clone();
@@ -239,17 +284,38 @@ pub async fn run(
     let mut log = LogConfig::new(&config.data_dir);
     log.durability = config.durability;
     log.max_record_bytes = config.max_message_bytes;
+    log.segment_bytes = config.segment_bytes;
+    log.retention_bytes = config.retention_bytes;
+    log.retention_age = config.retention_age;
+    let faults = config.fault_file.as_ref().map(|_| FaultInjector::new());
+    log.fault_injector = faults.clone();
     let store = LogStore::open(log).await.map_err(|source| NodeError::Log {
         dir: config.data_dir.clone(),
         source,
     })?;
+    if let (Some(path), Some(faults)) = (&config.fault_file, &faults) {
+        tokio::spawn(fault_file::run(path.clone(), faults.clone(), shutdown.clone()));
+    }
+    let health = LogHealth::new(store.clone(), faults);
+    tokio::spawn(health.clone().run(config.check_interval, shutdown.clone()));
+    if config.retention_bytes.is_some() || config.retention_age.is_some() {
+        tokio::spawn(retention::run(
+            store.clone(),
+            config.retention_interval,
+            shutdown.clone(),
+        ));
+    }
     let metrics = Metrics::new();
     let consul = ConsulClient::new(&config.consul)?.with_observer(metrics.consul_observer());
     let k8s_consul = crate::k8s::ConsulHealth {
         client: consul.clone(),
         service: config.service_name.clone(),
     };
-    let elector = Elector::start(consul.clone(), election);
+    // A term not above the log's last term is refused at acquisition (see docs/election.md).
+    let fence = store.clone();
+    let elector = Elector::start_fenced(consul.clone(), election, move || {
+        fence.last_term().map(|(term, _)| term)
+    });
     let node = Node {
         config: std::sync::Arc::new(Settings {
             name: name.clone(),
@@ -261,6 +327,7 @@ pub async fn run(
         }),
         elector: elector.clone(),
         store: store.clone(),
+        health,
         metrics: metrics.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -340,6 +407,7 @@ pub fn router(node: Node) -> Router {
         .route("/api/v1/status", get(probes::status))
         .route("/readyz", get(probes::readyz))
         .route("/healthz", get(probes::healthz))
+        .route("/consul-check", get(probes::consul_check))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
