@@ -91,7 +91,7 @@ pub struct ElectionArgs {
         value_parser = humantime::parse_duration
     )]
     pub renew_interval: Duration,
-    /// Interval of Consul's HTTP check on /healthz.
+    /// Interval of Consul's HTTP check on /consul-check.
     #[arg(
         long,
         env = "SIMPLELOGGERS_CHECK_INTERVAL",

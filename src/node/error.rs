@@ -22,6 +22,9 @@ pub enum ApiError {
     /// This node cannot accept writes now.
     #[error("not the leader: {}", .0.reason)]
     NotLeader(NotLeader),
+    /// This node leads but cannot take writes now (its log cannot append, or its term is stale).
+    #[error("this node leads but cannot take writes now: {0}")]
+    NotServing(String),
     /// The write became durable but the lease lapsed before it could be acknowledged.
     #[error("the leader's lease lapsed before the write could be acknowledged; it is not acknowledged")]
     LeaseLapsed,
@@ -59,7 +62,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotLeader(_) | ApiError::LeaseLapsed => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotLeader(_) | ApiError::NotServing(_) | ApiError::LeaseLapsed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Log(err) if err.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Log(LogError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Log(LogError::StaleSequence { .. }) => StatusCode::CONFLICT,
@@ -99,6 +104,7 @@ impl IntoResponse for ApiError {
                     None => Value::Null,
                 };
             }
+            ApiError::NotServing(_) => body["role"] = json!("leader (not serving)"),
             ApiError::Log(LogError::OffsetTrimmed { start, .. }) => body["start_offset"] = json!(start),
             _ => {}
         }
@@ -146,5 +152,9 @@ mod tests {
             "503s say when to retry"
         );
         assert_eq!(ApiError::LeaseLapsed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ApiError::NotServing("disk full".into()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

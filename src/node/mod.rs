@@ -6,8 +6,11 @@
 
 mod dashboard;
 mod error;
+mod fault_file;
+mod health;
 mod probes;
 mod read;
+mod retention;
 mod server;
 mod stream;
 mod write;
@@ -31,8 +34,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 pub use dashboard::ClusterCache;
 pub use error::ApiError;
+pub use health::{admit, LogFacts, LogHealth, Refusal};
 pub use probes::{readiness, Readiness, Status};
 pub use read::{parse_read_params, Entry, ReadAnswer};
+pub use retention::parse_byte_size;
 pub use server::{serve, BodyTimeout, HttpLimits};
 pub use stream::{parse_stream_start, record_event};
 pub use write::{parse_ndjson, producer_from_headers, BatchAck, SingleAck, PRODUCER_ID, PRODUCER_SEQ};
@@ -41,7 +46,7 @@ use crate::{
     consul::ConsulClient,
     election::{ElectionConfig, Elector, Role},
     flags::{ClusterArgs, ElectionArgs, ServiceArgs},
-    log::{Durability, LogConfig, LogStore},
+    log::{Durability, FaultInjector, LogConfig, LogStore},
     metrics::{method_label, HttpLabels, Metrics},
     shutdown::CancellationToken,
 };
@@ -104,6 +109,26 @@ pub struct NodeConfig {
     /// Timeouts and caps of the HTTP server.
     #[command(flatten)]
     pub http_limits: HttpLimits,
+    /// Size at which the log rolls to a new segment file (bytes, or e.g. 64MiB); retention deletes
+    /// whole segments, so this is also its granularity.
+    #[arg(long, env = "SIMPLELOGGERS_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
+    pub segment_bytes: u64,
+    /// Delete the oldest whole segments while the log is larger than this (bytes, or e.g.
+    /// 10GiB); unset keeps everything.
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_BYTES", value_parser = parse_byte_size)]
+    pub retention_bytes: Option<u64>,
+    /// Delete whole segments whose newest record is older than this (e.g. 7d); unset keeps
+    /// everything.
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_AGE", value_parser = humantime::parse_duration)]
+    pub retention_age: Option<Duration>,
+    /// How often retention runs besides on every segment roll (age retention needs it when no
+    /// writes arrive).
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+    /// Test hook: while this file names an errno (ENOSPC, EIO, a number), every log write fails
+    /// with it. Never set in production.
+    #[arg(long, env = "SIMPLELOGGERS_FAULT_FILE", hide = true)]
+    pub fault_file: Option<PathBuf>,
 }
 
 /// The settings after defaults and derivations, shared by the handlers.
@@ -134,6 +159,8 @@ pub struct Node {
     pub elector: Elector,
     /// The local log.
     pub store: LogStore,
+    /// Whether the local log can append now (the Consul check, readiness and write admission).
+    pub health: LogHealth,
     /// Metrics.
     pub metrics: Metrics,
     /// Client for forwarding writes to the leader and asking peers for their status.
@@ -142,6 +169,19 @@ pub struct Node {
     pub consul: ConsulClient,
     /// The last cluster view, shared by every dashboard that polls this node.
     pub cluster: ClusterCache,
+}
+
+impl Node {
+    /// The term to write with now, if a write may be accepted: [`admit`] on the current leader
+    /// state and log health, the same predicate `/readyz` answers with.
+    ///
+    /// # Errors
+    /// Why the write is refused.
+    pub fn admit(&self) -> Result<u64, Refusal> {
+        let facts = self.health.facts();
+        self.elector
+            .with_current(|state| admit(state, Instant::now(), &facts))
+    }
 }
 
 /// Errors that stop a node from starting.
@@ -221,6 +261,11 @@ pub async fn run(
         return Err(NodeError::Config("--max-message-bytes must be positive".into()));
     }
     config.http_limits.validate().map_err(NodeError::Config)?;
+    if config.retention_interval.is_zero() || config.retention_age.is_some_and(|a| a.is_zero()) {
+        return Err(NodeError::Config(
+            "--retention-interval and --retention-age must be positive".into(),
+        ));
+    }
     let mut election = ElectionConfig::new(&name, &advertise);
     election.service_name = config.service.service_name.clone();
     election.election_key = config.cluster.election_key.clone();
@@ -230,17 +275,42 @@ pub async fn run(
     let mut log = LogConfig::new(&config.data_dir);
     log.durability = config.durability;
     log.max_record_bytes = config.max_message_bytes;
+    log.segment_bytes = config.segment_bytes;
+    log.retention_bytes = config.retention_bytes;
+    log.retention_age = config.retention_age;
+    let faults = config.fault_file.as_ref().map(|_| FaultInjector::new());
+    log.fault_injector = faults.clone();
     let store = LogStore::open(log).await.map_err(|source| NodeError::Log {
         dir: config.data_dir.clone(),
         source,
     })?;
+    if let (Some(path), Some(faults)) = (&config.fault_file, &faults) {
+        tokio::spawn(fault_file::run(path.clone(), faults.clone(), shutdown.clone()));
+    }
+    let health = LogHealth::new(store.clone(), faults);
+    tokio::spawn(
+        health
+            .clone()
+            .run(config.election.check_interval, shutdown.clone()),
+    );
+    if config.retention_bytes.is_some() || config.retention_age.is_some() {
+        tokio::spawn(retention::run(
+            store.clone(),
+            config.retention_interval,
+            shutdown.clone(),
+        ));
+    }
     let metrics = Metrics::new();
     let consul = ConsulClient::new(&config.cluster.consul)?.with_observer(metrics.consul_observer());
     let k8s_consul = crate::k8s::ConsulHealth {
         client: consul.clone(),
         service: config.service.service_name.clone(),
     };
-    let elector = Elector::start(consul.clone(), election);
+    // A term not above the log's last term is refused at acquisition (see docs/election.md).
+    let fence = store.clone();
+    let elector = Elector::start_fenced(consul.clone(), election, move || {
+        fence.last_term().map(|(term, _)| term)
+    });
     let node = Node {
         config: std::sync::Arc::new(Settings {
             name: name.clone(),
@@ -253,6 +323,7 @@ pub async fn run(
         }),
         elector: elector.clone(),
         store: store.clone(),
+        health,
         metrics: metrics.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -339,6 +410,7 @@ pub fn router(node: Node) -> Router {
         .route_layer(middleware::from_fn_with_state(slots, limit_requests))
         .route("/readyz", get(probes::readyz))
         .route("/healthz", get(probes::healthz))
+        .route("/consul-check", get(probes::consul_check))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -13,7 +13,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{ApiError, FollowerWrites, Node};
+use super::{ApiError, FollowerWrites, Node, Refusal};
 use crate::log::{AppendOutcome, ProducerSeq};
 
 /// Header naming the producer of an idempotent write.
@@ -132,9 +132,10 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 /// `POST /api/v1/log`.
 pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let term = match node.elector.write_term() {
+    let term = match node.admit() {
         Ok(term) => term,
-        Err(not_leader) => {
+        Err(Refusal::Log(reason)) => return Err(ApiError::NotServing(reason)),
+        Err(Refusal::NotLeader(not_leader)) => {
             let forwarded = headers.contains_key(FORWARDED);
             return match (&node.config.follower_writes, &not_leader.leader) {
                 (FollowerWrites::Forward, Some(leader))
@@ -171,7 +172,11 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
         vec![body]
     };
     let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
-    let outcome = node.store.append(term, producer, payloads).await?;
+    let outcome = node
+        .store
+        .append(term, producer, payloads)
+        .await
+        .inspect_err(|err| node.health.append_failed(err))?;
     // Durable now; acknowledge only if we are still the leader of the same term with a lease.
     match node.elector.write_term() {
         Ok(t) if t == term => {}
