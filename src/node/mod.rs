@@ -97,18 +97,6 @@ pub struct NodeConfig {
         default_value = "reject"
     )]
     pub follower_writes: FollowerWrites,
-    /// Consul and the election key.
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-    /// The Consul service this node registers under.
-    #[command(flatten)]
-    pub service: ServiceArgs,
-    /// The election's timing.
-    #[command(flatten)]
-    pub election: ElectionArgs,
-    /// Timeouts and caps of the HTTP server.
-    #[command(flatten)]
-    pub http_limits: HttpLimits,
     /// Size at which the log rolls to a new segment file (bytes, or e.g. 64MiB); retention deletes
     /// whole segments, so this is also its granularity.
     #[arg(long, env = "SIMPLELOGGERS_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
@@ -129,6 +117,18 @@ pub struct NodeConfig {
     /// with it. Never set in production.
     #[arg(long, env = "SIMPLELOGGERS_FAULT_FILE", hide = true)]
     pub fault_file: Option<PathBuf>,
+    /// Consul and the election key.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The Consul service this node registers under.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The election's timing.
+    #[command(flatten)]
+    pub election: ElectionArgs,
+    /// Timeouts and caps of the HTTP server.
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
 }
 
 /// The settings after defaults and derivations, shared by the handlers.

@@ -39,6 +39,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Flags bounding what HTTP clients may hold on a node (each with an environment fallback).
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "HTTP limits")]
 pub struct HttpLimits {
     /// How long a client may take to send a complete request head: from the accept on a new
     /// connection, from its first byte on a kept-alive one. Then the connection is closed.
