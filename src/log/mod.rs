@@ -7,7 +7,9 @@
 //! - `index`: the sparse offset index and the `.index` / `.snapshot` side files.
 //! - `producer`: per-producer sequence history for idempotent retries.
 //! - `recovery`: opening a directory: torn-tail repair, corruption refusal, state rebuild.
-//! - [`store`]: [`LogStore`], the handle, and its group-committing writer thread.
+//! - [`store`]: [`LogStore`], the handle, and the state it shares with its writer thread;
+//!   `store/writer.rs`: the group-committing writer and sync threads and failed-write rollback;
+//!   `store/maintenance.rs`: segment roll (with the producer snapshot), retention, suffix truncation.
 //! - [`config`], [`error`], [`fault`]: settings, typed errors, test fault injection.
 //!
 //! # Tailing
