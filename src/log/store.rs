@@ -23,7 +23,7 @@ use super::{
     config::{Durability, LogConfig},
     error::LogError,
     index::{self, SegmentMeta, SegmentSnapshot, SparseIndex},
-    producer::{History, Producers, SeqCheck},
+    producer::{History, ProducerBatch, Producers, SeqCheck},
     record::{self, ProducerSeq, Record},
     recovery,
     segment::{self, FrameInfo, ReadCursor, ScanMode, Segment},
@@ -132,7 +132,7 @@ enum Command {
     /// Append one atomic batch.
     Append {
         term: u64,
-        producer: Option<ProducerSeq>,
+        producer: Option<ProducerBatch>,
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
     },
@@ -279,18 +279,20 @@ impl LogStore {
 
     /// Append an atomic batch (at least one record). Record `i` carries producer sequence
     /// `seq + i` when `producer` is given. A retry of a recently stored producer batch writes
-    /// nothing and returns [`AppendOutcome::Duplicate`] with the original offsets (the last 32
-    /// batches per producer are remembered; a retry partly overlapping stored sequences reports
-    /// only the stored part). Returns once durable under the configured durability mode.
+    /// nothing and returns [`AppendOutcome::Duplicate`] with the original offsets (the last
+    /// [`PRODUCER_WINDOW`](super::PRODUCER_WINDOW) batches per producer are remembered; a retry
+    /// partly overlapping stored sequences reports only the stored part). Returns once durable
+    /// under the configured durability mode. The rules are in `producer::Producers::check`.
     ///
     /// # Errors
     /// [`LogError::EmptyBatch`], [`LogError::RecordTooLarge`], [`LogError::StaleTerm`] (term below
-    /// the log's last term), [`LogError::StaleSequence`], [`LogError::DiskFull`]/[`LogError::Io`]
-    /// (nothing was stored), [`LogError::Closed`].
+    /// the log's last term), [`LogError::OutOfOrderSequence`] (a gap: retriable),
+    /// [`LogError::StaleSequence`], [`LogError::SequenceOverflow`], [`LogError::DiskFull`]/
+    /// [`LogError::Io`] (nothing was stored), [`LogError::Closed`].
     pub async fn append(
         &self,
         term: u64,
-        producer: Option<ProducerSeq>,
+        producer: Option<ProducerBatch>,
         payloads: Vec<Bytes>,
     ) -> Result<AppendOutcome, LogError> {
         if payloads.is_empty() {
@@ -301,11 +303,7 @@ impl LogStore {
             return Err(LogError::RecordTooLarge { size: p.len(), max });
         }
         if let Some(p) = &producer {
-            if p.producer_id.len() > u16::MAX as usize {
-                return Err(LogError::ProducerIdTooLong {
-                    len: p.producer_id.len(),
-                });
-            }
+            p.validate(payloads.len())?;
         }
         let rx = self.send(|reply| Command::Append {
             term,
@@ -399,8 +397,9 @@ impl LogStore {
     }
 
     /// Last stored sequence of a producer (including a batch whose sync is in progress).
+    /// `None` for an unknown producer or one idle longer than `producer_id_expiry`.
     pub fn producer_last_seq(&self, producer_id: &str) -> Option<u64> {
-        self.inner.shared.producers.lock().last_seq(producer_id)
+        self.inner.shared.producers.lock().last_seq(producer_id, now_ms())
     }
 
     /// `fdatasync` everything written so far (useful under `interval`/`never`).
@@ -693,7 +692,7 @@ impl Writer {
     fn admit(
         &mut self,
         term: u64,
-        producer: Option<ProducerSeq>,
+        producer: Option<ProducerBatch>,
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
     ) {
@@ -705,13 +704,28 @@ impl Writer {
         }
         let count = payloads.len() as u32;
         if let Some(p) = &producer {
-            match self.shared.producers.lock().check(&p.producer_id, p.seq, count) {
+            let check =
+                self.shared
+                    .producers
+                    .lock()
+                    .check(&p.producer_id, p.seq, count, p.pending_from, now_ms());
+            match check {
                 SeqCheck::New => {}
                 SeqCheck::Duplicate { first, count } => {
                     // Acknowledged with the current part: the original may still be syncing.
                     self.part
                         .replies
                         .push((reply, AppendOutcome::Duplicate { first, count }));
+                    return;
+                }
+                SeqCheck::OutOfOrder { expected } => {
+                    let producer_id = p.producer_id.clone();
+                    let seq = p.seq;
+                    let _ = reply.send(Err(LogError::OutOfOrderSequence {
+                        producer_id,
+                        seq,
+                        expected,
+                    }));
                     return;
                 }
                 SeqCheck::Stale { last_seq } => {
@@ -761,11 +775,11 @@ impl Writer {
             record::encode(&mut self.part.buf, &rec, count - 1 - i as u32);
         }
         if let Some(p) = &producer {
-            let prior = self
-                .shared
-                .producers
-                .lock()
-                .record(&p.producer_id, p.seq, count, first);
+            let prior =
+                self.shared
+                    .producers
+                    .lock()
+                    .record(&p.producer_id, p.seq, count, first, timestamp_ms);
             self.part.undo.push((p.producer_id.clone(), prior));
         }
         self.part.max_ts = self.part.max_ts.max(timestamp_ms);
@@ -1016,7 +1030,7 @@ impl Writer {
     }
 
     /// Seal the active segment (sync it, persist its index) and start a new one at the current
-    /// end, with a snapshot of the producer table and last term; then apply retention.
+    /// end, with the last term and the producers the sealed segment changed; then apply retention.
     fn roll(&mut self) -> Result<(), LogError> {
         self.st
             .active
@@ -1040,7 +1054,7 @@ impl Writer {
         index::write_side_file(&segment::index_path(&dir, meta.base), &meta)?;
         let snapshot = SegmentSnapshot {
             last_term: self.st.last_term,
-            producers: self.shared.producers.lock().snapshot(),
+            producers: self.shared.producers.lock().changed_since(meta.base),
         };
         index::write_side_file(&segment::snapshot_path(&dir, base), &snapshot)?;
         let path = segment::log_path(&dir, base);
@@ -1140,7 +1154,9 @@ impl Writer {
         let seg = &state.segments[k];
         let position = locate(seg, from)?;
         // Rebuild the producer table and last term from the segment's snapshot and its kept prefix.
-        let (mut producers, mut last_term) = recovery::state_before(&dir, &state.segments[..k], seg.base)?;
+        let expiry = self.shared.config.producer_id_expiry;
+        let (mut producers, mut last_term) =
+            recovery::state_before(&dir, &state.segments[..k], seg.base, expiry)?;
         let mut prefix = segment::read_at(&seg.file, &seg.path, 0, position as usize)?;
         let scan = segment::scan(&seg.path, &prefix, seg.base, ScanMode::RepairTail, |batch| {
             recovery::apply_batch(&mut producers, batch);
