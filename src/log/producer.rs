@@ -129,6 +129,20 @@ pub enum SeqCheck {
     },
 }
 
+/// What the store's writer does with a producer batch that is not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Store it.
+    New,
+    /// Answer these original offsets; store nothing.
+    Duplicate {
+        /// Offset of the record carrying the retried `seq`.
+        first: u64,
+        /// How many of the retried records were found stored.
+        count: u32,
+    },
+}
+
 /// The table of all producers.
 #[derive(Debug, Clone)]
 pub struct Producers {
@@ -248,6 +262,28 @@ impl Producers {
             std::cmp::Ordering::Less => SeqCheck::Stale {
                 last_seq: last.last_seq,
             },
+        }
+    }
+
+    /// [`check`](Self::check) for the store's writer: what to do with the batch of `count`
+    /// records, or the refusal to answer.
+    ///
+    /// # Errors
+    /// [`LogError::OutOfOrderSequence`] (a gap, retriable), [`LogError::StaleSequence`].
+    pub fn admit(&self, p: &ProducerBatch, count: u32, now_ms: u64) -> Result<Admit, LogError> {
+        match self.check(&p.producer_id, p.seq, count, p.pending_from, now_ms) {
+            SeqCheck::New => Ok(Admit::New),
+            SeqCheck::Duplicate { first, count } => Ok(Admit::Duplicate { first, count }),
+            SeqCheck::OutOfOrder { expected } => Err(LogError::OutOfOrderSequence {
+                producer_id: p.producer_id.clone(),
+                seq: p.seq,
+                expected,
+            }),
+            SeqCheck::Stale { last_seq } => Err(LogError::StaleSequence {
+                producer_id: p.producer_id.clone(),
+                seq: p.seq,
+                last_seq,
+            }),
         }
     }
 

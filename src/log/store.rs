@@ -23,7 +23,7 @@ use super::{
     config::{Durability, LogConfig},
     error::LogError,
     index::{self, SegmentMeta, SegmentSnapshot, SparseIndex},
-    producer::{History, ProducerBatch, Producers, SeqCheck},
+    producer::{Admit, History, ProducerBatch, Producers},
     record::{self, ProducerSeq, Record},
     recovery,
     segment::{self, FrameInfo, ReadCursor, ScanMode, Segment},
@@ -704,37 +704,17 @@ impl Writer {
         }
         let count = payloads.len() as u32;
         if let Some(p) = &producer {
-            let check =
-                self.shared
-                    .producers
-                    .lock()
-                    .check(&p.producer_id, p.seq, count, p.pending_from, now_ms());
-            match check {
-                SeqCheck::New => {}
-                SeqCheck::Duplicate { first, count } => {
+            match self.shared.producers.lock().admit(p, count, now_ms()) {
+                Ok(Admit::New) => {}
+                Ok(Admit::Duplicate { first, count }) => {
                     // Acknowledged with the current part: the original may still be syncing.
                     self.part
                         .replies
                         .push((reply, AppendOutcome::Duplicate { first, count }));
                     return;
                 }
-                SeqCheck::OutOfOrder { expected } => {
-                    let producer_id = p.producer_id.clone();
-                    let seq = p.seq;
-                    let _ = reply.send(Err(LogError::OutOfOrderSequence {
-                        producer_id,
-                        seq,
-                        expected,
-                    }));
-                    return;
-                }
-                SeqCheck::Stale { last_seq } => {
-                    let producer_id = p.producer_id.clone();
-                    let _ = reply.send(Err(LogError::StaleSequence {
-                        producer_id,
-                        seq: p.seq,
-                        last_seq,
-                    }));
+                Err(refused) => {
+                    let _ = reply.send(Err(refused));
                     return;
                 }
             }
