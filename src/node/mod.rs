@@ -40,7 +40,10 @@ pub use read::{parse_read_params, Entry, ReadAnswer};
 pub use retention::parse_byte_size;
 pub use server::{serve, BodyTimeout, HttpLimits};
 pub use stream::{parse_stream_start, record_event};
-pub use write::{parse_ndjson, producer_from_headers, BatchAck, SingleAck, PRODUCER_ID, PRODUCER_SEQ};
+pub use write::{
+    parse_ndjson, producer_from_headers, BatchAck, ProducerState, SingleAck, PRODUCER_ID,
+    PRODUCER_PENDING_FROM, PRODUCER_SEQ,
+};
 
 use crate::{
     consul::ConsulClient,
@@ -97,6 +100,10 @@ pub struct NodeConfig {
         default_value = "reject"
     )]
     pub follower_writes: FollowerWrites,
+    /// Forget a producer's idempotence state (its last batches and sequence) once it has stored
+    /// nothing for this long; a forgotten producer starts afresh (Kafka's default: 7 days).
+    #[arg(long, env = "SIMPLELOGGERS_PRODUCER_ID_EXPIRY", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub producer_id_expiry: Duration,
     /// Size at which the log rolls to a new segment file (bytes, or e.g. 64MiB); retention deletes
     /// whole segments, so this is also its granularity.
     #[arg(long, env = "SIMPLELOGGERS_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
@@ -275,6 +282,7 @@ pub async fn run(
     let mut log = LogConfig::new(&config.data_dir);
     log.durability = config.durability;
     log.max_record_bytes = config.max_message_bytes;
+    log.producer_id_expiry = config.producer_id_expiry;
     log.segment_bytes = config.segment_bytes;
     log.retention_bytes = config.retention_bytes;
     log.retention_age = config.retention_age;
@@ -403,6 +411,7 @@ pub fn router(node: Node) -> Router {
         .route("/api/v1/cluster", get(dashboard::cluster))
         .route("/api/v1/log", get(read::read).post(write::append))
         .route("/api/v1/log/stream", get(stream::stream))
+        .route("/api/v1/producers/{id}", get(write::producer_state))
         .route("/api/v1/status", get(probes::status))
         // The routes above share --http-max-concurrent-requests. The probes and /metrics below
         // do not: an overloaded node must not also be declared dead (restarted by the kubelet,
@@ -502,5 +511,23 @@ mod tests {
         let err = advertise_addr(None, any, None).unwrap_err().to_string();
         assert!(err.contains("--advertise-addr"), "{err}");
         assert!(advertise_addr(None, any, Some("not-an-ip")).is_err());
+    }
+
+    /// `--producer-id-expiry` defaults to the log's 7 days and takes a human duration.
+    #[test]
+    fn producer_id_expiry_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeConfig,
+        }
+        let parsed = Cli::try_parse_from(["node"]).unwrap().node;
+        assert_eq!(parsed.producer_id_expiry, crate::log::DEFAULT_PRODUCER_ID_EXPIRY);
+        let parsed = Cli::try_parse_from(["node", "--producer-id-expiry", "90m"])
+            .unwrap()
+            .node;
+        assert_eq!(parsed.producer_id_expiry, Duration::from_secs(5400));
+        assert!(Cli::try_parse_from(["node", "--producer-id-expiry", "soon"]).is_err());
     }
 }

@@ -16,7 +16,7 @@ use crate::log::{
 
 impl Writer {
     /// Seal the active segment (sync it, persist its index) and start a new one at the current
-    /// end, with a snapshot of the producer table and last term; then apply retention.
+    /// end, with a the last term and the producers the sealed segment changed; then apply retention.
     pub(super) fn roll(&mut self) -> Result<(), LogError> {
         self.st
             .active
@@ -40,7 +40,7 @@ impl Writer {
         index::write_side_file(&segment::index_path(&dir, meta.base), &meta)?;
         let snapshot = SegmentSnapshot {
             last_term: self.st.last_term,
-            producers: self.shared.producers.lock().snapshot(),
+            producers: self.shared.producers.lock().changed_since(meta.base),
         };
         index::write_side_file(&segment::snapshot_path(&dir, base), &snapshot)?;
         let path = segment::log_path(&dir, base);
@@ -140,7 +140,9 @@ impl Writer {
         let seg = &state.segments[k];
         let position = locate(seg, from)?;
         // Rebuild the producer table and last term from the segment's snapshot and its kept prefix.
-        let (mut producers, mut last_term) = recovery::state_before(&dir, &state.segments[..k], seg.base)?;
+        let expiry = self.shared.config.producer_id_expiry;
+        let (mut producers, mut last_term) =
+            recovery::state_before(&dir, &state.segments[..k], seg.base, expiry)?;
         let mut prefix = segment::read_at(&seg.file, &seg.path, 0, position as usize)?;
         let scan = segment::scan(&seg.path, &prefix, seg.base, ScanMode::RepairTail, |batch| {
             recovery::apply_batch(&mut producers, batch);

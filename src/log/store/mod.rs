@@ -25,8 +25,8 @@ use self::writer::WriterState;
 use super::{
     config::LogConfig,
     error::LogError,
-    producer::Producers,
-    record::{ProducerSeq, Record},
+    producer::{ProducerBatch, Producers},
+    record::Record,
     recovery,
     segment::{ReadCursor, Segment},
 };
@@ -125,7 +125,7 @@ enum Command {
     /// Append one atomic batch.
     Append {
         term: u64,
-        producer: Option<ProducerSeq>,
+        producer: Option<ProducerBatch>,
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
     },
@@ -250,18 +250,20 @@ impl LogStore {
 
     /// Append an atomic batch (at least one record). Record `i` carries producer sequence
     /// `seq + i` when `producer` is given. A retry of a recently stored producer batch writes
-    /// nothing and returns [`AppendOutcome::Duplicate`] with the original offsets (the last 32
-    /// batches per producer are remembered; a retry partly overlapping stored sequences reports
-    /// only the stored part). Returns once durable under the configured durability mode.
+    /// nothing and returns [`AppendOutcome::Duplicate`] with the original offsets (the last
+    /// [`PRODUCER_WINDOW`](crate::log::PRODUCER_WINDOW) batches per producer are remembered; a retry
+    /// partly overlapping stored sequences reports only the stored part). Returns once durable
+    /// under the configured durability mode. The rules are in `producer::Producers::check`.
     ///
     /// # Errors
     /// [`LogError::EmptyBatch`], [`LogError::RecordTooLarge`], [`LogError::StaleTerm`] (term below
-    /// the log's last term), [`LogError::StaleSequence`], [`LogError::DiskFull`]/[`LogError::Io`]
-    /// (nothing was stored), [`LogError::Closed`].
+    /// the log's last term), [`LogError::OutOfOrderSequence`] (a gap: retriable),
+    /// [`LogError::StaleSequence`], [`LogError::SequenceOverflow`], [`LogError::DiskFull`]/
+    /// [`LogError::Io`] (nothing was stored), [`LogError::Closed`].
     pub async fn append(
         &self,
         term: u64,
-        producer: Option<ProducerSeq>,
+        producer: Option<ProducerBatch>,
         payloads: Vec<Bytes>,
     ) -> Result<AppendOutcome, LogError> {
         if payloads.is_empty() {
@@ -272,11 +274,7 @@ impl LogStore {
             return Err(LogError::RecordTooLarge { size: p.len(), max });
         }
         if let Some(p) = &producer {
-            if p.producer_id.len() > u16::MAX as usize {
-                return Err(LogError::ProducerIdTooLong {
-                    len: p.producer_id.len(),
-                });
-            }
+            p.validate(payloads.len())?;
         }
         let rx = self.send(|reply| Command::Append {
             term,
@@ -370,8 +368,9 @@ impl LogStore {
     }
 
     /// Last stored sequence of a producer (including a batch whose sync is in progress).
+    /// `None` for an unknown producer or one idle longer than `producer_id_expiry`.
     pub fn producer_last_seq(&self, producer_id: &str) -> Option<u64> {
-        self.inner.shared.producers.lock().last_seq(producer_id)
+        self.inner.shared.producers.lock().last_seq(producer_id, now_ms())
     }
 
     /// `fdatasync` everything written so far (useful under `interval`/`never`).

@@ -19,7 +19,7 @@ use super::{now_ms, AppendOutcome, Command, Shared};
 use crate::log::{
     config::{Durability, LogConfig},
     error::LogError,
-    producer::{History, SeqCheck},
+    producer::{Admit, History, ProducerBatch},
     record::{self, ProducerSeq, Record},
     segment::Segment,
 };
@@ -285,7 +285,7 @@ impl Writer {
     fn admit(
         &mut self,
         term: u64,
-        producer: Option<ProducerSeq>,
+        producer: Option<ProducerBatch>,
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
     ) {
@@ -297,22 +297,17 @@ impl Writer {
         }
         let count = payloads.len() as u32;
         if let Some(p) = &producer {
-            match self.shared.producers.lock().check(&p.producer_id, p.seq, count) {
-                SeqCheck::New => {}
-                SeqCheck::Duplicate { first, count } => {
+            match self.shared.producers.lock().admit(p, count, now_ms()) {
+                Ok(Admit::New) => {}
+                Ok(Admit::Duplicate { first, count }) => {
                     // Acknowledged with the current part: the original may still be syncing.
                     self.part
                         .replies
                         .push((reply, AppendOutcome::Duplicate { first, count }));
                     return;
                 }
-                SeqCheck::Stale { last_seq } => {
-                    let producer_id = p.producer_id.clone();
-                    let _ = reply.send(Err(LogError::StaleSequence {
-                        producer_id,
-                        seq: p.seq,
-                        last_seq,
-                    }));
+                Err(refused) => {
+                    let _ = reply.send(Err(refused));
                     return;
                 }
             }
@@ -353,11 +348,11 @@ impl Writer {
             record::encode(&mut self.part.buf, &rec, count - 1 - i as u32);
         }
         if let Some(p) = &producer {
-            let prior = self
-                .shared
-                .producers
-                .lock()
-                .record(&p.producer_id, p.seq, count, first);
+            let prior =
+                self.shared
+                    .producers
+                    .lock()
+                    .record(&p.producer_id, p.seq, count, first, timestamp_ms);
             self.part.undo.push((p.producer_id.clone(), prior));
         }
         self.part.max_ts = self.part.max_ts.max(timestamp_ms);
