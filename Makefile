@@ -26,11 +26,11 @@ browser-deps: ## headless Chromium + chromedriver for tests/observe_browser.rs (
 fmt: ## rustfmt check
 	$(CARGO) fmt --all -- --check
 
-lint: ## clippy with warnings as errors
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+lint: ## clippy with warnings as errors, every workspace crate and target
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-unit: ## cargo test (unit + integration tests over loopback)
-	$(CARGO) test --locked
+unit: ## cargo test, whole workspace (unit + integration tests over loopback, dev Consul included)
+	$(CARGO) test --locked --workspace
 
 demo: ## the one-command local cluster
 	$(CARGO) run --release --locked -- demo
@@ -46,7 +46,7 @@ bench-memory: bench-ingest ## node VmRSS idle and under load (measured by bench-
 bench-failover: ## leader SIGKILL/SIGTERM -> first ack from the new leader, 3 nodes, default timings (TRIALS=20)
 	$(CARGO) bench --locked --bench failover
 
-chart-test: ## chart tests, no cluster: Helm render + lint (Go SDK), kubernetes-validate, semantics, shellcheck
+chart-test: ## chart, image and kind-script tests, no cluster: Helm render + lint (Go SDK), kubernetes-validate, semantics, Consul flags, hadolint, build context, shellcheck, fake-tool script runs
 	@$(VENV)/bin/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
 	    && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }

@@ -7,8 +7,8 @@
 #  5. `helm test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/kind-common.sh
-source scripts/kind-common.sh
+# shellcheck source=deploy/kind-common.sh
+source deploy/kind-common.sh
 
 require kubectl helm curl
 PORT="${PF_PORT:-13000}"
@@ -48,15 +48,15 @@ kill "$pf" 2>/dev/null || true
 echo "2. ok: message acknowledged through port-forward: ${ack}"
 
 end_offset >/dev/null || fail "no status through the NodePort (localhost:3000)"
-start_ns="$(date +%s%N)"
+start_ms="$(now_ms)"
 "${KUBECTL[@]}" delete pod "$leader" --wait=false >/dev/null
 while :; do
   new="$(one_leader)" && [[ "$new" != "$leader" ]] && break
-  elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
+  elapsed_ms=$(($(now_ms) - start_ms))
   ((elapsed_ms < FAILOVER_LIMIT_MS)) || fail "no new single leader endpoint after ${elapsed_ms} ms"
   sleep 0.1
 done
-elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
+elapsed_ms=$(($(now_ms) - start_ms))
 echo "3. ok: failover ${leader} -> ${new}: the single ready endpoint is the new leader after ${elapsed_ms} ms"
 
 # Each leader appends to its own log, so compare offsets on the new leader over a few seconds.

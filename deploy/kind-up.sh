@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Creates the kind cluster (if absent), builds and loads the image, installs or upgrades the
-# chart with the kind values, and waits until exactly one node pod is Ready: the leader.
-# Not `helm --wait`: followers are never Ready, so it would time out.
+# Creates the kind cluster (if absent), builds the image and loads it into every kind node,
+# installs or upgrades the chart with the kind values, and waits until exactly one node pod is
+# Ready: the leader. `helm --wait` waits for the Consul servers and the producer; Helm counts
+# the nodes' OnDelete StatefulSet as ready at once, hence the wait for one Ready node after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/kind-common.sh
-source scripts/kind-common.sh
+# shellcheck source=deploy/kind-common.sh
+source deploy/kind-common.sh
 
 require docker kind kubectl helm
 docker info >/dev/null 2>&1 || { echo "docker is installed but its daemon does not answer" >&2; exit 1; }
@@ -18,16 +19,27 @@ fi
 kubectl --context "kind-${CLUSTER}" apply --server-side -f charts/simpleloggers/crds/
 
 docker build -f deploy/Dockerfile -t "$IMAGE" .
-kind load docker-image "$IMAGE" --name "$CLUSTER"
-# The image id in a pod annotation makes a rebuilt image a new StatefulSet revision, which the
-# leader rolls out (OnDelete: followers first, itself last).
+# Not `kind load docker-image`: with Docker's containerd image store (the default in recent
+# Docker) its archive names platforms whose content is absent and the nodes' import fails (kind
+# issue 3795). A single-platform archive loads with either store. `docker save --platform`
+# needs Docker 28; an older Docker has only the classic store, where a plain save is fine.
+archive="$(mktemp "${TMPDIR:-/tmp}/simpleloggers-image.XXXXXX")"
+trap 'rm -f "$archive"' EXIT
+platform="$(docker image inspect -f '{{.Os}}/{{.Architecture}}' "$IMAGE")"
+docker save --platform "$platform" -o "$archive" "$IMAGE" 2>/dev/null || docker save -o "$archive" "$IMAGE"
+kind load image-archive "$archive" --name "$CLUSTER"
+# The image id in the node and producer pod annotations makes a rebuilt image (same tag) a new
+# revision of both: the producer Deployment rolls, and the leader rolls the nodes (OnDelete:
+# followers first, itself last).
 image_id="$(docker image inspect -f '{{.Id}}' "$IMAGE")"
 
 helm upgrade --install "$RELEASE" charts/simpleloggers \
   --kube-context "kind-${CLUSTER}" --namespace "$NAMESPACE" --create-namespace \
   -f charts/simpleloggers/values-kind.yaml \
   --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
-  --set-string "node.podAnnotations.simpleloggers\.io/image-id=${image_id#sha256:}"
+  --set-string "node.podAnnotations.simpleloggers\.io/image-id=${image_id#sha256:}" \
+  --set-string "producer.podAnnotations.simpleloggers\.io/image-id=${image_id#sha256:}" \
+  --wait --timeout "${TIMEOUT:-300}s"
 
 leader="$(wait_for_one_ready "${TIMEOUT:-300}")"
 echo "ready: exactly one node pod is Ready, the leader: ${leader}"

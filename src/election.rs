@@ -1,8 +1,9 @@
-//! Leader election through Consul: a session bound to the node's own health check and its
-//! agent's `serfHealth`, a KV lock acquired with it, and a *lease* on the monotonic clock that
-//! decides whether this node may accept writes. The [`Elector`] publishes a [`LeaderState`] on a
-//! watch channel; the HTTP layer, the probes and the status page read it. See `docs/election.md`
-//! for why the lease is safe.
+//! Leader election through Consul: a session bound to the node's own `/consul-check` (which fails
+//! while its log cannot append) and its agent's `serfHealth`, a KV lock acquired with it, a
+//! *lease* on the monotonic clock that decides whether this node may accept writes, and a *term
+//! fence*: a lock whose term is not above the log's last term is given back. The [`Elector`]
+//! publishes a [`LeaderState`] on a watch channel; the HTTP layer, the probes and the status page
+//! read it. See `docs/election.md` for why the lease is safe.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -28,6 +29,15 @@ const DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
 /// Bound on each step of a graceful resignation, so SIGTERM never hangs on a dead Consul.
 const RESIGN_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `--session-ttl` unless given: how long Consul keeps a silent node's session.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
+/// `--lock-delay` unless given: with the lease margin, it bounds how long a lost leader may write.
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(2);
+/// `--renew-interval` unless given: at most half the default lease (lock-delay minus margin).
+pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(500);
+/// `--check-interval` unless given: how soon Consul notices a dead node.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the elector needs to know.
 #[derive(Clone, Debug)]
 pub struct ElectionConfig {
@@ -45,7 +55,7 @@ pub struct ElectionConfig {
     pub lock_delay: Duration,
     /// How often the session is renewed; each success extends the lease.
     pub renew_interval: Duration,
-    /// Interval of the HTTP check Consul runs against `/healthz`.
+    /// Interval of the HTTP check Consul runs against `/consul-check`.
     pub check_interval: Duration,
     /// Subtracted from the lease for clock-rate differences and scheduling delays.
     pub lease_margin: Duration,
@@ -56,17 +66,16 @@ pub struct ElectionConfig {
 impl ElectionConfig {
     /// The defaults of `simpleloggers node` for a node called `name` reachable at `advertise_addr`.
     pub fn new(name: impl Into<String>, advertise_addr: impl Into<String>) -> Self {
-        let lock_delay = Duration::from_secs(2);
         Self {
             name: name.into(),
             advertise_addr: advertise_addr.into(),
             service_name: crate::discovery::DEFAULT_SERVICE_NAME.into(),
             election_key: crate::discovery::DEFAULT_ELECTION_KEY.into(),
-            session_ttl: Duration::from_secs(10),
-            lock_delay,
-            renew_interval: Duration::from_millis(500),
-            check_interval: Duration::from_secs(1),
-            lease_margin: default_lease_margin(lock_delay),
+            session_ttl: DEFAULT_SESSION_TTL,
+            lock_delay: DEFAULT_LOCK_DELAY,
+            renew_interval: DEFAULT_RENEW_INTERVAL,
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            lease_margin: default_lease_margin(DEFAULT_LOCK_DELAY),
             acquire_retry: Duration::from_millis(100),
         }
     }
@@ -76,9 +85,9 @@ impl ElectionConfig {
         format!("{}-{}", self.service_name, self.name)
     }
 
-    /// The id of the HTTP check on `/healthz` the session is bound to.
+    /// The id of the HTTP check on `/consul-check` the session is bound to.
     pub fn check_id(&self) -> String {
-        format!("{}:healthz", self.service_id())
+        format!("{}:consul-check", self.service_id())
     }
 
     /// How long a renewal may take before it is useless.
@@ -287,9 +296,14 @@ impl Core {
     }
 }
 
+/// The log's last term, read when a lock is acquired (see [`Elector::start_fenced`]).
+type TermFloor = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
 struct Shared {
     consul: ConsulClient,
     config: ElectionConfig,
+    /// The log's last term: a lock acquired with a term not above it is released again.
+    term_floor: TermFloor,
     core: Mutex<Core>,
     state: watch::Sender<LeaderState>,
     /// Wakes the lock loop when a session appears or is lost.
@@ -349,12 +363,26 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// Starts registering, creating a session and contending for the lock in the background.
+    /// Starts registering, creating a session and contending for the lock in the background,
+    /// with no log to fence against (every term is accepted).
     pub fn start(consul: ConsulClient, config: ElectionConfig) -> Self {
+        Self::start_fenced(consul, config, || None)
+    }
+
+    /// Like [`Elector::start`], but a lock acquired in a term not above `last_term()` (the log's
+    /// last term) is released at once instead of led: the log would refuse every write in that
+    /// term. This happens when Consul's state was lost and `LockIndex` restarted; each acquire
+    /// raises `LockIndex` by one, so contending again soon yields a term above the log's.
+    pub fn start_fenced(
+        consul: ConsulClient,
+        config: ElectionConfig,
+        last_term: impl Fn() -> Option<u64> + Send + Sync + 'static,
+    ) -> Self {
         let (state, _) = watch::channel(LeaderState::initial());
         let shared = Arc::new(Shared {
             consul: consul.with_timeout(config.renew_timeout()),
             config,
+            term_floor: Box::new(last_term),
             core: Mutex::new(Core {
                 session: None,
                 lease_until: None,
@@ -382,6 +410,11 @@ impl Elector {
     /// The latest published state.
     pub fn current(&self) -> LeaderState {
         self.shared.state.borrow().clone()
+    }
+
+    /// Runs `f` on the latest published state without cloning it (for the write path).
+    pub fn with_current<R>(&self, f: impl FnOnce(&LeaderState) -> R) -> R {
+        f(&self.shared.state.borrow())
     }
 
     /// The term to write with now, if this node may accept a write.
@@ -516,8 +549,8 @@ async fn keep_session(shared: Arc<Shared>) {
     }
 }
 
-/// Registers this node's service with its `/healthz` check and creates a session bound to that
-/// check and to the agent's `serfHealth`. A freshly registered check starts critical, and
+/// Registers this node's service with its `/consul-check` check and creates a session bound to
+/// that check and to the agent's `serfHealth`. A freshly registered check starts critical, and
 /// Consul refuses sessions bound to critical checks, so creation is retried until it passes.
 async fn establish_session(shared: &Shared) -> Result<String, ConsulError> {
     let config = &shared.config;
@@ -532,8 +565,8 @@ async fn establish_session(shared: &Shared) -> Result<String, ConsulError> {
             .collect(),
         checks: vec![CheckDefinition {
             check_id: config.check_id(),
-            name: format!("{} /healthz", config.name),
-            http: Some(format!("http://{}/healthz", config.advertise_addr)),
+            name: format!("{} /consul-check", config.name),
+            http: Some(format!("http://{}/consul-check", config.advertise_addr)),
             interval: Some(config.check_interval),
             timeout: Some(config.check_interval.max(Duration::from_millis(500))),
             deregister_critical_service_after: Some(DEREGISTER_CRITICAL_AFTER),
@@ -587,6 +620,8 @@ fn split_host_port(addr: &str) -> (String, Option<u16>) {
 async fn contend(shared: Arc<Shared>) {
     let config = &shared.config;
     let mut watcher = Watcher::new(WATCH_WAIT);
+    // Locks given back in a row because their term was not above the log's (logged once).
+    let mut refused = 0u64;
     loop {
         let session = shared.core().session.clone();
         let Some(session) = session else {
@@ -619,6 +654,21 @@ async fn contend(shared: Arc<Shared>) {
         let leader = leader_from_kv(pair.as_ref());
         if holder.as_deref() == Some(session.as_str()) {
             let term = pair.as_ref().map_or(0, |p| p.lock_index);
+            let new_term = shared.core().holding != Some(term);
+            if let Some(last) = (shared.term_floor)().filter(|last| new_term && term <= *last) {
+                refuse_term(&shared, &session, term, last, refused).await;
+                refused += 1;
+                watcher.reset();
+                continue;
+            }
+            if refused > 0 {
+                tracing::info!(
+                    term,
+                    refused,
+                    "leading after giving back locks whose term the log was past"
+                );
+                refused = 0;
+            }
             shared.update(|core| {
                 core.holding = Some(term);
                 core.leader = leader;
@@ -678,6 +728,37 @@ async fn contend(shared: Arc<Shared>) {
                 }
                 watcher.reset();
             }
+        }
+    }
+}
+
+/// Gives back a lock acquired in `term`, which the log (already at `last`) would refuse writes in:
+/// the next acquire, by any node, gets a higher `LockIndex`.
+async fn refuse_term(shared: &Shared, session: &str, term: u64, last: u64, refused_before: u64) {
+    let reason = format!(
+        "acquired the lock in term {term}, but the log already holds term {last} \
+         (Consul's state was reset?): giving it back until the term is higher"
+    );
+    if refused_before == 0 {
+        tracing::warn!(term, log_last_term = last, "{reason}");
+    } else {
+        tracing::debug!(term, log_last_term = last, "{reason}");
+    }
+    shared.update(|core| {
+        core.holding = None;
+        core.reason = reason;
+    });
+    let value = serde_json::to_vec(&shared.our_record()).unwrap_or_default();
+    match shared
+        .consul
+        .kv_release(&shared.config.election_key, session, value)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("the lock was no longer ours to give back"),
+        Err(err) => {
+            tracing::warn!(%err, "could not give the lock back; retrying");
+            sleep_or_stop(shared, shared.config.acquire_retry).await;
         }
     }
 }

@@ -5,9 +5,9 @@
 //! - [`cli`]: `simpleloggers status` and `tail`, and the cluster view they share with the dashboard.
 //! - [`consul`]: typed Consul HTTP client (KV, sessions, agent, health, txn, blocking watches).
 //! - [`demo`]: `simpleloggers demo`: the whole system on one machine, verified at the end.
-//! - [`devconsul`]: the embedded, in-memory Consul-compatible dev server (`simpleloggers dev-consul`).
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
 //! - [`election`]: the Elector: Consul session + KV lock + lease; publishes the LeaderState.
+//! - [`flags`]: the flag groups shared by subcommands (Consul, election key, election timing).
 //! - [`k8s`]: best-effort Kubernetes integration: LogCluster CRD and status, pod role label,
 //!   leadership Events, leader-driven rolling update.
 //! - [`local_cluster`]: a dev Consul and N nodes as local processes, for the demo, tests and benchmarks.
@@ -22,9 +22,9 @@
 pub mod cli;
 pub mod consul;
 pub mod demo;
-pub mod devconsul;
 pub mod discovery;
 pub mod election;
+pub mod flags;
 pub mod k8s;
 pub mod local_cluster;
 pub mod log;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use simpleloggers::{
     cli::{self, StatusConfig, TailConfig},
-    demo, devconsul,
+    demo,
     node::{self, NodeConfig},
     producer, shutdown,
     telemetry::{self, LogFormat},
@@ -103,9 +103,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Status(config) => {
-            let text = cli::status::run(&config)
-                .await
-                .with_context(|| format!("cannot show the status (Consul at {})", config.consul.addr))?;
+            let text = cli::status::run(&config).await.with_context(|| {
+                format!(
+                    "cannot show the status (Consul at {})",
+                    config.cluster.consul.addr
+                )
+            })?;
             print!("{text}");
             std::io::stdout().flush().context("cannot write the status")?;
         }
@@ -141,4 +144,25 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The subcommands that take the Consul flag group are exactly the ones whose flag types
+    /// `simpleloggers::flags`' tests check, so a new Consul-talking subcommand cannot slip by.
+    #[test]
+    fn consul_subcommands_are_the_checked_ones() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let with_consul: Vec<&str> = cli
+            .get_subcommands()
+            .filter(|c| c.get_arguments().any(|a| a.get_long() == Some("consul-addr")))
+            .map(|c| c.get_name())
+            .collect();
+        assert_eq!(with_consul, ["node", "producer", "status", "tail"]);
+    }
 }

@@ -8,15 +8,40 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Labels of an HTTP request metric.
+/// Labels of an HTTP request metric. Every value comes from a bounded set, whatever clients
+/// send: a route of the router, a standard method, a status the node answers.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// The matched route (`/api/v1/log`), or `unmatched`.
+    /// The matched route pattern (`/api/v1/log`, `/assets/{file}`), or `unmatched`.
     pub route: String,
-    /// The HTTP method.
-    pub method: String,
+    /// The HTTP method: see [`method_label`].
+    pub method: &'static str,
     /// The response status code.
     pub status: u16,
+}
+
+/// The `method` label of a request: the standard method's name, else `other`, so that a client
+/// inventing methods cannot create label values (each one a new time series).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// Labels of the connections the node closed itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why: `header_timeout` or `idle_timeout`.
+    pub reason: String,
 }
 
 /// Labels of a Consul error.
@@ -57,6 +82,10 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// HTTP request latency by route.
     pub http_seconds: Histogram,
+    /// Open HTTP connections (at most `--http-max-connections`).
+    pub http_connections: Gauge,
+    /// HTTP connections closed by a deadline, by reason.
+    pub http_connections_closed: Family<ReasonLabels, Counter>,
     /// Consul request failures by kind.
     pub consul_errors: Family<ErrorLabels, Counter>,
     /// Consul request latency by operation.
@@ -86,6 +115,8 @@ impl Metrics {
             log_end_offset: Gauge::default(),
             http_requests: Family::default(),
             http_seconds: Histogram::new(buckets()),
+            http_connections: Gauge::default(),
+            http_connections_closed: Family::default(),
             consul_errors: Family::default(),
             consul_seconds: Family::new_with_constructor(|| {
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -142,6 +173,16 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency",
             m.http_seconds.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_closed",
+            "HTTP connections the node closed because a deadline passed, by reason",
+            m.http_connections_closed.clone(),
         );
         registry.register(
             "consul_errors",
@@ -207,7 +248,7 @@ mod tests {
         m.http_requests
             .get_or_create(&HttpLabels {
                 route: "/r".into(),
-                method: "GET".into(),
+                method: "GET",
                 status: 200,
             })
             .inc();
@@ -217,6 +258,17 @@ mod tests {
         assert!(text.contains("simpleloggers_append_duration_seconds_bucket"));
         for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             assert!(line.starts_with("simpleloggers_"), "{line}");
+        }
+    }
+
+    /// Standard methods are their own label; anything else is `other`.
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(method_label(&axum::http::Method::POST), "POST");
+        assert_eq!(method_label(&axum::http::Method::OPTIONS), "OPTIONS");
+        for invented in ["FOOBAR", "get", "X-ANYTHING"] {
+            let method = axum::http::Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{invented}");
         }
     }
 }

@@ -3,12 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use simpleloggers::{
-    consul::{
-        CheckDefinition, CheckStatus, ConsulClient, ConsulConfig, ConsulError, DeleteOptions, PutOptions,
-        QueryOptions, ServiceCheckRef, ServiceRegistration, SessionRequest, TxnOp, TxnOutcome, Watcher,
-    },
-    devconsul::{self, DevConsulHandle},
+use devconsul::DevConsulHandle;
+use simpleloggers::consul::{
+    CheckDefinition, CheckStatus, ConsulClient, ConsulConfig, ConsulError, DeleteOptions, PutOptions,
+    QueryOptions, ServiceCheckRef, ServiceRegistration, SessionRequest, TxnOp, TxnOutcome, Watcher,
 };
 
 async fn server() -> (DevConsulHandle, ConsulClient) {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use simpleloggers::{
     consul::{ConsulClient, SessionRequest},
-    devconsul,
     discovery::{watch_leader, LeaderRecord},
     shutdown::CancellationToken,
 };

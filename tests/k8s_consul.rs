@@ -1,12 +1,9 @@
 //! The leader's view of member health in Consul (used by the rollout and the LogCluster status),
 //! against the real HTTP of the embedded dev Consul.
 
+use devconsul::Config;
 use serde_json::json;
-use simpleloggers::{
-    consul::ConsulClient,
-    devconsul::{self, Config},
-    k8s::ConsulHealth,
-};
+use simpleloggers::{consul::ConsulClient, k8s::ConsulHealth};
 
 /// Only instances passing every check are reported, named by their `node_name` meta (as the
 /// election registers them) or else by the service id without the service prefix.

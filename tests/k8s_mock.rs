@@ -642,9 +642,7 @@ async fn lost_leadership_abandons_the_rollout() {
 /// does not pass in Consul holds the rollout (no delete), and the status shows it not ready.
 #[tokio::test]
 async fn rollout_waits_for_consul_passing() {
-    let dev = simpleloggers::devconsul::spawn(simpleloggers::devconsul::Config::ephemeral())
-        .await
-        .unwrap();
+    let dev = devconsul::spawn(devconsul::Config::ephemeral()).await.unwrap();
     let http = reqwest::Client::new();
     for (name, status) in [("sl-0", "passing"), ("sl-1", "critical"), ("sl-2", "passing")] {
         let body = json!({"ID": format!("simpleloggers-{name}"), "Name": "simpleloggers", "Port": 3000,

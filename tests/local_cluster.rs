@@ -26,19 +26,34 @@ fn dead(pid: u32) -> bool {
 }
 
 /// A killed node restarts on the same address with its data; `read_log` pages through the
-/// whole log over HTTP; a flag given for one node reaches only that node.
+/// whole log over HTTP; a flag given for one node reaches only that node; node environment and
+/// fault files reach every node, each its own fault file.
 #[tokio::test]
 async fn restart_keeps_address_and_log() {
     let options = ClusterOptions::fast(BIN)
         .nodes(2)
-        .node_args_for(1, ["--follower-writes", "forward"]);
+        .node_args_for(1, ["--follower-writes", "forward"])
+        .node_env("SIMPLELOGGERS_MAX_MESSAGE_BYTES", "4096")
+        .fault_files();
     let mut c = Cluster::start_with(options).await;
-    let cmdline = |i: usize| {
+    let proc_file = |i: usize, file: &str| {
         let pid = c.node(i).pid().unwrap();
-        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ")
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/{file}")).unwrap()).replace('\0', " ")
     };
+    let cmdline = |i: usize| proc_file(i, "cmdline");
     assert!(cmdline(1).contains("--follower-writes forward"), "{}", cmdline(1));
     assert!(!cmdline(0).contains("--follower-writes"), "{}", cmdline(0));
+    for i in 0..2 {
+        let fault = c.fault_file(i).unwrap();
+        assert_eq!(fault, c.dir().join(format!("n{i}.fault")));
+        let flag = format!("--fault-file {}", fault.display());
+        assert!(cmdline(i).contains(&flag), "{}", cmdline(i));
+        let environ = proc_file(i, "environ");
+        assert!(
+            environ.contains("SIMPLELOGGERS_MAX_MESSAGE_BYTES=4096"),
+            "{environ}"
+        );
+    }
 
     let leader = c.wait_leader(Duration::from_secs(20)).await;
     let expected: Vec<String> = (0..3).map(|i| format!("message {i}")).collect();

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use simpleloggers::log::{AppendOutcome, Durability, LogConfig, LogError, LogStore, ProducerSeq};
+use simpleloggers::log::{
+    AppendOutcome, Durability, LogConfig, LogError, LogStore, ProducerBatch, ProducerSeq,
+};
 
 /// One step of a scenario.
 #[derive(Debug, Clone)]
@@ -149,9 +151,11 @@ async fn run(ops: Vec<Op>, segment_bytes: u64, always: bool) -> Result<(), TestC
                     })
                     .collect();
                 let producer = producer.map(|p| (pid(p), model.last_seq(&pid(p)).map_or(0, |s| s + 1)));
-                let ps = producer.as_ref().map(|(id, seq)| ProducerSeq {
-                    producer_id: id.clone(),
-                    seq: *seq,
+                let ps = producer.as_ref().map(|(id, seq)| {
+                    ProducerBatch::from(ProducerSeq {
+                        producer_id: id.clone(),
+                        seq: *seq,
+                    })
                 });
                 let out = log.append(term, ps, payloads.clone()).await.map_err(fail)?;
                 let first = model.end();
@@ -175,7 +179,7 @@ async fn run(ops: Vec<Op>, segment_bytes: u64, always: bool) -> Result<(), TestC
                     continue;
                 };
                 let seq = b.producer.as_ref().map_or(0, |p| p.1);
-                let ps = Some(ProducerSeq { producer_id: id, seq });
+                let ps = Some(ProducerBatch::from(ProducerSeq { producer_id: id, seq }));
                 let term = model.last_term().map_or(model.term, |t| t.0);
                 let out = log.append(term, ps, b.payloads.clone()).await.map_err(fail)?;
                 prop_assert_eq!(

@@ -5,7 +5,7 @@ use std::{collections::HashSet, time::Duration};
 
 use bytes::Bytes;
 use simpleloggers::log::{
-    AppendOutcome, Durability, FaultInjector, LogConfig, LogError, LogStore, ProducerSeq,
+    AppendOutcome, Durability, FaultInjector, LogConfig, LogError, LogStore, ProducerBatch, ProducerSeq,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -22,11 +22,14 @@ fn small_config(dir: &std::path::Path) -> LogConfig {
     c
 }
 
-fn producer(id: &str, seq: u64) -> Option<ProducerSeq> {
-    Some(ProducerSeq {
-        producer_id: id.into(),
-        seq,
-    })
+fn producer(id: &str, seq: u64) -> Option<ProducerBatch> {
+    Some(
+        ProducerSeq {
+            producer_id: id.into(),
+            seq,
+        }
+        .into(),
+    )
 }
 
 /// Records appended one by one and in batches get dense offsets, survive segment rolls and a
@@ -112,7 +115,7 @@ async fn invalid_appends_are_refused() -> TestResult {
 
 /// A retried producer batch returns its original offsets and is stored once, also after a reopen
 /// (the producer table is rebuilt from the log, across segment rolls); a retry older than the
-/// history is refused as stale.
+/// history (the last `PRODUCER_WINDOW` batches) is refused as stale.
 #[tokio::test]
 async fn idempotent_producer_retries() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -128,7 +131,7 @@ async fn idempotent_producer_retries() -> TestResult {
         AppendOutcome::Duplicate { first: 0, count: 2 }
     );
     assert_eq!(log.end_offset(), 3);
-    // Many more batches so that segments roll and seq 0 leaves the 32-batch history.
+    // Many more batches so that segments roll and seq 0 leaves the history.
     for s in 1..60u64 {
         log.append(1, producer("p", s * 2), vec![payload(s), payload(s)])
             .await?;
@@ -565,4 +568,126 @@ fn record_starts(bytes: &[u8]) -> Vec<usize> {
         p += 8 + u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]) as usize;
     }
     out
+}
+
+/// The producers named in a `<base>.snapshot` side file.
+fn snapshot_producers(path: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(path).expect("read snapshot");
+    let json: serde_json::Value = serde_json::from_slice(&bytes[4..]).expect("snapshot JSON");
+    json["producers"]
+        .as_array()
+        .expect("producers")
+        .iter()
+        .map(|p| p[0].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// Sealing a segment writes only the producers that segment changed, not the whole table, and
+/// reopening merges those deltas back into the whole table (every producer's last sequence).
+#[tokio::test]
+async fn snapshots_hold_only_the_producers_a_segment_changed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let log = LogStore::open(small_config(dir.path())).await?;
+    for i in 0..50u64 {
+        log.append(1, producer(&format!("p{i:02}"), 0), vec![payload(i)])
+            .await?;
+    }
+    for s in 0..60u64 {
+        log.append(1, producer("busy", s), vec![payload(s)]).await?;
+    }
+    let mut snapshots: Vec<_> = std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "snapshot"))
+        .collect();
+    snapshots.sort();
+    assert!(snapshots.len() >= 6, "{snapshots:?}");
+    let last = snapshots.last().expect("a snapshot");
+    assert_eq!(snapshot_producers(last), ["busy"], "only the producer that wrote");
+    let total: usize = snapshots.iter().map(|p| snapshot_producers(p).len()).sum();
+    assert!(
+        total < 50 + snapshots.len() * 2,
+        "deltas, not the whole table per roll: {total} entries in {} snapshots",
+        snapshots.len()
+    );
+    log.close().await?;
+
+    let log = LogStore::open(small_config(dir.path())).await?;
+    for i in 0..50u64 {
+        assert_eq!(log.producer_last_seq(&format!("p{i:02}")), Some(0), "p{i:02}");
+    }
+    assert_eq!(log.producer_last_seq("busy"), Some(59));
+    assert!(matches!(
+        log.append(1, producer("p07", 0), vec![payload(0)]).await?,
+        AppendOutcome::Duplicate { count: 1, .. }
+    ));
+    Ok(())
+}
+
+/// A producer idle longer than `producer_id_expiry` is forgotten when the log is reopened: it
+/// is unknown, and its next batch may start anywhere.
+#[tokio::test]
+async fn idle_producers_are_forgotten_on_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let log = LogStore::open(small_config(dir.path())).await?;
+    for s in 0..30u64 {
+        log.append(1, producer("idle", s), vec![payload(s)]).await?;
+    }
+    log.close().await?;
+    let mut cfg = small_config(dir.path());
+    cfg.producer_id_expiry = std::time::Duration::from_millis(1);
+    // Only needs the clock to pass the 1 ms expiry; any longer wait gives the same result.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let log = LogStore::open(cfg).await?;
+    assert_eq!(log.producer_last_seq("idle"), None);
+    assert!(matches!(
+        log.append(1, producer("idle", 1000), vec![payload(0)]).await?,
+        AppendOutcome::Appended { .. }
+    ));
+    Ok(())
+}
+
+/// A gap after a producer's last sequence is refused (retriable) and stores nothing, unless the
+/// producer says the missing sequences are settled (`pending_from`); a sequence range passing
+/// `u64::MAX` is refused before it reaches the writer.
+#[tokio::test]
+async fn gaps_and_overflow_are_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let log = LogStore::open(small_config(dir.path())).await?;
+    log.append(1, producer("g", 0), vec![payload(0), payload(1)])
+        .await?;
+    let err = log
+        .append(1, producer("g", 5), vec![payload(5)])
+        .await
+        .expect_err("gap");
+    assert!(
+        matches!(
+            err,
+            LogError::OutOfOrderSequence {
+                seq: 5,
+                expected: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(log.end_offset(), 2);
+    let settled = ProducerBatch {
+        producer_id: "g".into(),
+        seq: 5,
+        pending_from: Some(5),
+    };
+    assert_eq!(
+        log.append(1, Some(settled), vec![payload(5)]).await?,
+        AppendOutcome::Appended { first: 2, count: 1 }
+    );
+    let err = log
+        .append(1, producer("o", u64::MAX), vec![payload(0), payload(1)])
+        .await
+        .expect_err("overflow");
+    assert!(matches!(err, LogError::SequenceOverflow { .. }), "{err}");
+    log.append(1, producer("o", u64::MAX - 1), vec![payload(0), payload(1)])
+        .await?;
+    assert_eq!(log.producer_last_seq("o"), Some(u64::MAX));
+    assert!(log.is_writable());
+    Ok(())
 }

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use super::cluster::{self, ClusterView};
-use crate::consul::{ConsulClient, ConsulConfig, ConsulError};
+use crate::{
+    consul::{ConsulClient, ConsulError},
+    flags::{ClusterArgs, ServiceArgs},
+};
 
 /// Output format of `status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -19,25 +22,18 @@ pub enum Output {
 /// Flags of `simpleloggers status`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct StatusConfig {
-    /// How to reach Consul.
-    #[command(flatten)]
-    pub consul: ConsulConfig,
-    /// Consul service name the nodes register under.
-    #[arg(long, env = "SIMPLELOGGERS_SERVICE_NAME", default_value = crate::discovery::DEFAULT_SERVICE_NAME)]
-    pub service_name: String,
-    /// KV key whose lock is leadership.
-    #[arg(
-        long,
-        env = "SIMPLELOGGERS_ELECTION_KEY",
-        default_value = crate::discovery::DEFAULT_ELECTION_KEY
-    )]
-    pub election_key: String,
     /// How long each member's /api/v1/status may take before it is shown as unreachable.
     #[arg(long = "timeout", default_value = "1s", value_parser = humantime::parse_duration)]
     pub member_timeout: Duration,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
+    /// Consul and the election key.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The Consul service whose instances are the members.
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 /// Takes the view and renders it in the chosen format (the text ends with a newline).
@@ -45,7 +41,7 @@ pub struct StatusConfig {
 /// # Errors
 /// Consul cannot be reached (the message names the address), or the client cannot be built.
 pub async fn run(config: &StatusConfig) -> Result<String, ConsulError> {
-    let consul = ConsulClient::new(&config.consul)?;
+    let consul = ConsulClient::new(&config.cluster.consul)?;
     let http = reqwest::Client::builder()
         .connect_timeout(config.member_timeout)
         .build()
@@ -53,8 +49,8 @@ pub async fn run(config: &StatusConfig) -> Result<String, ConsulError> {
     let view = cluster::collect(
         &consul,
         &http,
-        &config.service_name,
-        &config.election_key,
+        &config.service.service_name,
+        &config.cluster.election_key,
         config.member_timeout,
     )
     .await?;

@@ -1,14 +1,17 @@
 //! `simpleloggers tail`: finds the leader through Consul and prints its messages one per line;
-//! with `--follow` it keeps streaming (`/api/v1/log/stream`) and, when leadership moves,
-//! rediscovers the leader and resumes there.
+//! with `--follow` it keeps streaming (`/api/v1/log/stream`, decoded by the `sse-stream` crate)
+//! and, when leadership moves, rediscovers the leader and resumes there.
 
 use std::{collections::HashMap, io::Write, time::Duration};
 
+use futures::StreamExt;
 use serde::Deserialize;
+use sse_stream::{Sse, SseStream};
 
 use crate::{
-    consul::{ConsulClient, ConsulConfig, ConsulError},
+    consul::{ConsulClient, ConsulError},
     discovery::{watch_leader, CurrentLeader},
+    flags::ClusterArgs,
     shutdown::CancellationToken,
 };
 
@@ -16,6 +19,8 @@ use crate::{
 const PAGE: usize = 1000;
 /// Longest pause between attempts to reach a leader that does not answer.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How much of an event that cannot be understood is quoted in the report.
+const EXCERPT_CHARS: usize = 200;
 
 /// Flags of `simpleloggers tail`.
 #[derive(Clone, Debug, clap::Args)]
@@ -27,19 +32,9 @@ it (until replication lands, it does not hold the old leader's messages). With -
 therefore resumes after a failover as follows: on a node it has followed before, after the last \
 offset it printed from that node; on a node it has not followed yet, at --from (default 0: \
 everything that node retains). Nothing is printed twice and nothing the new leader holds is \
-skipped."
+skipped. An event that cannot be interpreted is reported on stderr with its id and data."
 )]
 pub struct TailConfig {
-    /// How to reach Consul.
-    #[command(flatten)]
-    pub consul: ConsulConfig,
-    /// KV key whose lock is leadership.
-    #[arg(
-        long,
-        env = "SIMPLELOGGERS_ELECTION_KEY",
-        default_value = crate::discovery::DEFAULT_ELECTION_KEY
-    )]
-    pub election_key: String,
     /// First offset to print (default: the oldest the leader retains).
     #[arg(long)]
     pub from: Option<u64>,
@@ -49,6 +44,9 @@ pub struct TailConfig {
     /// How long to wait for a leader to be elected.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    /// Consul and the election key that names the leader.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// Why `tail` stopped.
@@ -123,12 +121,12 @@ pub async fn run(
     out: &mut (impl Write + Send),
     shutdown: CancellationToken,
 ) -> Result<u64, TailError> {
-    let consul = ConsulClient::new(&config.consul)?;
+    let consul = ConsulClient::new(&config.cluster.consul)?;
     let watch_stop = shutdown.child_token();
     let _stop_watch = watch_stop.clone().drop_guard();
-    let mut leaders = watch_leader(consul.clone(), config.election_key.clone(), watch_stop);
+    let mut leaders = watch_leader(consul.clone(), config.cluster.election_key.clone(), watch_stop);
     let no_leader = || TailError::NoLeader {
-        key: config.election_key.clone(),
+        key: config.cluster.election_key.clone(),
         wait: config.wait,
         consul: consul.base_url().to_string(),
     };
@@ -228,7 +226,7 @@ async fn follow(
             _ = shutdown.cancelled() => return Ok(printed),
             resp = http.get(&url).send() => resp.and_then(|r| r.error_for_status()),
         };
-        let mut resp = match connected {
+        let resp = match connected {
             Ok(resp) => {
                 eprintln!(
                     "tail: following {name} at {} (term {}) from offset {from}",
@@ -248,7 +246,7 @@ async fn follow(
                 continue;
             }
         };
-        let mut buf = String::new();
+        let mut events = Box::pin(SseStream::new(reqwest::Body::from(resp)));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(printed),
@@ -264,18 +262,29 @@ async fn follow(
                         break;
                     }
                 }
-                chunk = resp.chunk() => match chunk {
-                    Ok(Some(bytes)) => {
-                        buf.push_str(&String::from_utf8_lossy(&bytes));
-                        for entry in take_events(&mut buf) {
+                event = events.next() => match event {
+                    Some(Ok(event)) => match interpret(&event) {
+                        StreamItem::Entry(entry) => {
                             positions.insert(name.clone(), entry.offset + 1);
                             writeln!(out, "{}", entry.line())?;
+                            out.flush()?;
                             printed += 1;
                         }
-                        out.flush()?;
+                        StreamItem::Problem(problem) => {
+                            // Reported, not printed: a reconnect resumes after it, not at it.
+                            if let Some(offset) = event.id.as_deref().and_then(|id| id.parse::<u64>().ok()) {
+                                positions.insert(name.clone(), offset + 1);
+                            }
+                            eprintln!("tail: {name}: {problem}");
+                        }
+                        StreamItem::Metadata => {}
+                    },
+                    Some(Err(err)) => {
+                        eprintln!("tail: the stream from {name} broke: {err}");
+                        break;
                     }
-                    // The stream ended (the node stopped) or broke: rediscover.
-                    Ok(None) | Err(_) => break,
+                    // The stream ended (the node stopped): rediscover.
+                    None => break,
                 },
             }
         }
@@ -283,44 +292,118 @@ async fn follow(
     }
 }
 
-/// Removes the complete SSE events from `buf` and returns their entries (comments, keep-alives
-/// and events without an entry are skipped).
-pub fn take_events(buf: &mut String) -> Vec<TailEntry> {
-    let mut entries = Vec::new();
-    while let Some(pos) = buf.find("\n\n") {
-        let event: String = buf.drain(..pos + 2).collect();
-        let data: Vec<&str> = event
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
-        if data.is_empty() {
-            continue;
-        }
-        if let Ok(entry) = serde_json::from_str::<TailEntry>(&data.join("\n")) {
-            entries.push(entry);
-        }
+/// What one event of the node's stream means to `tail`.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A message to print.
+    Entry(TailEntry),
+    /// Something the user must be told (on stderr): an event that cannot be understood, or an
+    /// error the node reported. Never dropped silently.
+    Problem(String),
+    /// A block without data (the `retry:` hint): nothing to print.
+    Metadata,
+}
+
+/// Interprets one decoded SSE block (comments and keep-alives never reach here).
+pub fn interpret(event: &Sse) -> StreamItem {
+    let Some(data) = event.data.as_deref() else {
+        return StreamItem::Metadata;
+    };
+    let at = event
+        .id
+        .as_deref()
+        .map(|id| format!(" (id {id})"))
+        .unwrap_or_default();
+    match event.event.as_deref() {
+        None | Some("message") => match serde_json::from_str::<TailEntry>(data) {
+            Ok(entry) => StreamItem::Entry(entry),
+            Err(err) => {
+                StreamItem::Problem(format!("cannot parse event{at}: {err}; data: {}", excerpt(data)))
+            }
+        },
+        Some("error") => StreamItem::Problem(format!("the node reported an error{at}: {}", excerpt(data))),
+        Some(other) => StreamItem::Problem(format!(
+            "unexpected event type {other:?}{at}; data: {}",
+            excerpt(data)
+        )),
     }
-    entries
+}
+
+/// The start of `data`, for a report.
+fn excerpt(data: &str) -> String {
+    match data.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &data[..cut]),
+        None => format!("{data:?}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Complete events are parsed, comments skipped, a partial event stays buffered.
+    fn data(event: Option<&str>, id: &str, data: &str) -> Sse {
+        Sse {
+            event: event.map(str::to_string),
+            data: Some(data.to_string()),
+            id: Some(id.to_string()),
+            retry: None,
+        }
+    }
+
+    /// Entries become lines; the retry hint is metadata.
     #[test]
-    fn sse_parsing() {
-        let mut buf = String::from(
-            ": keep-alive\n\nid: 3\ndata: {\"offset\":3,\"term\":2,\"timestamp_ms\":1,\"message\":\"a\\nb\"}\n\nid: 4\ndata: {\"off",
+    fn entries_are_printed() {
+        let event = data(
+            None,
+            "3",
+            r#"{"offset":3,"term":2,"timestamp_ms":1,"message":"a\nb"}"#,
         );
-        let entries = take_events(&mut buf);
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].line(), "3\t2\ta\\nb");
-        assert_eq!(buf, "id: 4\ndata: {\"off");
-        buf.push_str("set\":4,\"term\":2,\"message_base64\":\"/w==\"}\n\n");
-        let entries = take_events(&mut buf);
-        assert_eq!(entries[0].line(), "4\t2\tbase64:/w==");
-        assert!(buf.is_empty());
+        match interpret(&event) {
+            StreamItem::Entry(entry) => assert_eq!(entry.line(), "3\t2\ta\\nb"),
+            other => panic!("{other:?}"),
+        }
+        let event = data(None, "4", r#"{"offset":4,"term":2,"message_base64":"/w=="}"#);
+        assert!(matches!(interpret(&event), StreamItem::Entry(e) if e.line() == "4\t2\tbase64:/w=="));
+        let retry = Sse {
+            retry: Some(1000),
+            ..Sse::default()
+        };
+        assert!(matches!(interpret(&retry), StreamItem::Metadata));
+    }
+
+    /// An event that is not an entry, an error event and an unknown event type are reported
+    /// with their id and data, never dropped.
+    #[test]
+    fn problems_are_reported() {
+        let cases = [
+            (data(None, "7", "{\"offset\":"), "cannot parse event (id 7)"),
+            (
+                data(Some("error"), "", "disk on fire"),
+                "the node reported an error",
+            ),
+            (
+                data(Some("weird"), "8", "x"),
+                "unexpected event type \"weird\" (id 8)",
+            ),
+        ];
+        for (event, expected) in cases {
+            match interpret(&event) {
+                StreamItem::Problem(problem) => {
+                    assert!(problem.contains(expected), "{problem}");
+                    assert!(
+                        problem.contains(&format!("{:?}", event.data.as_deref().unwrap())),
+                        "{problem}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let long = "é".repeat(EXCERPT_CHARS * 2);
+        match interpret(&data(None, "9", &long)) {
+            StreamItem::Problem(problem) => {
+                assert!(problem.chars().count() < EXCERPT_CHARS + 100, "{problem}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

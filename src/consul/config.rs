@@ -5,15 +5,17 @@ use std::{path::PathBuf, time::Duration};
 
 use super::ConsulError;
 
-/// How to reach Consul. Flattened into every subcommand that talks to Consul.
+/// The Consul address when neither `--consul-addr` nor `CONSUL_HTTP_ADDR` is given (Consul's own).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8500";
+/// The timeout of a non-blocking request when `--consul-timeout` is not given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach Consul. Part of [`crate::flags::ClusterArgs`], the flag group of every
+/// subcommand that talks to Consul.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConsulConfig {
     /// Consul HTTP address, with or without scheme (`127.0.0.1:8500`, `https://consul:8501`).
-    #[arg(
-        long = "consul-addr",
-        env = "CONSUL_HTTP_ADDR",
-        default_value = "127.0.0.1:8500"
-    )]
+    #[arg(long = "consul-addr", env = "CONSUL_HTTP_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
     /// ACL token, sent as `X-Consul-Token`.
     #[arg(long = "consul-token", env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
@@ -25,13 +27,18 @@ pub struct ConsulConfig {
     #[arg(long = "consul-cacert", env = "CONSUL_CACERT")]
     pub cacert: Option<PathBuf>,
     /// Timeout of a non-blocking request to Consul.
-    #[arg(long = "consul-timeout", env = "SIMPLELOGGERS_CONSUL_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long = "consul-timeout",
+        env = "SIMPLELOGGERS_CONSUL_TIMEOUT",
+        default_value = humantime::format_duration(DEFAULT_TIMEOUT).to_string(),
+        value_parser = humantime::parse_duration
+    )]
     pub timeout: Duration,
 }
 
 impl Default for ConsulConfig {
     fn default() -> Self {
-        Self::new("127.0.0.1:8500")
+        Self::new(DEFAULT_ADDR)
     }
 }
 
@@ -43,7 +50,7 @@ impl ConsulConfig {
             token: None,
             ssl: false,
             cacert: None,
-            timeout: Duration::from_secs(5),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 

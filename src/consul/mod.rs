@@ -15,7 +15,7 @@ mod watch;
 
 pub use agent::{AgentSelf, CheckDefinition, CheckStatus, ServiceRegistration};
 pub use client::{operation, ConsulClient, QueryMeta, QueryOptions, RequestObserver};
-pub use config::ConsulConfig;
+pub use config::{ConsulConfig, DEFAULT_ADDR, DEFAULT_TIMEOUT};
 pub use duration::format_go_duration;
 pub use error::ConsulError;
 pub use health::{HealthCheck, HealthNode, HealthService, ServiceEntry};

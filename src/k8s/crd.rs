@@ -33,6 +33,10 @@ pub struct LogClusterSpec {
 
 /// What the current leader reports. Written with a merge patch on the `status` subresource, so
 /// lists (members, conditions) are replaced whole on every write.
+//
+// The `u64` fields are declared `format: int64` (schemars would say `uint64`): the API server
+// knows only `int32`/`int64` for integers, warns on any other format and ignores it; `minimum: 0`
+// still keeps them unsigned.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogClusterStatus {
@@ -41,10 +45,12 @@ pub struct LogClusterStatus {
     /// `host:port` of the leader's HTTP API.
     pub leader_address: Option<String>,
     /// The leader's term (Consul LockIndex of the election key).
+    #[schemars(extend("format" = "int64"))]
     pub term: u64,
     /// When the leader took over (RFC 3339).
     pub since: Option<String>,
     /// The leader's log end offset (next offset to assign) at the time of writing.
+    #[schemars(extend("format" = "int64"))]
     pub log_end_offset: Option<u64>,
     /// The node pods as the leader sees them.
     #[serde(default)]
@@ -67,6 +73,7 @@ pub struct LogClusterMember {
     /// the pod's Ready condition.
     pub ready: bool,
     /// Log end offset, when known (the leader knows only its own).
+    #[schemars(extend("format" = "int64"))]
     pub log_end_offset: Option<u64>,
 }
 

@@ -234,6 +234,13 @@ impl LocalCluster {
             .args(options.node_args.iter().cloned())
             .args(extra)
             .env("RUST_LOG", &options.rust_log);
+        if options.fault_files {
+            let fault = self.fault_path(name);
+            spec = spec.args(["--fault-file".to_string(), fault.display().to_string()]);
+        }
+        for (key, value) in &options.node_env {
+            spec = spec.env(key, value);
+        }
         spec.listen_flag = Some("--listen".into());
         // A token for a real Consul in the caller's environment means nothing to the dev one.
         spec.env_remove.push("CONSUL_HTTP_TOKEN".into());
@@ -321,6 +328,22 @@ impl LocalCluster {
     /// There is no such node.
     pub fn data_dir(&self, index: usize) -> &Path {
         &self.data_dirs[index]
+    }
+
+    /// Node `index`'s fault file when the options ask for fault files
+    /// ([`ClusterOptions::fault_files`]): write an errno name (`ENOSPC`, `EIO`) into it to make
+    /// every log write of that node fail, remove it to heal the disk.
+    ///
+    /// # Panics
+    /// There is no such node.
+    pub fn fault_file(&self, index: usize) -> Option<PathBuf> {
+        let name = self.nodes[index].name();
+        self.options.fault_files.then(|| self.fault_path(name))
+    }
+
+    /// Where node `name`'s fault file is.
+    fn fault_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.fault"))
     }
 
     /// Node `index`'s `/readyz` body when it answers 200; `None` when it answers otherwise, is

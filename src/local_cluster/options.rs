@@ -1,6 +1,7 @@
 //! What a local cluster is made of: the executable, how many nodes, where their data goes, the
 //! election timings (the nodes' defaults for the demo and benchmarks, [`Timings::FAST`] for
-//! tests) and any extra flags for every node or for one of them.
+//! tests), any extra flags or environment for every node or for one of them, and whether each
+//! node gets a fault file (the node's hidden disk-fault test hook).
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -62,6 +63,13 @@ pub struct ClusterOptions {
     pub node_args: Vec<String>,
     /// Extra flags for one node, by index (after `node_args`).
     pub node_args_for: BTreeMap<usize, Vec<String>>,
+    /// Extra environment variables for every node (settings tests reach through the node's
+    /// `SIMPLELOGGERS_*` variables rather than its flags).
+    pub node_env: Vec<(String, String)>,
+    /// Give every node `--fault-file DIR/NAME.fault` (see
+    /// [`LocalCluster::fault_file`](super::LocalCluster::fault_file)): while that file names an
+    /// errno, every log write of that node fails with it.
+    pub fault_files: bool,
     /// Extra flags for the dev Consul.
     pub consul_args: Vec<String>,
     /// `RUST_LOG` of the children (their logs go to files, so this can be detailed).
@@ -88,6 +96,8 @@ impl ClusterOptions {
             session_ttl_min: None,
             node_args: Vec::new(),
             node_args_for: BTreeMap::new(),
+            node_env: Vec::new(),
+            fault_files: false,
             consul_args: Vec::new(),
             rust_log: "info".into(),
             start_timeout: Duration::from_secs(30),
@@ -145,6 +155,18 @@ impl ClusterOptions {
             .entry(index)
             .or_default()
             .extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for every node.
+    pub fn node_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.node_env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Gives every node a fault file of its own (none exists until a test writes it).
+    pub fn fault_files(mut self) -> Self {
+        self.fault_files = true;
         self
     }
 

@@ -78,13 +78,16 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// Delete whole segments whose newest record is older than this.
     pub retention_age: Option<Duration>,
+    /// Forget a producer's idempotence state once it has stored nothing for this long (default
+    /// 7 days, [`DEFAULT_PRODUCER_ID_EXPIRY`](super::producer::DEFAULT_PRODUCER_ID_EXPIRY)).
+    pub producer_id_expiry: Duration,
     /// Test hook: inject write/sync failures into the segment I/O path. `None` in production.
     pub fault_injector: Option<FaultInjector>,
 }
 
 impl LogConfig {
     /// A configuration with the defaults: 64 MiB segments, `always`, 1 MiB records, 4 KiB index
-    /// interval, no retention limits.
+    /// interval, no retention limits, producers forgotten after 7 idle days.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         LogConfig {
             dir: dir.into(),
@@ -94,6 +97,7 @@ impl LogConfig {
             index_interval_bytes: 4096,
             retention_bytes: None,
             retention_age: None,
+            producer_id_expiry: super::producer::DEFAULT_PRODUCER_ID_EXPIRY,
             fault_injector: None,
         }
     }

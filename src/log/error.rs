@@ -73,6 +73,25 @@ pub enum LogError {
         /// The producer's last stored sequence.
         last_seq: u64,
     },
+    /// A producer batch would leave a gap after the producer's last stored sequence: the batch
+    /// starting at `expected` must be stored first. Nothing was stored; retriable.
+    #[error("out-of-order sequence {seq} for producer {producer_id:?}: expected {expected}; send the earlier batch first")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: String,
+        /// The batch's first sequence.
+        seq: u64,
+        /// The sequence the store accepts next from this producer.
+        expected: u64,
+    },
+    /// The batch's sequences do not fit in a `u64` (`seq + count - 1` overflows).
+    #[error("sequence {seq} with {count} records overflows the 64-bit sequence range")]
+    SequenceOverflow {
+        /// The batch's first sequence.
+        seq: u64,
+        /// Its number of records.
+        count: usize,
+    },
     /// The requested offset was deleted by retention.
     #[error("offset {offset} trimmed: the log starts at {start}")]
     OffsetTrimmed {
@@ -164,6 +183,19 @@ impl LogError {
                 producer_id: producer_id.clone(),
                 seq: *seq,
                 last_seq: *last_seq,
+            },
+            LogError::OutOfOrderSequence {
+                producer_id,
+                seq,
+                expected,
+            } => LogError::OutOfOrderSequence {
+                producer_id: producer_id.clone(),
+                seq: *seq,
+                expected: *expected,
+            },
+            LogError::SequenceOverflow { seq, count } => LogError::SequenceOverflow {
+                seq: *seq,
+                count: *count,
             },
             LogError::OffsetTrimmed { offset, start } => LogError::OffsetTrimmed {
                 offset: *offset,

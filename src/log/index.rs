@@ -1,6 +1,7 @@
 //! The sparse offset index of a segment (offset -> byte position every `index_interval_bytes`),
 //! and the small side files that persist it and the producer state: `<base>.index` is written when
-//! a segment is sealed, `<base>.snapshot` when a segment is created. Both are a CRC32C followed by
+//! a segment is sealed, `<base>.snapshot` (the producers the previous segment changed) when a
+//! segment is created. Both are a CRC32C followed by
 //! JSON, written to a temporary file, synced and renamed into place.
 
 use std::{
@@ -70,12 +71,15 @@ pub struct SegmentMeta {
     pub index: SparseIndex,
 }
 
-/// What `<base>.snapshot` records: the log's state just before the segment's first record.
+/// What `<base>.snapshot` records: the last term just before the segment's first record, and the
+/// producers whose state the previous segment changed (a delta: recovery merges the snapshots of
+/// all retained segments in order; see `recovery::state_before`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SegmentSnapshot {
     /// `(term, offset)` of the last record before this segment (keeps fencing across retention).
     pub last_term: Option<(u64, u64)>,
-    /// Per-producer idempotence history at that point.
+    /// The history, at that point, of every producer that stored a batch in the previous
+    /// segment (older snapshots hold every producer; they merge the same way).
     pub producers: ProducerSnapshot,
 }
 

@@ -5,9 +5,11 @@
 //! - [`record`]: the record type and its CRC32C-checked frame (see `docs/log-format.md`).
 //! - `segment`: segment files named by base offset; frame scan; positional reads.
 //! - `index`: the sparse offset index and the `.index` / `.snapshot` side files.
-//! - `producer`: per-producer sequence history for idempotent retries.
+//! - `producer`: per-producer sequence history for idempotent retries, gap refusal, expiry.
 //! - `recovery`: opening a directory: torn-tail repair, corruption refusal, state rebuild.
-//! - [`store`]: [`LogStore`], the handle, and its group-committing writer thread.
+//! - [`store`]: [`LogStore`], the handle, and the state it shares with its writer thread;
+//!   `store/writer.rs`: the group-committing writer and sync threads and failed-write rollback;
+//!   `store/maintenance.rs`: segment roll (with the producer snapshot), retention, suffix truncation.
 //! - [`config`], [`error`], [`fault`]: settings, typed errors, test fault injection.
 //!
 //! # Tailing
@@ -27,5 +29,6 @@ pub mod store;
 pub use config::{Durability, LogConfig, ParseDurabilityError};
 pub use error::LogError;
 pub use fault::FaultInjector;
+pub use producer::{ProducerBatch, DEFAULT_PRODUCER_ID_EXPIRY, PRODUCER_WINDOW};
 pub use record::{ProducerSeq, Record};
 pub use store::{AppendOutcome, LogStore};

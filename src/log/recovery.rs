@@ -1,19 +1,21 @@
 //! Opening a log directory: load or rebuild each sealed segment's index, scan the active (last)
 //! segment frame by frame, cut a torn tail (logging what was cut), refuse corruption in the middle
-//! of the log, and rebuild the per-producer sequence table and the last term.
+//! of the log, and rebuild the per-producer sequence table (from the per-segment deltas) and the
+//! last term.
 
 use std::{
     collections::BTreeSet,
     fs::{self, File, OpenOptions},
     path::Path,
     sync::Arc,
+    time::Duration,
 };
 
 use super::{
     config::LogConfig,
     error::LogError,
     index::{read_side_file, sync_dir, write_side_file, SegmentMeta, SegmentSnapshot, SparseIndex},
-    producer::Producers,
+    producer::{now_ms, Producers},
     segment::{self, FrameInfo, ScanMode, Segment},
 };
 
@@ -37,11 +39,12 @@ fn open_rw(path: &Path) -> Result<File, LogError> {
         .map_err(|e| LogError::io("open segment", path, e))
 }
 
-/// Record one complete batch in the producer table.
+/// Record one complete batch in the producer table (at the time it was stored).
 pub fn apply_batch(producers: &mut Producers, batch: &[FrameInfo]) {
     if let Some(first) = batch.first() {
         if let Some(p) = &first.producer {
-            producers.record(&p.producer_id, p.seq, batch.len() as u32, first.offset);
+            let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            producers.record(&p.producer_id, p.seq, count, first.offset, first.timestamp_ms);
         }
     }
 }
@@ -68,24 +71,44 @@ fn rebuild_meta(path: &Path, base: u64, interval: u32) -> Result<(SegmentMeta, V
     Ok((meta, buf))
 }
 
-/// Producer table and last `(term, offset)` just before the segment at `base`, whose predecessors
-/// are `earlier`: from its snapshot, or (missing or damaged) by scanning the earlier segments.
+/// Producer table and last `(term, offset)` just before the segment at `base`, whose retained
+/// predecessors are `earlier`. Each `<base>.snapshot` holds the producers the segment before it
+/// changed (a delta; older versions wrote the whole table, which merges the same way), so the
+/// table is the first retained segment's snapshot (what came before the retained log) merged with
+/// the snapshot after each earlier segment, in order; a missing or damaged one is replaced by
+/// scanning that segment. Producers idle longer than `expiry` are dropped.
 pub fn state_before(
     dir: &Path,
     earlier: &[Segment],
     base: u64,
+    expiry: Duration,
 ) -> Result<(Producers, Option<(u64, u64)>), LogError> {
-    if let Some(s) = read_side_file::<SegmentSnapshot>(&segment::snapshot_path(dir, base)) {
-        return Ok((Producers::from_snapshot(s.producers), s.last_term));
+    let now = now_ms();
+    let mut producers = Producers::new(expiry);
+    let first = earlier.first().map_or(base, |s| s.base);
+    let mut last_term = None;
+    if let Some(s) = read_side_file::<SegmentSnapshot>(&segment::snapshot_path(dir, first)) {
+        producers.merge(s.producers, now);
+        last_term = s.last_term;
     }
-    let mut producers = Producers::default();
-    for seg in earlier {
-        let buf = fs::read(&seg.path).map_err(|e| LogError::io("read segment", &seg.path, e))?;
-        segment::scan(&seg.path, &buf, seg.base, ScanMode::Strict, |b| {
-            apply_batch(&mut producers, b)
-        })?;
+    for (i, seg) in earlier.iter().enumerate() {
+        last_term = seg.last_term.or(last_term);
+        let next = earlier.get(i + 1).map_or(base, |s| s.base);
+        match read_side_file::<SegmentSnapshot>(&segment::snapshot_path(dir, next)) {
+            Some(s) => {
+                producers.merge(s.producers, now);
+                last_term = s.last_term.or(last_term);
+            }
+            None => {
+                let buf = fs::read(&seg.path).map_err(|e| LogError::io("read segment", &seg.path, e))?;
+                segment::scan(&seg.path, &buf, seg.base, ScanMode::Strict, |b| {
+                    apply_batch(&mut producers, b)
+                })?;
+            }
+        }
     }
-    Ok((producers, earlier.iter().rev().find_map(|s| s.last_term)))
+    producers.purge(now);
+    Ok((producers, last_term))
 }
 
 /// Recover the log in `config.dir` (creating an empty one if needed).
@@ -173,7 +196,8 @@ pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
     }
 
     // Producer table and last term as of the active segment's base.
-    let (mut producers, before_active) = state_before(dir, &segments, active_base)?;
+    let (mut producers, before_active) =
+        state_before(dir, &segments, active_base, config.producer_id_expiry)?;
 
     let path = segment::log_path(dir, active_base);
     check_continuity(&segments, active_base, &path)?;
@@ -222,6 +246,7 @@ pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
     // The active segment is not sealed: a leftover index from an interrupted roll is stale.
     let _ = fs::remove_file(segment::index_path(dir, active_base));
     let last_term = active.last_term.or(before_active);
+    producers.purge(now_ms());
     segments.push(active);
     Ok(Recovered {
         segments,

@@ -1,5 +1,5 @@
 //! The node API's errors and their one mapping to an HTTP status with a JSON body
-//! `{"error": "...", ...}`.
+//! `{"error": "...", ...}`; errors a client branches on also carry a stable `"code"`.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
@@ -22,6 +22,9 @@ pub enum ApiError {
     /// This node cannot accept writes now.
     #[error("not the leader: {}", .0.reason)]
     NotLeader(NotLeader),
+    /// This node leads but cannot take writes now (its log cannot append, or its term is stale).
+    #[error("this node leads but cannot take writes now: {0}")]
+    NotServing(String),
     /// The write became durable but the lease lapsed before it could be acknowledged.
     #[error("the leader's lease lapsed before the write could be acknowledged; it is not acknowledged")]
     LeaseLapsed,
@@ -39,9 +42,21 @@ pub enum ApiError {
     /// No such route.
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    /// `GET /api/v1/producers/{id}` for a producer the leader does not know (or has forgotten).
+    #[error("unknown producer {0:?}: no batch stored (or idle longer than --producer-id-expiry)")]
+    UnknownProducer(String),
     /// The route exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request body did not arrive within `--http-body-timeout`.
+    #[error(transparent)]
+    BodyTimeout(#[from] super::BodyTimeout),
+    /// Every request slot is taken; retry later.
+    #[error("overloaded: already handling {limit} requests (--http-max-concurrent-requests); retry later")]
+    Overloaded {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl ApiError {
@@ -50,15 +65,33 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotLeader(_) | ApiError::LeaseLapsed => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotLeader(_) | ApiError::NotServing(_) | ApiError::LeaseLapsed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Log(err) if err.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Log(LogError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Log(LogError::StaleSequence { .. }) => StatusCode::CONFLICT,
+            ApiError::Log(LogError::StaleSequence { .. } | LogError::OutOfOrderSequence { .. }) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::Log(LogError::SequenceOverflow { .. } | LogError::ProducerIdTooLong { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Log(LogError::OffsetTrimmed { .. }) => StatusCode::GONE,
             ApiError::Log(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Forward { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::UnknownProducer(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The error for a request body that could not be read within `limit` bytes: 408 when it
+    /// came too slowly, else 413 naming `flag`.
+    pub fn body(err: &axum::Error, flag: &str, limit: usize) -> ApiError {
+        match super::BodyTimeout::find(err) {
+            Some(timeout) => ApiError::BodyTimeout(super::BodyTimeout { limit: timeout.limit }),
+            None => ApiError::TooLarge(format!("request body exceeds {flag} ({limit} bytes)")),
         }
     }
 }
@@ -79,7 +112,18 @@ impl IntoResponse for ApiError {
                     None => Value::Null,
                 };
             }
+            ApiError::NotServing(_) => body["role"] = json!("leader (not serving)"),
             ApiError::Log(LogError::OffsetTrimmed { start, .. }) => body["start_offset"] = json!(start),
+            ApiError::Log(LogError::OutOfOrderSequence { expected, .. }) => {
+                body["code"] = json!("out_of_order_sequence");
+                body["expected"] = json!(expected);
+            }
+            ApiError::Log(LogError::StaleSequence { last_seq, .. }) => {
+                body["code"] = json!("stale_sequence");
+                body["last_seq"] = json!(last_seq);
+            }
+            ApiError::Log(LogError::SequenceOverflow { .. }) => body["code"] = json!("sequence_overflow"),
+            ApiError::UnknownProducer(_) => body["code"] = json!("unknown_producer"),
             _ => {}
         }
         let mut response = (status, Json(body)).into_response();
@@ -126,5 +170,63 @@ mod tests {
             "503s say when to retry"
         );
         assert_eq!(ApiError::LeaseLapsed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ApiError::NotServing("disk full".into()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    async fn json_of(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON body"))
+    }
+
+    /// A gap is a retriable 409 naming the expected sequence; a stale retry a 409 of its own
+    /// code; an overflowing sequence a 400; an unknown producer a 404, all with a JSON `code`.
+    #[tokio::test]
+    async fn producer_errors_carry_codes() {
+        let (status, body) = json_of(ApiError::Log(LogError::OutOfOrderSequence {
+            producer_id: "p".into(),
+            seq: 20,
+            expected: 10,
+        }))
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(
+            (body["code"].as_str(), body["expected"].as_u64()),
+            (Some("out_of_order_sequence"), Some(10))
+        );
+        let (status, body) = json_of(ApiError::Log(LogError::StaleSequence {
+            producer_id: "p".into(),
+            seq: 1,
+            last_seq: 99,
+        }))
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::CONFLICT, Some("stale_sequence"))
+        );
+        let (status, body) = json_of(ApiError::Log(LogError::SequenceOverflow {
+            seq: u64::MAX,
+            count: 2,
+        }))
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("sequence_overflow"))
+        );
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains("overflows")),
+            "{body}"
+        );
+        let (status, body) = json_of(ApiError::UnknownProducer("p".into())).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("unknown_producer"))
+        );
     }
 }

@@ -1,18 +1,24 @@
 //! The node: `simpleloggers node`. Opens the durable log, runs the [`Elector`], and serves the
-//! HTTP API (writes on the leader, reads, probes, status, metrics). Shuts down in the order that
+//! HTTP API (writes on the leader, reads, probes, status, metrics) under the limits of
+//! [`HttpLimits`]. Shuts down in the order that
 //! hands leadership over fastest: not-ready → no new writes → drain → release → destroy →
 //! deregister → close the log.
 
 mod dashboard;
 mod error;
+mod fault_file;
+mod health;
 mod probes;
 mod read;
+mod retention;
+mod server;
 mod stream;
 mod write;
 
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,20 +30,27 @@ use axum::{
     routing::get,
     Router,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 pub use dashboard::ClusterCache;
 pub use error::ApiError;
+pub use health::{admit, LogFacts, LogHealth, Refusal};
 pub use probes::{readiness, Readiness, Status};
 pub use read::{parse_read_params, Entry, ReadAnswer};
+pub use retention::parse_byte_size;
+pub use server::{serve, BodyTimeout, HttpLimits};
 pub use stream::{parse_stream_start, record_event};
-pub use write::{parse_ndjson, producer_from_headers, BatchAck, SingleAck, PRODUCER_ID, PRODUCER_SEQ};
+pub use write::{
+    parse_ndjson, producer_from_headers, BatchAck, ProducerState, SingleAck, PRODUCER_ID,
+    PRODUCER_PENDING_FROM, PRODUCER_SEQ,
+};
 
 use crate::{
-    consul::{ConsulClient, ConsulConfig},
-    election::{default_lease_margin, ElectionConfig, Elector, Role},
-    log::{Durability, LogConfig, LogStore},
-    metrics::{HttpLabels, Metrics},
+    consul::ConsulClient,
+    election::{ElectionConfig, Elector, Role},
+    flags::{ClusterArgs, ElectionArgs, ServiceArgs},
+    log::{Durability, FaultInjector, LogConfig, LogStore},
+    metrics::{method_label, HttpLabels, Metrics},
     shutdown::CancellationToken,
 };
 
@@ -70,31 +83,6 @@ pub struct NodeConfig {
     /// Directory of the durable log.
     #[arg(long, env = "SIMPLELOGGERS_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// How to reach Consul.
-    #[command(flatten)]
-    pub consul: ConsulConfig,
-    /// Consul service name the nodes register under.
-    #[arg(long, env = "SIMPLELOGGERS_SERVICE_NAME", default_value = crate::discovery::DEFAULT_SERVICE_NAME)]
-    pub service_name: String,
-    /// KV key whose lock is leadership.
-    #[arg(
-        long,
-        env = "SIMPLELOGGERS_ELECTION_KEY",
-        default_value = crate::discovery::DEFAULT_ELECTION_KEY
-    )]
-    pub election_key: String,
-    /// Consul session TTL.
-    #[arg(long, env = "SIMPLELOGGERS_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub session_ttl: Duration,
-    /// Session lock-delay; the leader's lease is derived from it.
-    #[arg(long, env = "SIMPLELOGGERS_LOCK_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub lock_delay: Duration,
-    /// How often the session is renewed.
-    #[arg(long, env = "SIMPLELOGGERS_RENEW_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub renew_interval: Duration,
-    /// Interval of Consul's HTTP check on /healthz.
-    #[arg(long, env = "SIMPLELOGGERS_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub check_interval: Duration,
     /// When a write is acknowledged: always (after fdatasync), `interval:<ms>`, never.
     #[arg(long, env = "SIMPLELOGGERS_DURABILITY", default_value = "always")]
     pub durability: Durability,
@@ -112,6 +100,42 @@ pub struct NodeConfig {
         default_value = "reject"
     )]
     pub follower_writes: FollowerWrites,
+    /// Forget a producer's idempotence state (its last batches and sequence) once it has stored
+    /// nothing for this long; a forgotten producer starts afresh (Kafka's default: 7 days).
+    #[arg(long, env = "SIMPLELOGGERS_PRODUCER_ID_EXPIRY", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub producer_id_expiry: Duration,
+    /// Size at which the log rolls to a new segment file (bytes, or e.g. 64MiB); retention deletes
+    /// whole segments, so this is also its granularity.
+    #[arg(long, env = "SIMPLELOGGERS_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
+    pub segment_bytes: u64,
+    /// Delete the oldest whole segments while the log is larger than this (bytes, or e.g.
+    /// 10GiB); unset keeps everything.
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_BYTES", value_parser = parse_byte_size)]
+    pub retention_bytes: Option<u64>,
+    /// Delete whole segments whose newest record is older than this (e.g. 7d); unset keeps
+    /// everything.
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_AGE", value_parser = humantime::parse_duration)]
+    pub retention_age: Option<Duration>,
+    /// How often retention runs besides on every segment roll (age retention needs it when no
+    /// writes arrive).
+    #[arg(long, env = "SIMPLELOGGERS_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+    /// Test hook: while this file names an errno (ENOSPC, EIO, a number), every log write fails
+    /// with it. Never set in production.
+    #[arg(long, env = "SIMPLELOGGERS_FAULT_FILE", hide = true)]
+    pub fault_file: Option<PathBuf>,
+    /// Consul and the election key.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The Consul service this node registers under.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The election's timing.
+    #[command(flatten)]
+    pub election: ElectionArgs,
+    /// Timeouts and caps of the HTTP server.
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
 }
 
 /// The settings after defaults and derivations, shared by the handlers.
@@ -129,6 +153,8 @@ pub struct Settings {
     pub service_name: String,
     /// KV key whose lock is leadership (for `/api/v1/cluster`).
     pub election_key: String,
+    /// Requests handled at once (`--http-max-concurrent-requests`).
+    pub max_concurrent_requests: usize,
 }
 
 /// The state every handler shares. Cheap to clone.
@@ -140,6 +166,8 @@ pub struct Node {
     pub elector: Elector,
     /// The local log.
     pub store: LogStore,
+    /// Whether the local log can append now (the Consul check, readiness and write admission).
+    pub health: LogHealth,
     /// Metrics.
     pub metrics: Metrics,
     /// Client for forwarding writes to the leader and asking peers for their status.
@@ -148,6 +176,19 @@ pub struct Node {
     pub consul: ConsulClient,
     /// The last cluster view, shared by every dashboard that polls this node.
     pub cluster: ClusterCache,
+}
+
+impl Node {
+    /// The term to write with now, if a write may be accepted: [`admit`] on the current leader
+    /// state and log health, the same predicate `/readyz` answers with.
+    ///
+    /// # Errors
+    /// Why the write is refused.
+    pub fn admit(&self) -> Result<u64, Refusal> {
+        let facts = self.health.facts();
+        self.elector
+            .with_current(|state| admit(state, Instant::now(), &facts))
+    }
 }
 
 /// Errors that stop a node from starting.
@@ -226,41 +267,71 @@ pub async fn run(
     if config.max_message_bytes == 0 {
         return Err(NodeError::Config("--max-message-bytes must be positive".into()));
     }
+    config.http_limits.validate().map_err(NodeError::Config)?;
+    if config.retention_interval.is_zero() || config.retention_age.is_some_and(|a| a.is_zero()) {
+        return Err(NodeError::Config(
+            "--retention-interval and --retention-age must be positive".into(),
+        ));
+    }
     let mut election = ElectionConfig::new(&name, &advertise);
-    election.service_name = config.service_name.clone();
-    election.election_key = config.election_key.clone();
-    election.session_ttl = config.session_ttl;
-    election.lock_delay = config.lock_delay;
-    election.lease_margin = default_lease_margin(config.lock_delay);
-    election.renew_interval = config.renew_interval;
-    election.check_interval = config.check_interval;
+    election.service_name = config.service.service_name.clone();
+    election.election_key = config.cluster.election_key.clone();
+    config.election.apply_to(&mut election);
     election.validate().map_err(NodeError::Config)?;
 
     let mut log = LogConfig::new(&config.data_dir);
     log.durability = config.durability;
     log.max_record_bytes = config.max_message_bytes;
+    log.producer_id_expiry = config.producer_id_expiry;
+    log.segment_bytes = config.segment_bytes;
+    log.retention_bytes = config.retention_bytes;
+    log.retention_age = config.retention_age;
+    let faults = config.fault_file.as_ref().map(|_| FaultInjector::new());
+    log.fault_injector = faults.clone();
     let store = LogStore::open(log).await.map_err(|source| NodeError::Log {
         dir: config.data_dir.clone(),
         source,
     })?;
+    if let (Some(path), Some(faults)) = (&config.fault_file, &faults) {
+        tokio::spawn(fault_file::run(path.clone(), faults.clone(), shutdown.clone()));
+    }
+    let health = LogHealth::new(store.clone(), faults);
+    tokio::spawn(
+        health
+            .clone()
+            .run(config.election.check_interval, shutdown.clone()),
+    );
+    if config.retention_bytes.is_some() || config.retention_age.is_some() {
+        tokio::spawn(retention::run(
+            store.clone(),
+            config.retention_interval,
+            shutdown.clone(),
+        ));
+    }
     let metrics = Metrics::new();
-    let consul = ConsulClient::new(&config.consul)?.with_observer(metrics.consul_observer());
+    let consul = ConsulClient::new(&config.cluster.consul)?.with_observer(metrics.consul_observer());
     let k8s_consul = crate::k8s::ConsulHealth {
         client: consul.clone(),
-        service: config.service_name.clone(),
+        service: config.service.service_name.clone(),
     };
-    let elector = Elector::start(consul.clone(), election);
+    // A term not above the log's last term is refused at acquisition (see docs/election.md).
+    let fence = store.clone();
+    let elector = Elector::start_fenced(consul.clone(), election, move || {
+        fence.last_term().map(|(term, _)| term)
+    });
     let node = Node {
         config: std::sync::Arc::new(Settings {
             name: name.clone(),
             max_message_bytes: config.max_message_bytes,
             max_batch_bytes: config.max_batch_bytes.max(config.max_message_bytes),
             follower_writes: config.follower_writes,
-            service_name: config.service_name.clone(),
-            election_key: config.election_key.clone(),
+            service_name: config.service.service_name.clone(),
+            election_key: config.cluster.election_key.clone(),
+            max_concurrent_requests: config.http_limits.max_concurrent_requests,
         }),
         elector: elector.clone(),
         store: store.clone(),
+        health,
         metrics: metrics.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -285,16 +356,15 @@ pub async fn run(
     let app = router(node);
     let stopping = shutdown.clone();
     let elector_for_stop = elector.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let serving = serve(listener, app, config.http_limits.clone(), metrics, async move {
         stopping.cancelled().await;
         // Not ready and no new writes at once; in-flight requests still finish.
         elector_for_stop.begin_shutdown();
     });
-    let server = tokio::spawn(async move { serve.await });
+    let server = tokio::spawn(serving);
     shutdown.cancelled().await;
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => tracing::warn!(%err, "HTTP server stopped with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(%err, "HTTP server task failed"),
         Err(_) => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}"),
     }
@@ -331,15 +401,25 @@ async fn follow_state(node: Node, shutdown: CancellationToken) {
 
 /// The node's routes.
 pub fn router(node: Node) -> Router {
+    let slots = RequestSlots {
+        permits: Arc::new(Semaphore::new(node.config.max_concurrent_requests)),
+        limit: node.config.max_concurrent_requests,
+    };
     Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
         .route("/api/v1/cluster", get(dashboard::cluster))
         .route("/api/v1/log", get(read::read).post(write::append))
         .route("/api/v1/log/stream", get(stream::stream))
+        .route("/api/v1/producers/{id}", get(write::producer_state))
         .route("/api/v1/status", get(probes::status))
+        // The routes above share --http-max-concurrent-requests. The probes and /metrics below
+        // do not: an overloaded node must not also be declared dead (restarted by the kubelet,
+        // its session invalidated by Consul) or go blind.
+        .route_layer(middleware::from_fn_with_state(slots, limit_requests))
         .route("/readyz", get(probes::readyz))
         .route("/healthz", get(probes::healthz))
+        .route("/consul-check", get(probes::consul_check))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -364,12 +444,34 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// The shared budget of requests handled at once.
+#[derive(Clone)]
+struct RequestSlots {
+    /// One permit per request being handled.
+    permits: Arc<Semaphore>,
+    /// How many there are (for the error message).
+    limit: usize,
+}
+
+/// Sheds load: a request that finds every slot taken is answered 503 at once rather than queued,
+/// so an overloaded node answers quickly and clients back off (`Retry-After`). The slot is held
+/// until the handler has answered (for the live stream: until it has started).
+async fn limit_requests(State(slots): State<RequestSlots>, request: Request, next: Next) -> Response {
+    match slots.permits.try_acquire() {
+        // Held until the handler has answered.
+        Ok(_slot) => next.run(request).await,
+        Err(_) => ApiError::Overloaded { limit: slots.limit }.into_response(),
+    }
+}
+
+/// Counts every request. Its labels are bounded whatever the client sends: the route is the
+/// router's pattern (never the raw path), the method a standard one or `other`.
 async fn count_requests(State(node): State<Node>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     node.metrics.http_seconds.observe(started.elapsed().as_secs_f64());
@@ -409,5 +511,23 @@ mod tests {
         let err = advertise_addr(None, any, None).unwrap_err().to_string();
         assert!(err.contains("--advertise-addr"), "{err}");
         assert!(advertise_addr(None, any, Some("not-an-ip")).is_err());
+    }
+
+    /// `--producer-id-expiry` defaults to the log's 7 days and takes a human duration.
+    #[test]
+    fn producer_id_expiry_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeConfig,
+        }
+        let parsed = Cli::try_parse_from(["node"]).unwrap().node;
+        assert_eq!(parsed.producer_id_expiry, crate::log::DEFAULT_PRODUCER_ID_EXPIRY);
+        let parsed = Cli::try_parse_from(["node", "--producer-id-expiry", "90m"])
+            .unwrap()
+            .node;
+        assert_eq!(parsed.producer_id_expiry, Duration::from_secs(5400));
+        assert!(Cli::try_parse_from(["node", "--producer-id-expiry", "soon"]).is_err());
     }
 }

@@ -1,18 +1,24 @@
-//! Liveness, readiness and status. Readiness is a pure function of the published leader state,
-//! the clock and the store, so the probe never blocks on Consul and unit tests drive it.
+//! Liveness, the Consul check, readiness and status. Readiness is [`admit`] — the predicate the
+//! write path uses — applied to the published leader state, the clock and the log's health, so
+//! the probe never blocks on Consul, a node is Ready exactly when it would accept a write, and
+//! unit tests drive it.
 
 use std::time::Instant;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
 use serde::Serialize;
 
-use super::Node;
+use super::{
+    health::{admit, LogFacts},
+    Node,
+};
 use crate::election::{LeaderState, Role};
 
 /// The body of `/readyz`.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Readiness {
-    /// True only on the leader with a valid lease and a writable store.
+    /// True only when a write would be accepted now: the leader with a valid lease, a log that can
+    /// append, and a term the log accepts.
     pub ready: bool,
     /// This node's role.
     pub role: &'static str,
@@ -24,15 +30,11 @@ pub struct Readiness {
     pub reason: String,
 }
 
-/// Decides readiness: the leader whose lease is valid at `now` and whose store accepts writes.
-pub fn readiness(state: &LeaderState, now: Instant, store_writable: bool) -> Readiness {
-    let (ready, reason) = match state.write_term(now) {
-        Ok(_) if store_writable => (true, "leader with a valid lease".to_string()),
-        Ok(_) => (
-            false,
-            "leader, but the log store is not writable (disk full or I/O error)".into(),
-        ),
-        Err(not_leader) => (false, not_leader.reason),
+/// Decides readiness: ready exactly when [`admit`] would accept a write at `now`.
+pub fn readiness(state: &LeaderState, now: Instant, log: &LogFacts) -> Readiness {
+    let (ready, reason) = match admit(state, now, log) {
+        Ok(_) => (true, "leader with a valid lease".to_string()),
+        Err(refusal) => (false, refusal.reason().to_string()),
     };
     Readiness {
         ready,
@@ -49,7 +51,7 @@ pub fn readiness(state: &LeaderState, now: Instant, store_writable: bool) -> Rea
 
 /// `GET /readyz`: 200 only on the serving leader, 503 otherwise.
 pub async fn readyz(State(node): State<Node>) -> impl IntoResponse {
-    let body = readiness(&node.elector.current(), Instant::now(), node.store.is_writable());
+    let body = readiness(&node.elector.current(), Instant::now(), &node.health.facts());
     let status = if body.ready {
         StatusCode::OK
     } else {
@@ -58,11 +60,37 @@ pub async fn readyz(State(node): State<Node>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// `GET /healthz`: 200 while the process and its store work, whatever the role.
+/// `GET /healthz`, the liveness probe: 200 while the process serves, whatever the role and even
+/// with a full disk (a restart would not free space). 503 only once the log's writer has stopped,
+/// which only a restart cures.
 pub async fn healthz(State(node): State<Node>) -> impl IntoResponse {
-    Json(
-        serde_json::json!({ "status": "ok", "name": node.config.name, "log_end_offset": node.store.end_offset() }),
-    )
+    let problem = node.health.problem();
+    let status = if node.health.writer_gone() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ok" } else { "failing" },
+        "name": node.config.name,
+        "log_end_offset": node.store.end_offset(),
+        "log_problem": problem,
+    });
+    (status, Json(body))
+}
+
+/// `GET /consul-check`, the HTTP check Consul runs and the session is bound to: 200 while the
+/// log can append, 503 (with the reason) while it cannot — disk full, I/O errors, a stopped
+/// writer. A failing check invalidates the session, so a leader that cannot write loses the lock
+/// and a healthy node takes over; it passes again once a probe of the data directory succeeds.
+pub async fn consul_check(State(node): State<Node>) -> impl IntoResponse {
+    match node.health.problem() {
+        None => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "failing", "reason": problem })),
+        ),
+    }
 }
 
 /// The body of `/api/v1/status`.
@@ -96,6 +124,9 @@ pub struct Status {
     pub consul_reachable: bool,
     /// This node's Consul session.
     pub session: Option<String>,
+    /// Why the local log cannot append right now (absent when it can).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_problem: Option<String>,
 }
 
 /// A leader as the status reports it.
@@ -113,7 +144,8 @@ pub struct LeaderInfo {
 pub async fn status(State(node): State<Node>) -> Json<Status> {
     let state = node.elector.current();
     let now = Instant::now();
-    let ready = readiness(&state, now, node.store.is_writable()).ready;
+    let facts = node.health.facts();
+    let ready = readiness(&state, now, &facts).ready;
     Json(Status {
         name: node.config.name.clone(),
         address: node.elector.config().advertise_addr.clone(),
@@ -133,6 +165,7 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
         log_start_offset: node.store.start_offset(),
         consul_reachable: state.consul_reachable,
         session: state.session.clone(),
+        log_problem: facts.problem,
     })
 }
 
@@ -161,22 +194,35 @@ mod tests {
         }
     }
 
-    /// Ready only as leader, with a lease in the future and a writable store.
+    /// Ready only as leader, with a lease in the future, a log that can append and a term the
+    /// log accepts: exactly when a write would be admitted.
     #[test]
     fn ready_only_on_serving_leader() {
         let now = Instant::now();
         let leader = state(Role::Leader, Some(Duration::from_secs(1)), now);
-        assert!(readiness(&leader, now, true).ready);
+        let healthy = LogFacts::default();
+        assert!(readiness(&leader, now, &healthy).ready);
+        let full = LogFacts {
+            problem: Some("disk full".into()),
+            last_term: None,
+        };
+        let r = readiness(&leader, now, &full);
+        assert!(!r.ready, "a full disk makes the leader unready");
+        assert_eq!(r.role, "leader (not serving)");
+        let ahead = LogFacts {
+            problem: None,
+            last_term: Some(8),
+        };
         assert!(
-            !readiness(&leader, now, false).ready,
-            "a full disk makes the leader unready"
+            !readiness(&leader, now, &ahead).ready,
+            "term 7 is below the log's term 8: writes would be refused, so not ready"
         );
         assert!(
-            !readiness(&leader, now + Duration::from_secs(2), true).ready,
+            !readiness(&leader, now + Duration::from_secs(2), &healthy).ready,
             "lapsed lease"
         );
         for role in [Role::Follower, Role::Starting, Role::Stopping] {
-            let r = readiness(&state(role, Some(Duration::from_secs(1)), now), now, true);
+            let r = readiness(&state(role, Some(Duration::from_secs(1)), now), now, &healthy);
             assert!(!r.ready, "{role:?}");
             assert_eq!(r.role, role.as_str());
             assert_eq!(r.leader.as_deref(), Some("n1"));

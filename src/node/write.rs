@@ -1,29 +1,41 @@
 //! The write path: `POST /api/v1/log`. One raw message, or an NDJSON batch appended atomically;
 //! fenced by the leader's term and lease, acknowledged only once durable and only if the lease
-//! still holds; idempotent for producers that send `X-Producer-Id` / `X-Producer-Seq`.
+//! still holds; idempotent for producers that send `X-Producer-Id` / `X-Producer-Seq` (and
+//! `X-Producer-Pending-From`), whose last sequence `GET /api/v1/producers/{id}` tells a restarted
+//! producer. The protocol is described in `docs/producer.md`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::{
     body::{Body, Bytes},
-    extract::State,
+    extract::{Path, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
 use serde::Serialize;
 
-use super::{ApiError, FollowerWrites, Node};
-use crate::log::{AppendOutcome, ProducerSeq};
+use super::{ApiError, FollowerWrites, Node, Refusal};
+use crate::log::{AppendOutcome, LogError, LogStore, ProducerBatch};
 
 /// Header naming the producer of an idempotent write.
 pub const PRODUCER_ID: &str = "x-producer-id";
 /// Header carrying the sequence number of the first message of an idempotent write.
 pub const PRODUCER_SEQ: &str = "x-producer-seq";
+/// Optional header: the producer's oldest sequence still awaiting an answer (at most
+/// `X-Producer-Seq`); every lower one is settled and never sent again.
+pub const PRODUCER_PENDING_FROM: &str = "x-producer-pending-from";
 /// Set on a forwarded write so that it is never forwarded twice.
 const FORWARDED: &str = "x-simpleloggers-forwarded";
 /// Longest accepted producer id.
 const MAX_PRODUCER_ID: usize = 128;
+/// How long a producer batch that arrived before an earlier one of the same producer waits on
+/// the node for it before being refused as out of order (409). A pipelining producer sends its
+/// batches over several connections, so they often arrive slightly out of order; waiting here
+/// costs the batch a group commit instead of a round trip and a resend.
+pub const OUT_OF_ORDER_WAIT: Duration = Duration::from_millis(100);
+/// How often a waiting out-of-order batch looks whether its producer has moved on.
+const OUT_OF_ORDER_POLL: Duration = Duration::from_millis(1);
 
 /// The answer to a single-message write.
 #[derive(Debug, Serialize)]
@@ -82,8 +94,9 @@ pub fn parse_ndjson(body: &[u8], max_message_bytes: usize) -> Result<Vec<Bytes>,
     Ok(payloads)
 }
 
-/// Reads the idempotency headers: both or neither.
-pub fn producer_from_headers(headers: &HeaderMap) -> Result<Option<ProducerSeq>, ApiError> {
+/// Reads the idempotency headers: id and seq both or neither, and `X-Producer-Pending-From`
+/// (optional, only with them, at most the seq).
+pub fn producer_from_headers(headers: &HeaderMap) -> Result<Option<ProducerBatch>, ApiError> {
     let text = |name: &str| -> Result<Option<&str>, ApiError> {
         headers
             .get(name)
@@ -93,7 +106,18 @@ pub fn producer_from_headers(headers: &HeaderMap) -> Result<Option<ProducerSeq>,
             })
             .transpose()
     };
+    let number = |name: &str, value: &str| {
+        value.trim().parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "header {name} must be an unsigned integer, got {value:?}"
+            ))
+        })
+    };
+    let pending_from = text(PRODUCER_PENDING_FROM)?;
     match (text(PRODUCER_ID)?, text(PRODUCER_SEQ)?) {
+        (None, None) if pending_from.is_some() => Err(ApiError::BadRequest(
+            "X-Producer-Pending-From needs X-Producer-Id and X-Producer-Seq".into(),
+        )),
         (None, None) => Ok(None),
         (Some(id), Some(seq)) => {
             let id = id.trim();
@@ -102,14 +126,19 @@ pub fn producer_from_headers(headers: &HeaderMap) -> Result<Option<ProducerSeq>,
                     "header X-Producer-Id must be 1 to {MAX_PRODUCER_ID} characters"
                 )));
             }
-            let seq = seq.trim().parse::<u64>().map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "header X-Producer-Seq must be an unsigned integer, got {seq:?}"
-                ))
-            })?;
-            Ok(Some(ProducerSeq {
+            let seq = number("X-Producer-Seq", seq)?;
+            let pending_from = pending_from
+                .map(|p| number("X-Producer-Pending-From", p))
+                .transpose()?;
+            if pending_from.is_some_and(|p| p > seq) {
+                return Err(ApiError::BadRequest(
+                    "X-Producer-Pending-From must not exceed X-Producer-Seq".into(),
+                ));
+            }
+            Ok(Some(ProducerBatch {
                 producer_id: id.to_string(),
                 seq,
+                pending_from,
             }))
         }
         _ => Err(ApiError::BadRequest(
@@ -132,9 +161,10 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 /// `POST /api/v1/log`.
 pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let term = match node.elector.write_term() {
+    let term = match node.admit() {
         Ok(term) => term,
-        Err(not_leader) => {
+        Err(Refusal::Log(reason)) => return Err(ApiError::NotServing(reason)),
+        Err(Refusal::NotLeader(not_leader)) => {
             let forwarded = headers.contains_key(FORWARDED);
             return match (&node.config.follower_writes, &not_leader.leader) {
                 (FollowerWrites::Forward, Some(leader))
@@ -152,14 +182,14 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
     } else {
         node.config.max_message_bytes
     };
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        let flag = if batch {
-            "--max-batch-bytes"
-        } else {
-            "--max-message-bytes"
-        };
-        ApiError::TooLarge(format!("request body exceeds {flag} ({limit} bytes)"))
-    })?;
+    let flag = if batch {
+        "--max-batch-bytes"
+    } else {
+        "--max-message-bytes"
+    };
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|err| ApiError::body(&err, flag, limit))?;
     let producer = producer_from_headers(&headers)?;
     let payloads = if batch {
         parse_ndjson(&body, node.config.max_message_bytes)?
@@ -171,7 +201,11 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
         vec![body]
     };
     let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
-    let outcome = node.store.append(term, producer, payloads).await?;
+    let outcome = match producer {
+        Some(producer) => append_in_order(&node, term, producer, payloads).await,
+        None => node.store.append(term, None, payloads).await,
+    }
+    .inspect_err(|err| node.health.append_failed(err))?;
     // Durable now; acknowledge only if we are still the leader of the same term with a lease.
     match node.elector.write_term() {
         Ok(t) if t == term => {}
@@ -209,6 +243,72 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
     })
 }
 
+/// The answer of `GET /api/v1/producers/{id}`.
+#[derive(Debug, Serialize)]
+pub struct ProducerState {
+    /// The producer id asked about.
+    pub producer_id: String,
+    /// Its last stored sequence: a restarted producer continues at `last_seq + 1`.
+    pub last_seq: u64,
+}
+
+/// `GET /api/v1/producers/{id}`: the producer's last stored sequence on the leader (including a
+/// batch whose sync is still running). 404 for a producer the leader does not know (never seen,
+/// or idle longer than `--producer-id-expiry`): start at 0. Followers answer 503 with the leader,
+/// as for writes, since only the leader's answer is worth continuing from.
+pub async fn producer_state(State(node): State<Node>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    node.elector.write_term().map_err(ApiError::NotLeader)?;
+    let id = id.trim();
+    if id.is_empty() || id.len() > MAX_PRODUCER_ID {
+        return Err(ApiError::BadRequest(format!(
+            "a producer id has 1 to {MAX_PRODUCER_ID} characters"
+        )));
+    }
+    match node.store.producer_last_seq(id) {
+        Some(last_seq) => Ok(Json(ProducerState {
+            producer_id: id.to_string(),
+            last_seq,
+        })
+        .into_response()),
+        None => Err(ApiError::UnknownProducer(id.to_string())),
+    }
+}
+
+/// Appends a producer batch; one that arrives before an earlier batch of its producer is tried
+/// again each time the producer's last sequence moves, for up to [`OUT_OF_ORDER_WAIT`], before
+/// the out-of-order refusal is answered.
+async fn append_in_order(
+    node: &Node,
+    term: u64,
+    producer: ProducerBatch,
+    payloads: Vec<Bytes>,
+) -> Result<AppendOutcome, LogError> {
+    let deadline = tokio::time::Instant::now() + OUT_OF_ORDER_WAIT;
+    loop {
+        let before = node.store.producer_last_seq(&producer.producer_id);
+        match node
+            .store
+            .append(term, Some(producer.clone()), payloads.clone())
+            .await
+        {
+            Err(LogError::OutOfOrderSequence { .. }) if tokio::time::Instant::now() < deadline => {
+                moved_on(&node.store, &producer.producer_id, before, deadline).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Waits until the producer's last sequence differs from `before`, or `deadline`.
+async fn moved_on(store: &LogStore, producer_id: &str, before: Option<u64>, deadline: tokio::time::Instant) {
+    while tokio::time::Instant::now() < deadline {
+        if store.producer_last_seq(producer_id) != before {
+            return;
+        }
+        tokio::time::sleep(OUT_OF_ORDER_POLL).await;
+    }
+}
+
 /// Proxies a write to the leader (`--follower-writes forward`), passing its answer through.
 async fn forward(node: &Node, leader: &str, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let fail = |message: String| ApiError::Forward {
@@ -218,13 +318,18 @@ async fn forward(node: &Node, leader: &str, headers: HeaderMap, body: Body) -> R
     let limit = node.config.max_batch_bytes.max(node.config.max_message_bytes);
     let body = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::TooLarge(format!("request body exceeds {limit} bytes")))?;
+        .map_err(|err| ApiError::body(&err, "--max-batch-bytes", limit))?;
     let mut request = node
         .http
         .request(Method::POST, format!("http://{leader}/api/v1/log"))
         .header(FORWARDED, "1")
         .body(body);
-    for name in [header::CONTENT_TYPE.as_str(), PRODUCER_ID, PRODUCER_SEQ] {
+    for name in [
+        header::CONTENT_TYPE.as_str(),
+        PRODUCER_ID,
+        PRODUCER_SEQ,
+        PRODUCER_PENDING_FROM,
+    ] {
         if let Some(value) = headers.get(name) {
             request = request.header(name, value.clone());
         }
@@ -279,6 +384,18 @@ mod tests {
         assert!(producer_from_headers(&h).is_err(), "non-numeric seq");
         h.insert(PRODUCER_SEQ, HeaderValue::from_static("42"));
         let p = producer_from_headers(&h).unwrap().unwrap();
-        assert_eq!((p.producer_id.as_str(), p.seq), ("p1", 42));
+        assert_eq!((p.producer_id.as_str(), p.seq, p.pending_from), ("p1", 42, None));
+        h.insert(PRODUCER_PENDING_FROM, HeaderValue::from_static("40"));
+        assert_eq!(producer_from_headers(&h).unwrap().unwrap().pending_from, Some(40));
+        h.insert(PRODUCER_PENDING_FROM, HeaderValue::from_static("43"));
+        assert!(producer_from_headers(&h).is_err(), "pending beyond the batch");
+        h.insert(PRODUCER_PENDING_FROM, HeaderValue::from_static("-1"));
+        assert!(producer_from_headers(&h).is_err(), "not a number");
+        let mut only = HeaderMap::new();
+        only.insert(PRODUCER_PENDING_FROM, HeaderValue::from_static("1"));
+        assert!(
+            producer_from_headers(&only).is_err(),
+            "pending without id and seq"
+        );
     }
 }

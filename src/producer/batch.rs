@@ -19,6 +19,32 @@ pub struct Batch {
     pub body: Bytes,
 }
 
+impl Batch {
+    /// The messages after the first `n`, numbered from `seq + n`: what is left to send when the
+    /// node acknowledged only the first `n`. `None` when nothing is left.
+    pub fn rest_after(&self, n: usize) -> Option<Batch> {
+        if n >= self.count {
+            return None;
+        }
+        if n == 0 {
+            return Some(self.clone());
+        }
+        // Every line ends in `\n` and a JSON string never contains a raw one.
+        let cut = self
+            .body
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(n - 1)
+            .map(|(i, _)| i + 1)?;
+        Some(Batch {
+            seq: self.seq.saturating_add(n as u64),
+            count: self.count - n,
+            body: self.body.slice(cut..),
+        })
+    }
+}
+
 /// Encodes one message as an NDJSON line (a JSON string and `\n`).
 pub fn encode_line(message: &str) -> Vec<u8> {
     let mut line = Vec::with_capacity(message.len() + 3);
@@ -104,7 +130,8 @@ impl Batcher {
             count: self.count,
             body: Bytes::from(std::mem::take(&mut self.body)),
         };
-        self.next_seq += self.count as u64;
+        // The node refuses sequences that would pass u64::MAX; never overflow here.
+        self.next_seq = self.next_seq.saturating_add(self.count as u64);
         self.count = 0;
         self.deadline = None;
         if let Some(line) = self.carry.take() {
@@ -284,6 +311,28 @@ mod tests {
             }
             proptest::prop_assert_eq!(all, messages);
         }
+    }
+
+    /// What is left of a batch after a partial acknowledgement is its tail, renumbered.
+    #[tokio::test(start_paused = true)]
+    async fn rest_after_a_partial_ack() {
+        let (tx, rx) = mpsc::channel(100);
+        for m in ["a", "b\nwith a newline", "c", "d"] {
+            tx.send(m.to_string()).await.unwrap();
+        }
+        drop(tx);
+        let batch = Batcher::new(rx, 10, 10, usize::MAX, Duration::ZERO)
+            .next_batch()
+            .await
+            .unwrap();
+        let rest = batch.rest_after(2).unwrap();
+        assert_eq!((rest.seq, rest.count), (12, 2));
+        assert_eq!(lines(&rest), ["c", "d"]);
+        assert_eq!(batch.rest_after(0).as_ref(), Some(&batch));
+        let last = batch.rest_after(3).unwrap();
+        assert_eq!((last.seq, lines(&last)), (13, vec!["d".to_string()]));
+        assert!(batch.rest_after(4).is_none());
+        assert!(batch.rest_after(9).is_none());
     }
 
     /// Dropping `next_batch` mid-wait (as `select!` does) keeps the messages already taken.

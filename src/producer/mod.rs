@@ -1,17 +1,21 @@
 //! The producer (`simpleloggers producer`): reads messages from a source, batches them, and sends
 //! them to the leader found through Consul (or to a fixed `--target`), retrying each batch with
 //! the same producer id and sequence number until it is acknowledged, so nothing is stored twice
-//! and nothing is dropped without being counted in the [`Summary`].
+//! and nothing is dropped without being counted in the [`Summary`]. The protocol (duplicates,
+//! gaps, pipelining, restarts) is described in `docs/producer.md`.
 //!
-//! Tasks: the source feeds a bounded channel; the run loop cuts batches from it ([`batch`]) and
-//! hands each to a sender task ([`sender`]), at most `--max-in-flight` at a time; a drain timer
-//! bounds how long pending batches are retried once the source has stopped.
+//! Tasks: with a fixed `--producer-id`, the leader is first asked where that id stopped; the
+//! source feeds a bounded channel; the run loop cuts batches from it ([`batch`]) and hands each
+//! to a sender task ([`sender`]) while the [`window`] has room (`--max-in-flight` batches from the
+//! oldest pending one); a drain timer bounds how long pending batches are retried once the source
+//! has stopped.
 
 pub mod batch;
 mod error;
 pub mod sender;
 pub mod source;
 mod summary;
+pub mod window;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -24,8 +28,9 @@ use tokio_util::task::TaskTracker;
 
 use self::{
     batch::{Batch, Batcher},
-    sender::{Outcome, Route, Router, Sender},
+    sender::{LookupError, Outcome, Rest, Route, Router, Sender},
     source::Emitter,
+    window::Window,
 };
 pub use self::{
     error::ProducerError,
@@ -35,6 +40,8 @@ pub use self::{
 use crate::{
     consul::{ConsulClient, ConsulConfig},
     discovery::{watch_leader, CurrentLeader},
+    flags::ClusterArgs,
+    log::PRODUCER_WINDOW,
     shutdown::CancellationToken,
 };
 
@@ -46,12 +53,6 @@ pub use crate::discovery::DEFAULT_ELECTION_KEY;
 /// build one with the defaults from Rust.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    /// How to reach Consul (used unless `--target` is given).
-    #[command(flatten)]
-    pub consul: ConsulConfig,
-    /// The Consul key whose value names the leader.
-    #[arg(long, env = "SIMPLELOGGERS_ELECTION_KEY", default_value = DEFAULT_ELECTION_KEY)]
-    pub election_key: String,
     /// Send to this base URL (e.g. a Kubernetes Service) instead of discovering the leader.
     #[arg(long, env = "SIMPLELOGGERS_TARGET")]
     pub target: Option<String>,
@@ -83,7 +84,9 @@ pub struct Config {
     /// How long to wait for more messages to fill a batch once it has one.
     #[arg(long, env = "SIMPLELOGGERS_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,
-    /// Batches in flight at once; more than 1 no longer keeps messages in order across retries.
+    /// Batches awaiting an answer at once, 1 to 8 (the nodes remember each producer's last 8
+    /// batches), counted from the oldest unanswered one. Order and exactly-once storage hold
+    /// with any value: a batch that reaches a node before an earlier one is refused and resent.
     #[arg(long, env = "SIMPLELOGGERS_MAX_IN_FLIGHT", default_value_t = 1)]
     pub max_in_flight: usize,
     /// Timeout of one request (connect, send and answer).
@@ -100,15 +103,18 @@ pub struct Config {
     /// may still be retried; what is left after that is reported as unacknowledged.
     #[arg(long, env = "SIMPLELOGGERS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
-    /// `X-Producer-Id` (default: a random UUID v4). Reusing one across runs needs sequence
-    /// numbers that do not repeat: see `--first-seq`.
+    /// `X-Producer-Id` (default: a random UUID v4). A restarted producer with the same id
+    /// continues after the last sequence the leader stored for it (see `--first-seq`).
     #[arg(long, env = "SIMPLELOGGERS_PRODUCER_ID")]
     pub producer_id: Option<String>,
     /// Sequence number of the first message. Default: 0 with a random producer id; with a
-    /// given `--producer-id`, the current Unix time in microseconds, so a restarted producer
-    /// does not reuse the sequence numbers of its previous run.
+    /// given `--producer-id`, one past the last sequence the leader has stored for that id
+    /// (asked before the first batch; 0 if it knows none).
     #[arg(long, env = "SIMPLELOGGERS_FIRST_SEQ")]
     pub first_seq: Option<u64>,
+    /// Consul and the election key that names the leader (used unless `--target` is given).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 impl Config {
@@ -116,8 +122,7 @@ impl Config {
     /// discovered through Consul at `consul`.
     pub fn for_consul(consul: ConsulConfig) -> Self {
         Self {
-            consul,
-            election_key: DEFAULT_ELECTION_KEY.to_string(),
+            cluster: ClusterArgs::new(consul),
             target: None,
             rate: 1.0,
             stdin: false,
@@ -161,8 +166,8 @@ impl Config {
         if self.batch_max == 0 {
             return bad("--batch-max must be at least 1");
         }
-        if self.max_in_flight == 0 {
-            return bad("--max-in-flight must be at least 1");
+        if self.max_in_flight == 0 || self.max_in_flight > PRODUCER_WINDOW {
+            return bad(&format!("--max-in-flight must be 1 to {PRODUCER_WINDOW}"));
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("--request-timeout and --connect-timeout must be positive");
@@ -261,7 +266,7 @@ pub async fn run_with(
     hooks: Hooks,
 ) -> Result<Summary, ProducerError> {
     config.validate()?;
-    let (producer_id, first_seq) = identity(&config);
+    let (producer_id, start) = identity(&config);
     let client = reqwest::Client::builder()
         .timeout(config.request_timeout)
         .connect_timeout(config.connect_timeout.min(config.request_timeout))
@@ -275,21 +280,20 @@ pub async fn run_with(
     let route = match &config.target {
         Some(target) => Route::Fixed(sender::base_url(target)),
         None => {
-            let consul = ConsulClient::new(&config.consul).map_err(ProducerError::Consul)?;
-            let rx = watch_leader(consul, config.election_key.clone(), background.child_token());
+            let consul = ConsulClient::new(&config.cluster.consul).map_err(ProducerError::Consul)?;
+            let rx = watch_leader(
+                consul,
+                config.cluster.election_key.clone(),
+                background.child_token(),
+            );
             tasks.spawn(log_leader_changes(rx.clone(), background.child_token()));
             Route::Leader(rx)
         }
     };
-    tracing::info!(producer_id, first_seq, target = ?config.target, election_key = config.election_key, "producer starting");
+    tracing::info!(producer_id, ?start, target = ?config.target, election_key = config.cluster.election_key, "producer starting");
 
     let stats = Arc::new(Stats::new(producer_id.clone(), hooks.progress));
-    let sender = Arc::new(Sender {
-        client,
-        router: Arc::new(Router::new(route)),
-        producer_id,
-        retry_max_elapsed: config.retry_max_elapsed,
-    });
+    let router = Arc::new(Router::new(route));
 
     let capacity = config.batch_max.saturating_mul(2).clamp(1024, 1 << 20);
     let (tx, rx) = mpsc::channel(capacity);
@@ -334,6 +338,39 @@ pub async fn run_with(
         });
     }
 
+    // Where this run's sequence numbers start. The lookup waits for a leader like a batch does;
+    // if the drain timeout stops it, every batch is abandoned unsent (the number is never used).
+    let first_seq = match start {
+        Start::At(seq) => seq,
+        Start::AskLeader => {
+            let lookup = Sender {
+                client: client.clone(),
+                router: router.clone(),
+                producer_id: producer_id.clone(),
+                retry_max_elapsed: config.retry_max_elapsed,
+                window: Arc::new(Window::new(1, 0)),
+            };
+            match lookup.last_seq(&abort).await {
+                Ok(None) => 0,
+                Ok(Some(last)) => last.checked_add(1).ok_or_else(|| {
+                    ProducerError::Config(format!(
+                        "producer id {producer_id:?} has used every sequence number; pick another --producer-id"
+                    ))
+                })?,
+                Err(LookupError::Stopped) => 0,
+                Err(LookupError::Refused(reason)) => return Err(ProducerError::Resume(reason)),
+            }
+        }
+    };
+    tracing::info!(first_seq, "numbering messages");
+    let window = Arc::new(Window::new(config.max_in_flight, first_seq));
+    let sender = Arc::new(Sender {
+        client,
+        router,
+        producer_id,
+        retry_max_elapsed: config.retry_max_elapsed,
+        window: window.clone(),
+    });
     let mut batcher = Batcher::new(
         rx,
         first_seq,
@@ -353,12 +390,15 @@ pub async fn run_with(
                     record(joined, &stats, acks.as_ref());
                 }
             }
-            next = batcher.next_batch(), if source_open && in_flight.len() < config.max_in_flight => {
+            next = batcher.next_batch(), if source_open && window.has_room() => {
                 match next {
                     Some(batch) => {
                         let (sender, abort, stats) = (sender.clone(), abort.clone(), stats.clone());
+                        // Pending from now on; settled when the task ends, however it ends.
+                        let pending = window.open(batch.seq, batch.count);
                         in_flight.spawn(async move {
                             let outcome = sender.deliver(&batch, &abort, || stats.add_retried()).await;
+                            drop(pending);
                             (batch, outcome)
                         });
                     }
@@ -380,19 +420,27 @@ pub async fn run_with(
     Ok(summary)
 }
 
-/// The producer id and first sequence number of this run.
-fn identity(config: &Config) -> (String, u64) {
-    match &config.producer_id {
-        None => (uuid::Uuid::new_v4().to_string(), config.first_seq.unwrap_or(0)),
-        Some(id) => {
-            let from_clock = || {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
-                    .unwrap_or(0)
-            };
-            (id.trim().to_string(), config.first_seq.unwrap_or_else(from_clock))
-        }
+/// Where a run's sequence numbers start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// At this number (`--first-seq`, or 0 for a fresh random id).
+    At(u64),
+    /// After the last sequence the leader stored for the id (a fixed `--producer-id`).
+    AskLeader,
+}
+
+/// The producer id of this run and where its sequence numbers start.
+fn identity(config: &Config) -> (String, Start) {
+    match (&config.producer_id, config.first_seq) {
+        (_, Some(seq)) => (
+            config
+                .producer_id
+                .as_deref()
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), |id| id.trim().to_string()),
+            Start::At(seq),
+        ),
+        (None, None) => (uuid::Uuid::new_v4().to_string(), Start::At(0)),
+        (Some(id), None) => (id.trim().to_string(), Start::AskLeader),
     }
 }
 
@@ -402,31 +450,38 @@ fn record(
     stats: &Stats,
     acks: Option<&mpsc::UnboundedSender<Ack>>,
 ) {
-    match joined {
-        Ok((_, Outcome::Acked(ack))) => {
-            if stats.add_ack(&ack) {
-                tracing::info!(
-                    leader = ack.leader,
-                    term = ack.term,
-                    "acknowledged by a new leader"
-                );
-            }
-            if let Some(acks) = acks {
-                // A dropped receiver only means nobody is listening any more.
-                let _ = acks.send(ack);
-            }
+    let (batch, outcome) = match joined {
+        Ok(done) => done,
+        // Its messages stay counted as sent and not acknowledged.
+        Err(err) => {
+            tracing::error!(%err, "a sender task failed");
+            return;
         }
-        Ok((batch, Outcome::Failed(_))) => stats.add_failed(batch.count as u64),
-        Ok((batch, Outcome::Abandoned)) => {
+    };
+    for ack in outcome.acks {
+        if stats.add_ack(&ack) {
+            tracing::info!(
+                leader = ack.leader,
+                term = ack.term,
+                "acknowledged by a new leader"
+            );
+        }
+        if let Some(acks) = acks {
+            // A dropped receiver only means nobody is listening any more.
+            let _ = acks.send(ack);
+        }
+    }
+    match outcome.rest {
+        Rest::Nothing => {}
+        Rest::Failed { count, .. } => stats.add_failed(count),
+        Rest::Abandoned { count } => {
             tracing::warn!(
                 seq = batch.seq,
-                count = batch.count,
-                "batch not acknowledged before the drain timeout"
+                count,
+                "messages not acknowledged before the drain timeout"
             );
             stats.publish();
         }
-        // Its messages stay counted as sent and not acknowledged.
-        Err(err) => tracing::error!(%err, "a sender task failed"),
     }
 }
 
@@ -478,7 +533,7 @@ mod tests {
     #[test]
     fn flag_defaults_match_constructor() {
         let parsed = Cli::try_parse_from(["producer"]).unwrap().config;
-        let built = Config::for_consul(parsed.consul.clone());
+        let built = Config::for_consul(parsed.cluster.consul.clone());
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
     }
 
@@ -500,23 +555,35 @@ mod tests {
         assert!(c.validate().is_err());
     }
 
-    /// A random id starts at 0; a fixed id starts from the clock unless told otherwise.
+    /// A random id starts at 0; a fixed id asks the leader where it stopped unless
+    /// `--first-seq` says where to start.
     #[test]
     fn identity_rules() {
         let c = Config::for_target("h:1");
-        let (id, seq) = identity(&c);
+        let (id, start) = identity(&c);
         assert!(uuid::Uuid::parse_str(&id).is_ok());
-        assert_eq!(seq, 0);
+        assert_eq!(start, Start::At(0));
         let c = Config {
-            producer_id: Some("p1".into()),
+            producer_id: Some(" p1 ".into()),
             ..Config::for_target("h:1")
         };
-        assert!(identity(&c).1 > 1_600_000_000_000_000);
+        assert_eq!(identity(&c), ("p1".to_string(), Start::AskLeader));
         let c = Config {
-            producer_id: Some("p1".into()),
             first_seq: Some(7),
             ..c
         };
-        assert_eq!(identity(&c), ("p1".to_string(), 7));
+        assert_eq!(identity(&c), ("p1".to_string(), Start::At(7)));
+    }
+
+    /// `--max-in-flight` is bounded by the batches a node remembers per producer.
+    #[test]
+    fn max_in_flight_is_bounded_by_the_window() {
+        let mut c = Config::for_target("h:1");
+        c.max_in_flight = PRODUCER_WINDOW;
+        assert!(c.validate().is_ok());
+        c.max_in_flight = PRODUCER_WINDOW + 1;
+        assert!(c.validate().is_err());
+        c.max_in_flight = 0;
+        assert!(c.validate().is_err());
     }
 }

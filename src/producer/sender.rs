@@ -1,7 +1,9 @@
 //! Delivery of one batch: picks the target (a fixed URL, or the leader named in Consul, or the
 //! leader a follower pointed to), posts the batch with its idempotency headers, classifies the
-//! answer (stored / retry / give up) and retries the *same* batch with exponential back-off that
-//! wakes early when the leader changes.
+//! answer (stored / out of order / retry / give up) and retries the *same* batch with exponential
+//! back-off that wakes early when the leader changes, or — when the node is missing an earlier
+//! batch — when an earlier batch settles. A partial acknowledgement is kept and the rest resent.
+//! Also asks the leader where a producer id stopped, for a restarted producer.
 
 use std::{sync::Mutex, time::Duration};
 
@@ -10,7 +12,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use serde::Deserialize;
 use tokio::{sync::watch, time::Instant};
 
-use super::{batch::Batch, summary::Ack};
+use super::{batch::Batch, summary::Ack, window::Window};
 use crate::{consul::Backoff, discovery::CurrentLeader, shutdown::CancellationToken};
 
 /// First retry delay: small, so a failover costs little more than the new leader's election.
@@ -24,10 +26,16 @@ pub const RETRY_AFTER_CAP: Duration = Duration::from_millis(500);
 pub const PRODUCER_ID_HEADER: &str = "x-producer-id";
 /// Header with the sequence number of the batch's first message.
 pub const PRODUCER_SEQ_HEADER: &str = "x-producer-seq";
+/// Header with the producer's oldest sequence still awaiting an answer (see [`Window`]).
+pub const PRODUCER_PENDING_FROM_HEADER: &str = "x-producer-pending-from";
 /// Header a follower uses to name the leader (`host:port`).
 pub const LEADER_HEADER: &str = "x-simpleloggers-leader";
 /// The write path on a node.
 pub const LOG_PATH: &str = "/api/v1/log";
+/// Where a node tells a producer id's last stored sequence (`/api/v1/producers/{id}`).
+pub const PRODUCERS_PATH: &str = "/api/v1/producers";
+/// The `code` of a 409 that refuses a batch because an earlier one is missing (retriable).
+pub const OUT_OF_ORDER: &str = "out_of_order_sequence";
 
 /// What the node said it stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,8 +55,15 @@ pub struct Stored {
 /// What to do after one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Acknowledged: done.
+    /// Acknowledged: done (or, if fewer than sent, done with that many).
     Stored(Stored),
+    /// Refused because the node has not stored an earlier batch yet: resend once one settles.
+    OutOfOrder {
+        /// Why, for the logs.
+        reason: String,
+        /// The sequence the node expects next, if it said.
+        expected: Option<u64>,
+    },
     /// Not stored, and worth resending (to whoever is leader by then).
     Retry {
         /// Why, for the logs.
@@ -88,6 +103,10 @@ struct ErrorAnswer {
     #[serde(default)]
     error: Option<serde_json::Value>,
     #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    expected: Option<u64>,
+    #[serde(default)]
     leader: Option<LeaderRef>,
 }
 
@@ -122,6 +141,8 @@ fn error_text(body: &[u8]) -> String {
 ///
 /// - `200` with offsets: stored (a `duplicate` answer too); an unreadable `200` is retried,
 ///   which is safe because the resend carries the same id and sequence number;
+/// - `409` with code `out_of_order_sequence`: an earlier batch must be stored first (resent in
+///   order); any other `409` (a stale sequence) is fatal;
 /// - `503` (follower, lapsed lease), `507` (storage full, may clear or move with the leader),
 ///   `408`, `429` and other `5xx`: retry, keeping `Retry-After` and the leader hint;
 /// - `400`, `413` and every other status: fatal, with the node's JSON `error`.
@@ -150,6 +171,16 @@ pub fn classify(status: u16, retry_after: Option<&str>, leader_header: Option<&s
             retry_after: None,
             leader_hint: None,
         };
+    }
+    if status == 409 {
+        if let Ok(e) = serde_json::from_slice::<ErrorAnswer>(body) {
+            if e.code.as_deref() == Some(OUT_OF_ORDER) {
+                return Verdict::OutOfOrder {
+                    reason: format!("HTTP 409: {}", error_text(body)),
+                    expected: e.expected,
+                };
+            }
+        }
     }
     let retryable =
         status == 503 || status == 507 || status == 408 || status == 429 || (500..600).contains(&status);
@@ -295,15 +326,54 @@ async fn leader_changed(rx: &mut Option<watch::Receiver<Option<CurrentLeader>>>)
     }
 }
 
-/// How one batch ended.
+/// How one batch ended: its acknowledgements, then what became of the messages left.
 #[derive(Debug)]
-pub enum Outcome {
-    /// Stored (or found stored) by the leader.
-    Acked(Ack),
+pub struct Outcome {
+    /// Acknowledgements in sequence order: one, or several when the node stored (or had stored)
+    /// only part of the batch at a time; each counts exactly the messages it acknowledges.
+    pub acks: Vec<Ack>,
+    /// The messages no acknowledgement covers.
+    pub rest: Rest,
+}
+
+/// What became of the messages of a batch that were not acknowledged.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rest {
+    /// None left: every message was acknowledged.
+    Nothing,
     /// Given up: fatal answer or retry budget spent.
-    Failed(String),
+    Failed {
+        /// Messages given up on.
+        count: u64,
+        /// Why.
+        reason: String,
+    },
     /// Stopped by the drain timeout before an answer: neither acknowledged nor failed.
-    Abandoned,
+    Abandoned {
+        /// Messages left without an answer.
+        count: u64,
+    },
+}
+
+impl Outcome {
+    fn ended(acks: Vec<Ack>, rest: Rest) -> Self {
+        Self { acks, rest }
+    }
+}
+
+/// Why [`Sender::last_seq`] has no answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LookupError {
+    /// Stopped (drain timeout) before any node answered.
+    Stopped,
+    /// The node refused the question for good (e.g. an id it rejects); the message says why.
+    Refused(String),
+}
+
+/// The answer of `GET /api/v1/producers/{id}`.
+#[derive(Deserialize)]
+struct ProducerAnswer {
+    last_seq: u64,
 }
 
 /// Sends batches for one producer.
@@ -317,17 +387,22 @@ pub struct Sender {
     pub producer_id: String,
     /// How long to keep retrying one batch.
     pub retry_max_elapsed: Duration,
+    /// The pending batches: `X-Producer-Pending-From` and the signal to resend in order.
+    pub window: std::sync::Arc<Window>,
 }
 
 impl Sender {
     /// One POST of `batch` to `base`.
     async fn attempt(&self, base: &str, seq: u64, body: Bytes) -> Verdict {
+        // Never above the batch's own sequence (a partial batch's rest starts later).
+        let pending_from = self.window.pending_from().min(seq);
         let sent = self
             .client
             .post(format!("{base}{LOG_PATH}"))
             .header(CONTENT_TYPE, "application/x-ndjson")
             .header(PRODUCER_ID_HEADER, &self.producer_id)
             .header(PRODUCER_SEQ_HEADER, seq.to_string())
+            .header(PRODUCER_PENDING_FROM_HEADER, pending_from.to_string())
             .body(body)
             .send()
             .await;
@@ -347,16 +422,21 @@ impl Sender {
 
     /// Delivers `batch`: retries retryable failures with back-off until acknowledged, a fatal
     /// answer, `retry_max_elapsed`, or `abort` (the drain timeout). Each retry is counted by
-    /// `on_retry`.
+    /// `on_retry`. An out-of-order refusal is resent as soon as another batch settles (the node
+    /// is missing an earlier one); a partial acknowledgement is kept and the rest resent.
     pub async fn deliver(&self, batch: &Batch, abort: &CancellationToken, on_retry: impl Fn()) -> Outcome {
         let give_up_at = Instant::now() + self.retry_max_elapsed;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut changes = self.router.watch();
+        let mut settled = self.window.settled();
         let mut last_reason = String::from("no leader known");
         let mut attempts: u32 = 0;
+        let mut acks = Vec::new();
+        // What is left to acknowledge: the whole batch, then the rest after a partial answer.
+        let mut part = batch.clone();
         loop {
             if abort.is_cancelled() {
-                return Outcome::Abandoned;
+                return Outcome::ended(acks, abandoned(&part));
             }
             // Wait for somewhere to send to.
             let target = loop {
@@ -366,11 +446,13 @@ impl Sender {
                 if let Some(target) = self.router.target() {
                     break target;
                 }
-                tracing::debug!(seq = batch.seq, "no leader known; waiting");
+                tracing::debug!(seq = part.seq, "no leader known; waiting");
                 tokio::select! {
                     biased;
-                    _ = abort.cancelled() => return Outcome::Abandoned,
-                    _ = tokio::time::sleep_until(give_up_at) => return self.give_up(batch, attempts, &last_reason),
+                    _ = abort.cancelled() => return Outcome::ended(acks, abandoned(&part)),
+                    _ = tokio::time::sleep_until(give_up_at) => {
+                        return Outcome::ended(acks, self.give_up(&part, attempts, &last_reason));
+                    }
                     _ = leader_changed(&mut changes) => {}
                 }
             };
@@ -378,34 +460,82 @@ impl Sender {
                 on_retry();
             }
             attempts += 1;
+            settled.borrow_and_update();
             let verdict = tokio::select! {
                 biased;
-                _ = abort.cancelled() => return Outcome::Abandoned,
-                verdict = self.attempt(&target, batch.seq, batch.body.clone()) => verdict,
+                _ = abort.cancelled() => return Outcome::ended(acks, abandoned(&part)),
+                verdict = self.attempt(&target, part.seq, part.body.clone()) => verdict,
             };
-            match verdict {
+            let delay = match verdict {
+                Verdict::Stored(stored) if stored.count == 0 => {
+                    last_reason = "the node acknowledged none of the messages".to_string();
+                    backoff.next_delay()
+                }
                 Verdict::Stored(stored) => {
-                    if stored.count != batch.count as u64 {
+                    let acked = stored.count.min(part.count as u64);
+                    if stored.count > part.count as u64 {
                         tracing::warn!(
-                            seq = batch.seq,
-                            sent = batch.count,
+                            seq = part.seq,
+                            sent = part.count,
                             stored = stored.count,
-                            "the node acknowledged a different number of messages"
+                            "the node acknowledged more messages than were sent"
                         );
                     }
-                    return Outcome::Acked(Ack {
-                        seq: batch.seq,
-                        count: batch.count as u64,
+                    acks.push(Ack {
+                        seq: part.seq,
+                        count: acked,
                         first_offset: stored.first_offset,
-                        last_offset: stored.last_offset,
+                        last_offset: stored.first_offset + acked - 1,
                         term: stored.term,
                         duplicate: stored.duplicate,
                         leader: target,
                     });
+                    // `acked` is at most `part.count`, a usize.
+                    match part.rest_after(acked as usize) {
+                        None => return Outcome::ended(acks, Rest::Nothing),
+                        Some(rest) => {
+                            tracing::info!(
+                                seq = part.seq,
+                                sent = part.count,
+                                acknowledged = acked,
+                                "partial acknowledgement; sending the rest"
+                            );
+                            // Sending the rest is a new request, not a retry.
+                            part = rest;
+                            attempts = 0;
+                            backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+                            continue;
+                        }
+                    }
+                }
+                Verdict::OutOfOrder { reason, expected } => {
+                    // An earlier batch is not on this node yet: its settling (or a back-off, in
+                    // case it is elsewhere) is the cue to resend, which keeps the order.
+                    tracing::debug!(
+                        seq = part.seq,
+                        ?expected,
+                        target,
+                        "out of order; resending once an earlier batch settles"
+                    );
+                    last_reason = reason;
+                    let now = Instant::now();
+                    if now >= give_up_at {
+                        return Outcome::ended(acks, self.give_up(&part, attempts, &last_reason));
+                    }
+                    let delay = backoff.next_delay().min(give_up_at - now);
+                    tokio::select! {
+                        biased;
+                        _ = abort.cancelled() => return Outcome::ended(acks, abandoned(&part)),
+                        _ = settled.changed() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = leader_changed(&mut changes) => {}
+                    }
+                    continue;
                 }
                 Verdict::Fatal(reason) => {
-                    tracing::warn!(seq = batch.seq, count = batch.count, target, %reason, "batch rejected; not retrying");
-                    return Outcome::Failed(reason);
+                    tracing::warn!(seq = part.seq, count = part.count, target, %reason, "batch rejected; not retrying");
+                    let count = part.count as u64;
+                    return Outcome::ended(acks, Rest::Failed { count, reason });
                 }
                 Verdict::Retry {
                     reason,
@@ -425,32 +555,134 @@ impl Sender {
                         retry_after,
                         leader_hint.is_some() || named_leader,
                     );
-                    tracing::debug!(seq = batch.seq, attempt = attempts, target, %reason, ?delay, "retrying batch");
+                    tracing::debug!(seq = part.seq, attempt = attempts, target, %reason, ?delay, "retrying batch");
                     last_reason = reason;
-                    let now = Instant::now();
-                    if now >= give_up_at {
-                        return self.give_up(batch, attempts, &last_reason);
-                    }
-                    // The last attempt happens at the end of the budget, not before it.
-                    let delay = delay.min(give_up_at - now);
-                    tokio::select! {
-                        biased;
-                        _ = abort.cancelled() => return Outcome::Abandoned,
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = leader_changed(&mut changes) => {}
-                    }
+                    delay
                 }
+            };
+            let now = Instant::now();
+            if now >= give_up_at {
+                return Outcome::ended(acks, self.give_up(&part, attempts, &last_reason));
+            }
+            // The last attempt happens at the end of the budget, not before it.
+            let delay = delay.min(give_up_at - now);
+            tokio::select! {
+                biased;
+                _ = abort.cancelled() => return Outcome::ended(acks, abandoned(&part)),
+                _ = tokio::time::sleep(delay) => {}
+                _ = leader_changed(&mut changes) => {}
             }
         }
     }
 
-    fn give_up(&self, batch: &Batch, attempts: u32, reason: &str) -> Outcome {
+    fn give_up(&self, batch: &Batch, attempts: u32, reason: &str) -> Rest {
         let reason = format!(
             "gave up after {attempts} attempt(s) in {:?}: {reason}",
             self.retry_max_elapsed
         );
         tracing::warn!(seq = batch.seq, count = batch.count, %reason, "batch failed");
-        Outcome::Failed(reason)
+        Rest::Failed {
+            count: batch.count as u64,
+            reason,
+        }
+    }
+
+    /// Asks the leader for this producer id's last stored sequence (`GET
+    /// /api/v1/producers/{id}`), retrying like a batch (no leader, 503, transport errors) until an
+    /// answer: `Some(last)` to continue at `last + 1`, `None` when the leader knows no batch of
+    /// it (404: start at 0).
+    ///
+    /// # Errors
+    /// [`LookupError::Stopped`] once `stop` is cancelled; [`LookupError::Refused`] for a final
+    /// answer such as 400.
+    pub async fn last_seq(&self, stop: &CancellationToken) -> Result<Option<u64>, LookupError> {
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut changes = self.router.watch();
+        loop {
+            if let Some(changes) = changes.as_mut() {
+                changes.borrow_and_update();
+            }
+            let Some(target) = self.router.target() else {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Err(LookupError::Stopped),
+                    _ = leader_changed(&mut changes) => {}
+                }
+                continue;
+            };
+            let answer = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Err(LookupError::Stopped),
+                answer = self.ask_last_seq(&target) => answer,
+            };
+            let (reason, retry_after, leader_hint) = match answer {
+                Ok(found) => return Ok(found),
+                Err(Verdict::Fatal(reason)) => return Err(LookupError::Refused(reason)),
+                Err(Verdict::Retry {
+                    reason,
+                    retry_after,
+                    leader_hint,
+                }) => (reason, retry_after, leader_hint),
+                Err(other) => (format!("{other:?}"), None, None),
+            };
+            self.router.failed(&target);
+            if let Some(leader) = &leader_hint {
+                self.router.hint(&target, leader);
+            }
+            let delay = retry_delay(backoff.next_delay(), retry_after, leader_hint.is_some());
+            tracing::debug!(target, %reason, ?delay, "asking for the producer's last sequence again");
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Err(LookupError::Stopped),
+                _ = tokio::time::sleep(delay) => {}
+                _ = leader_changed(&mut changes) => {}
+            }
+        }
+    }
+
+    /// One `GET /api/v1/producers/{id}` to `base`.
+    async fn ask_last_seq(&self, base: &str) -> Result<Option<u64>, Verdict> {
+        let mut url = url::Url::parse(base).map_err(|e| Verdict::Fatal(format!("bad URL {base:?}: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| Verdict::Fatal(format!("bad URL {base:?}")))?
+            .pop_if_empty()
+            .extend(PRODUCERS_PATH.trim_start_matches('/').split('/'))
+            .push(&self.producer_id);
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| transport_retry(&e))?;
+        let status = response.status().as_u16();
+        let headers: HeaderMap = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| transport_retry(&e))?;
+        match status {
+            200 => serde_json::from_slice::<ProducerAnswer>(&body)
+                .map(|a| Some(a.last_seq))
+                .map_err(|e| Verdict::Retry {
+                    reason: format!("200 with an unreadable body: {e}"),
+                    retry_after: None,
+                    leader_hint: None,
+                }),
+            404 => Ok(None),
+            _ => {
+                let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+                Err(classify(
+                    status,
+                    header(RETRY_AFTER.as_str()),
+                    header(LEADER_HEADER),
+                    &body,
+                ))
+            }
+        }
+    }
+}
+
+/// The messages of `part`, left without an answer by the drain timeout.
+fn abandoned(part: &Batch) -> Rest {
+    Rest::Abandoned {
+        count: part.count as u64,
     }
 }
 

@@ -72,12 +72,14 @@ impl fmt::Display for Summary {
     }
 }
 
-/// One acknowledged batch: enough to find its messages in the log and check them.
+/// One acknowledgement (of a batch, or of part of one): enough to find its messages in the log
+/// and check them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ack {
     /// Sequence number of the batch's first message (message `i` is `seq + i`).
     pub seq: u64,
-    /// Messages in the batch as sent.
+    /// Messages this answer acknowledges (`seq .. seq + count`): all of the batch, or — when the
+    /// node had stored only part of it — that part, the rest being acknowledged separately.
     pub count: u64,
     /// Offset of the first stored message.
     pub first_offset: u64,

@@ -25,6 +25,7 @@ VALUE_SETS: dict[str, Path | None] = {
     "kind": CHART / "values-kind.yaml",
     "ha-consul": VALUES_DIR / "ha-consul.yaml",
     "external-consul": VALUES_DIR / "external-consul.yaml",
+    "external-sidecars": VALUES_DIR / "external-sidecars.yaml",
     "agentless": VALUES_DIR / "agentless.yaml",
     "producer-off": VALUES_DIR / "producer-off.yaml",
     "five-replicas": VALUES_DIR / "five-replicas.yaml",
@@ -41,8 +42,13 @@ def load_values(name: str) -> dict[str, Any] | None:
 
 def render(values: dict[str, Any] | None) -> dict[str, str]:
     """Renders the chart offline; raises HelmValuesError/HelmRenderError like `helm template`."""
-    with helm.Chart.load(CHART) as chart:
-        return chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return render_as(values, RELEASE)
+
+
+def render_as(values: dict[str, Any] | None, release: str, chart_dir: Path = CHART) -> dict[str, str]:
+    """Renders a chart directory (this chart by default) as an install of `release`."""
+    with helm.Chart.load(chart_dir) as chart:
+        return chart.render(values=values, name=release, namespace=NAMESPACE, is_install=True)
 
 
 def parse(manifests: dict[str, str]) -> list[Obj]:

@@ -104,3 +104,39 @@ def test_logcluster_spec_matches_crd_required_fields(objects_of):
     assert set(lc["spec"]) <= set(spec_schema["properties"])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"spec": {**lc["spec"], "replicas": "three"}}, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+# The formats the API server knows in a CRD schema (apiextensions-apiserver,
+# pkg/apiserver/validation/formats.go): integer int32/int64, number float/double, and a fixed set
+# for strings (compared without dashes, as go-openapi normalises them). It warns about any other
+# ("unrecognized format") and ignores it.
+INTEGER_FORMATS = {"int32", "int64"}
+NUMBER_FORMATS = {"float", "double"}
+STRING_FORMATS = {
+    "bsonobjectid", "uri", "email", "hostname", "ipv4", "ipv6", "cidr", "mac", "uuid", "uuid3", "uuid4", "uuid5",
+    "isbn", "isbn10", "isbn13", "creditcard", "ssn", "hexcolor", "rgbcolor", "byte", "password", "date", "duration",
+    "datetime", "quantity",
+}
+
+
+def _formats(schema, path="$"):
+    if isinstance(schema, dict):
+        if "format" in schema:
+            yield path, schema.get("type"), schema["format"]
+        for k, v in schema.items():
+            yield from _formats(v, f"{path}.{k}")
+    elif isinstance(schema, list):
+        for i, v in enumerate(schema):
+            yield from _formats(v, f"{path}[{i}]")
+
+
+def test_crd_formats_are_known_to_the_api_server():
+    """Every `format` in the CRD is one the API server recognises for its type (e.g. no
+    `uint64`, which schemars emits for u64 and the API server warns about)."""
+    crd = yaml.safe_load((CHART / "crds" / "logcluster.yaml").read_text())
+    found = list(_formats(crd["spec"]["versions"][0]["schema"]))
+    assert found, "expected some formats to check"
+    for path, type_, fmt in found:
+        known = {"integer": INTEGER_FORMATS, "number": NUMBER_FORMATS}.get(type_, STRING_FORMATS)
+        assert type_ in ("integer", "number", "string", None), f"{path}: a format on type {type_}"
+        assert fmt.replace("-", "") in known, f"{path}: format {fmt!r} on {type_} is unknown to the API server"

@@ -4,6 +4,7 @@ the RBAC the node's code uses, and the restricted security context."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -17,7 +18,9 @@ from conftest import (
     find,
     node_sts,
     of_kind,
+    parse,
     pod_specs,
+    render,
     selects,
 )
 
@@ -31,6 +34,18 @@ EXPECTED_RBAC = {
     ("apps", "statefulsets", "get"),
     ("simpleloggers.io", "logclusters/status", "patch"),
 }
+
+
+def EXPECTED_RESOURCE_NAMES(replicas: int) -> dict:
+    """The verbs that name one object, narrowed to this release's objects (list and create
+    cannot be narrowed by name; events get generated names)."""
+    pods = [f"{FULLNAME}-{i}" for i in range(replicas)]
+    return {
+        ("", "pods", "patch"): pods,
+        ("", "pods", "delete"): pods,
+        ("apps", "statefulsets", "get"): [FULLNAME],
+        ("simpleloggers.io", "logclusters/status", "patch"): [FULLNAME],
+    }
 
 
 def _node_pod(objects):
@@ -139,6 +154,7 @@ def test_agent_sidecar_wires_node_and_producer(objects_of):
         (agent,) = _agent(spec)
         assert agent["restartPolicy"] == "Always"
         assert "startupProbe" in agent and "readinessProbe" not in agent
+        assert agent["args"][:2] == ["consul", "agent"] and "command" not in agent
         assert "-node=$(POD_NAME)" in agent["args"] and "-advertise=$(POD_IP)" in agent["args"]
         assert "-client=127.0.0.1" in agent["args"]
         joins = [a for a in agent["args"] if a.startswith("-retry-join=")]
@@ -225,7 +241,15 @@ def test_role_grants_exactly_what_the_node_calls(value_set, objects_of):
         for v in rule["verbs"]
     }
     assert granted == EXPECTED_RBAC
-    assert all("resourceNames" not in rule for rule in role["rules"])
+    replicas = node_sts(objects)["spec"]["replicas"]
+    names = {
+        (g, r, v): rule.get("resourceNames")
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert names == {**{k: None for k in EXPECTED_RBAC}, **EXPECTED_RESOURCE_NAMES(replicas)}
     assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
     binding = find(objects, "RoleBinding", FULLNAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
@@ -339,11 +363,38 @@ def test_kind_values_and_cluster_config(objects_of):
     assert image == "simpleloggers:dev"
 
 
+def test_kind_nodes_run_a_pinned_supported_kubernetes():
+    """Every kind node runs the same kindest/node image, pinned by digest, of a Kubernetes the
+    chart supports (kubeVersion >= 1.29) and the chart is validated against (test_render)."""
+    from test_render import KUBE_VERSIONS
+
+    cfg = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    images = {n.get("image") for n in cfg["nodes"]}
+    assert len(images) == 1 and None not in images, images
+    (image,) = images
+    m = re.fullmatch(r"kindest/node:v(1)\.(\d+)\.(\d+)@sha256:[0-9a-f]{64}", image)
+    assert m, image
+    assert int(m.group(2)) >= 29
+    assert f"{m.group(1)}.{m.group(2)}.{m.group(3)}" in KUBE_VERSIONS
+
+
+def test_image_pull_secrets_reach_every_pod():
+    """global.imagePullSecrets lands in every pod spec: nodes, producer, Consul servers and the
+    `helm test` pod."""
+    objects = parse(render({"global": {"imagePullSecrets": [{"name": "regcred"}]}, "consul": {"server": {"replicas": 3}}}))
+    pods = pod_specs(objects)
+    assert {n.split("/")[0] for n, _, _ in pods} == {"StatefulSet", "Deployment", "Pod"}
+    assert len(pods) == 4
+    for name, _, spec in pods:
+        assert spec.get("imagePullSecrets") == [{"name": "regcred"}], name
+
+
 def test_notes_tell_the_right_wait_and_the_port_forward_caveat(value_set, notes_of):
-    """NOTES.txt: wait for exactly one Ready node (not `helm install --wait`), and the
-    port-forward caveat."""
+    """NOTES.txt: `helm install --wait` waits for Consul and the producer, not for the nodes;
+    then wait for exactly one Ready node; and the port-forward caveat."""
     notes = notes_of(value_set)
-    assert "do NOT use `helm install --wait`" in notes
+    assert "`helm install --wait` waits only for the" in notes
+    assert "`kubectl rollout status` refuses an OnDelete StatefulSet" in notes
     assert 'grep -c True)" = 1' in notes
     assert "port-forward svc/" in notes and "stays on it" in notes
 

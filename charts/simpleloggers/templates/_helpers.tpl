@@ -49,12 +49,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 simpleloggers.labels: the common labels on every object: selector labels, chart, version,
-manager, part-of.
+manager, part-of. Not for pod templates (see simpleloggers.podLabels).
 */}}
 {{- define "simpleloggers.labels" -}}
 helm.sh/chart: {{ include "simpleloggers.chart" . }}
-{{ include "simpleloggers.selectorLabels" . }}
+{{ include "simpleloggers.podLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end -}}
+
+{{/*
+simpleloggers.podLabels: the labels of every pod template: the common labels without
+helm.sh/chart and app.kubernetes.io/version. A label in a pod template is part of the pod's
+revision, so a version label would restart the Consul servers (a write outage with one server)
+and make the leader roll every node on a chart bump that changes nothing else; consul-k8s keeps
+its pod labels version-free for the same reason. The image tag still rolls pods when it changes.
+*/}}
+{{- define "simpleloggers.podLabels" -}}
+{{ include "simpleloggers.selectorLabels" . }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: simpleloggers
 {{- end -}}
@@ -219,21 +230,84 @@ seccompProfile:
 {{- end -}}
 
 {{/*
-simpleloggers.consulAgentSidecar: the Consul client agent as a native sidecar (an init
-container with restartPolicy: Always): it starts, and passes its startup probe once it has
-joined and sees itself in the catalog, before the app starts; it stops after the app, so the
-node can still release its lock and destroy its session through it. -node is the pod name, so
-each pod has its own serfHealth; the agent advertises the pod IP so the node's /healthz check
-and gossip reach it. Takes the root context.
+simpleloggers.consulAgentToken: true (non-empty) when the agent sidecars join an external Consul
+with an ACL token. The agent does not read CONSUL_HTTP_TOKEN (only API clients such as the CLI
+and the app do), so its own token goes into its configuration: acl.tokens.agent, written from the
+Secret by the consul-agent-acl init container, as consul-k8s does for its client agents.
 */}}
-{{- define "simpleloggers.consulAgentSidecar" -}}
+{{- define "simpleloggers.consulAgentToken" -}}
+{{- if and .Values.consul.agent.enabled (not .Values.consul.server.enabled) .Values.consul.external.tokenSecret.name -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulContainerEnv: what every container running the official Consul image needs.
+The image's entrypoint (dumb-init as PID 1, which reaps the probes' children) is kept; as uid
+100 it must not chown the data dir nor su-exec, which CONSUL_DISABLE_PERM_MGMT turns off.
+*/}}
+{{- define "simpleloggers.consulContainerEnv" -}}
+- name: CONSUL_DISABLE_PERM_MGMT
+  value: "true"
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end -}}
+
+{{/*
+simpleloggers.consulAgentInitContainers: the init containers of a pod with a Consul agent: the
+consul-agent-acl step (only with an agent token, see simpleloggers.consulAgentToken) and the
+agent itself as a native sidecar (an init container with restartPolicy: Always). The agent
+starts, and passes its startup probe once the catalog lists this pod's node at this pod's IP
+(a previous pod of the same name has another IP), before the app starts; it stops after the
+app, so the node can still release its lock and destroy its session through it. -node is the
+pod name, so each pod has its own serfHealth; the agent advertises the pod IP so the node's
+/healthz check and gossip reach it; -retry-interval is short because the default (30 s) is added
+to every cold start whose first join finds no server yet. Takes the root context.
+*/}}
+{{- define "simpleloggers.consulAgentInitContainers" -}}
+{{- if include "simpleloggers.consulAgentToken" . }}
+- name: consul-agent-acl
+  image: {{ include "simpleloggers.consulImage" . }}
+  imagePullPolicy: {{ .Values.consul.image.pullPolicy }}
+  command:
+    - /bin/sh
+    - -ec
+    - |
+      token="$(cat "$TOKEN_FILE")"
+      case "$token" in
+        "" | *[!A-Za-z0-9-]*)
+          echo "consul-agent-acl: $TOKEN_FILE is empty or not a Consul ACL token (letters, digits, dashes)" >&2
+          exit 1 ;;
+      esac
+      printf '{"acl": {"enabled": true, "default_policy": "deny", "down_policy": "extend-cache", "tokens": {"agent": "%s"}}}\n' "$token" >"$CONFIG_FILE"
+  env:
+    - name: TOKEN_FILE
+      value: /consul/acl-token/{{ .Values.consul.external.tokenSecret.key }}
+    - name: CONFIG_FILE
+      value: /consul/acl/agent-token.json
+  resources:
+    {{- toYaml .Values.consul.agent.resources | nindent 4 }}
+  securityContext:
+    {{- include "simpleloggers.containerSecurityContext" . | nindent 4 }}
+  volumeMounts:
+    - name: consul-acl-token
+      mountPath: /consul/acl-token
+      readOnly: true
+    - name: consul-agent-acl
+      mountPath: /consul/acl
+{{- end }}
 - name: consul-agent
   image: {{ include "simpleloggers.consulImage" . }}
   imagePullPolicy: {{ .Values.consul.image.pullPolicy }}
   restartPolicy: Always
-  command:
-    - consul
   args:
+    - consul
     - agent
     - -node=$(POD_NAME)
     - -advertise=$(POD_IP)
@@ -243,19 +317,17 @@ and gossip reach it. Takes the root context.
     - -datacenter={{ .Values.consul.datacenter }}
     - -disable-host-node-id
     - -hcl=leave_on_terminate = true
+    - -retry-interval={{ .Values.consul.retryInterval }}
     {{- range (include "simpleloggers.consulRetryJoin" . | trim | splitList "\n") }}
     - -retry-join={{ . | trim }}
     {{- end }}
+    {{- if include "simpleloggers.consulAgentToken" . }}
+    - -config-file=/consul/acl/agent-token.json
+    {{- end }}
   env:
-    - name: POD_NAME
-      valueFrom:
-        fieldRef:
-          fieldPath: metadata.name
-    - name: POD_IP
-      valueFrom:
-        fieldRef:
-          fieldPath: status.podIP
+    {{- include "simpleloggers.consulContainerEnv" . | nindent 4 }}
     {{- if and (not .Values.consul.server.enabled) .Values.consul.external.tokenSecret.name }}
+    # For the consul CLI of the startup probe.
     - name: CONSUL_HTTP_TOKEN
       valueFrom:
         secretKeyRef:
@@ -274,7 +346,7 @@ and gossip reach it. Takes the root context.
       command:
         - /bin/sh
         - -ec
-        - consul catalog nodes | grep -q "^${POD_NAME} "
+        - consul catalog nodes | awk -v node="$POD_NAME" -v addr="$POD_IP" '$1 == node && $3 == addr { found = 1 } END { exit !found }'
     periodSeconds: {{ .Values.consul.agent.startupProbe.periodSeconds }}
     failureThreshold: {{ .Values.consul.agent.startupProbe.failureThreshold }}
     timeoutSeconds: 2
@@ -285,4 +357,31 @@ and gossip reach it. Takes the root context.
   volumeMounts:
     - name: consul-agent-data
       mountPath: /consul/data
+    - name: consul-agent-tmp
+      mountPath: /tmp
+    {{- if include "simpleloggers.consulAgentToken" . }}
+    - name: consul-agent-acl
+      mountPath: /consul/acl
+      readOnly: true
+    {{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.consulAgentVolumes: the volumes the agent containers mount: its data dir, a
+writable /tmp (the root filesystem is read-only; `consul snapshot save` and others write there)
+and, with an agent token, the token Secret and the in-memory dir the agent's ACL config goes to.
+*/}}
+{{- define "simpleloggers.consulAgentVolumes" -}}
+- name: consul-agent-data
+  emptyDir: {}
+- name: consul-agent-tmp
+  emptyDir: {}
+{{- if include "simpleloggers.consulAgentToken" . }}
+- name: consul-acl-token
+  secret:
+    secretName: {{ .Values.consul.external.tokenSecret.name }}
+- name: consul-agent-acl
+  emptyDir:
+    medium: Memory
+{{- end }}
 {{- end -}}

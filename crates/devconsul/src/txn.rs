@@ -7,9 +7,9 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{
+use crate::{
     decode::{get_i64, get_str, normalize, Field, Schema},
-    http::{json, with_meta, ApiError, ApiResult, Ctx, MAX_VALUE_SIZE},
+    reply::{json, with_meta, ApiError, ApiResult, Ctx, MAX_VALUE_SIZE},
     state::{DirEntry, Store},
 };
 

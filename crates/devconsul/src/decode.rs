@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::duration::parse_go_duration;
+use crate::duration::parse_go_duration;
 
 /// The shape of one field, so map keys (Meta, Header) are never renamed.
 pub(crate) enum Field {

@@ -5,10 +5,10 @@ use axum::http::StatusCode;
 use serde_json::Value;
 use tokio::time::Duration;
 
-use super::{
+use crate::{
     decode::{decode_object, get_str, get_str_list, Field, Schema},
     duration::{format_go_duration, parse_go_duration},
-    http::{blocking, decode_failed, json, with_meta, ApiError, ApiResult, Ctx},
+    reply::{blocking, decode_failed, json, with_meta, ApiError, ApiResult, Ctx},
     state::{Behavior, Invalidation, NewSession, ServiceCheck, Session, SERF_CHECK_ID},
 };
 

@@ -5,9 +5,9 @@
 use axum::http::StatusCode;
 use serde_json::{json as js, Map, Value};
 
-use super::{
+use crate::{
     agent::check_json,
-    http::{blocking, json, with_meta, ApiError, ApiResult, Ctx},
+    reply::{blocking, json, with_meta, ApiError, ApiResult, Ctx},
     state::{Service, Status, Store},
 };
 

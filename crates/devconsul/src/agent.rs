@@ -7,17 +7,17 @@ use std::{collections::BTreeMap, sync::Arc};
 use axum::http::StatusCode;
 use serde_json::{json as js, Map, Value};
 use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::{
+    app::App,
     decode::{
         decode_object, get_bool, get_duration, get_i64, get_str, get_str_list, get_str_map, Field, Schema,
     },
     duration::format_go_duration,
-    http::{decode_failed, empty_ok, json, ApiError, ApiResult, Ctx},
+    reply::{decode_failed, empty_ok, json, ApiError, ApiResult, Ctx},
     state::{Check, CheckKind, Service, Status, Weights},
-    App,
 };
-use crate::shutdown::CancellationToken;
 
 /// Default HTTP/TCP check timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

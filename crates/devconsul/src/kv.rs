@@ -3,7 +3,7 @@
 
 use axum::http::{Method, StatusCode};
 
-use super::http::{blocking, json, raw, text, with_meta, ApiError, ApiResult, Ctx};
+use crate::reply::{blocking, json, raw, text, with_meta, ApiError, ApiResult, Ctx};
 
 /// Dispatches on the method.
 pub(crate) async fn handle(ctx: &Ctx) -> ApiResult {

@@ -4,9 +4,9 @@
 
 use std::{future::Future, time::Duration};
 
+use devconsul::{Config, DevConsulHandle};
 use reqwest::{Method, Response};
 use serde_json::Value;
-use simpleloggers::devconsul::{self, Config, DevConsulHandle};
 
 /// A running dev server plus an HTTP client pointed at it.
 pub struct Dev {

@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
+use devconsul::Config;
 use reqwest::Method;
 use serde_json::{json, Value};
-use simpleloggers::devconsul::Config;
 use support::{header, index, start, start_with};
 use tokio::time::Instant;
 
@@ -319,8 +319,8 @@ async fn g2_pretty() -> anyhow::Result<()> {
 /// `spawn(Config::default())` picks a free port instead of Consul's 8500, so parallel tests never collide.
 #[tokio::test]
 async fn spawn_default_uses_free_port() -> anyhow::Result<()> {
-    let a = simpleloggers::devconsul::spawn(Config::default()).await?;
-    let b = simpleloggers::devconsul::spawn(Config::default()).await?;
+    let a = devconsul::spawn(Config::default()).await?;
+    let b = devconsul::spawn(Config::default()).await?;
     assert_ne!(a.addr().port(), 8500);
     assert_ne!(a.addr(), b.addr());
     assert!(a.url().starts_with("http://127.0.0.1:"));

@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
+use devconsul::Config;
 use serde_json::{json, Value};
-use simpleloggers::devconsul::Config;
 use support::{eventually, index, start, start_with};
 use tokio::time::Instant;
 

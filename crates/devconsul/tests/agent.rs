@@ -13,8 +13,8 @@ use std::{
 };
 
 use axum::{extract::State, http::StatusCode, routing::get, Router};
+use devconsul::Config;
 use serde_json::{json, Value};
-use simpleloggers::devconsul::Config;
 use support::{eventually, header, index, start, start_with, Dev};
 
 /// Registers a service from a JSON body, asserting 200.

@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# Shared by deploy/kind-*.sh (sourced, not run): names, tool checks and the leader queries.
-# Override any name through the environment.
+# Shared by deploy/kind-*.sh (sourced, not run): names, tool checks, a portable clock and the
+# leader queries. Override any name through the environment; any release name works.
 
 CLUSTER="${KIND_CLUSTER:-simpleloggers}"
 RELEASE="${RELEASE:-simpleloggers}"
 NAMESPACE="${NAMESPACE:-simpleloggers}"
 IMAGE="${IMAGE:-simpleloggers:dev}"
-# The release name contains the chart name, so the full name is the release name.
-SERVICE="${RELEASE}"
-CONSUL="${RELEASE}-consul-server"
 ELECTION_KEY="${ELECTION_KEY:-service/simpleloggers/leader}"
+
+# chart_fullname RELEASE: the chart's simpleloggers.fullname for a release installed without
+# name overrides: the release name when it contains "simpleloggers", else
+# <release>-simpleloggers; cut to 63 characters, then one trailing dash dropped.
+# tests/chart/test_scripts.py checks it against the chart's own rendering.
+chart_fullname() {
+  local name="$1"
+  [[ "$name" == *simpleloggers* ]] || name="${name}-simpleloggers"
+  name="${name:0:63}"
+  echo "${name%-}"
+}
+
+FULLNAME="$(chart_fullname "$RELEASE")"
+# The main Service carries the full name.
+SERVICE="${FULLNAME}"
+# simpleloggers.consulServerName: the full name cut to 49 characters, then -consul-server.
+CONSUL="${FULLNAME:0:49}"
+CONSUL="${CONSUL%-}-consul-server"
 KUBECTL=(kubectl --context "kind-${CLUSTER}" --namespace "${NAMESPACE}")
 NODE_SELECTOR="app.kubernetes.io/instance=${RELEASE},app.kubernetes.io/component=node"
 
@@ -22,6 +37,19 @@ require() {
   if ((${#missing[@]})); then
     echo "missing tools: ${missing[*]} (install them and retry)" >&2
     exit 1
+  fi
+}
+
+# now_ms: wall-clock milliseconds without GNU date's %N (BSD and macOS date print a literal N):
+# bash 5's EPOCHREALTIME, else perl (on macOS by default), else whole seconds.
+now_ms() {
+  if [[ -n "${EPOCHREALTIME:-}" ]]; then
+    local us="${EPOCHREALTIME/[.,]/}" # the decimal separator follows the locale
+    echo "$((10#$us / 1000))"
+  elif command -v perl >/dev/null 2>&1; then
+    perl -MTime::HiRes=time -e 'printf "%d\n", time() * 1000'
+  else
+    echo "$(($(date +%s) * 1000))"
   fi
 }
 

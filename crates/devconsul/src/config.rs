@@ -1,0 +1,68 @@
+//! The dev server's settings: the `simpleloggers dev-consul` flags (a `clap::Args` group with
+//! `SIMPLELOGGERS_DEV_CONSUL_*` environment fallbacks) and the defaults tests and the demo use.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// Parses a human duration (`10s`, `1m`, `500ms`) for flags.
+fn parse_flag_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Dev server settings; every flag has a `SIMPLELOGGERS_DEV_CONSUL_*` environment fallback.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Address to serve Consul's HTTP API on (Consul's default port is 8500; port 0 = any free port).
+    #[arg(
+        long,
+        env = "SIMPLELOGGERS_DEV_CONSUL_LISTEN",
+        default_value = "127.0.0.1:8500"
+    )]
+    pub listen: SocketAddr,
+    /// Shortest session TTL accepted (Consul's `session_ttl_min`, default 10s); lower it for tests.
+    #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_SESSION_TTL_MIN", default_value = "10s", value_parser = parse_flag_duration)]
+    pub session_ttl_min: Duration,
+    /// When set, ACLs are enforced: every request must carry this token (`?token=`,
+    /// `X-Consul-Token` or `Authorization: Bearer`), except `/v1/status/leader`.
+    #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_ACL_TOKEN", hide_env_values = true)]
+    pub acl_token: Option<String>,
+    /// Name of the single emulated node.
+    #[arg(
+        long,
+        env = "SIMPLELOGGERS_DEV_CONSUL_NODE_NAME",
+        default_value = "dev-consul"
+    )]
+    pub node_name: String,
+    /// Datacenter name reported by the agent.
+    #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_DATACENTER", default_value = "dc1")]
+    pub datacenter: String,
+    /// How often services with long-critical checks are reaped (Consul: 30s). Test knob.
+    #[arg(long, hide = true, env = "SIMPLELOGGERS_DEV_CONSUL_CHECK_REAP_INTERVAL", default_value = "30s", value_parser = parse_flag_duration)]
+    pub check_reap_interval: Duration,
+    /// Lower bound applied to `DeregisterCriticalServiceAfter` (Consul: 1m). Test knob.
+    #[arg(long, hide = true, env = "SIMPLELOGGERS_DEV_CONSUL_CHECK_DEREGISTER_MIN", default_value = "1m", value_parser = parse_flag_duration)]
+    pub check_deregister_min: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8500)),
+            session_ttl_min: Duration::from_secs(10),
+            acl_token: None,
+            node_name: "dev-consul".to_string(),
+            datacenter: "dc1".to_string(),
+            check_reap_interval: Duration::from_secs(30),
+            check_deregister_min: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// The defaults, but listening on `127.0.0.1:0` (any free port): what tests want.
+    pub fn ephemeral() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        }
+    }
+}

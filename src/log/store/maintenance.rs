@@ -1,0 +1,254 @@
+//! Writer-thread maintenance of the segment files: rolling to a new segment (sealing the old one
+//! with its index and a producer/term snapshot), deleting old segments for retention, and
+//! truncating a suffix (rewriting a cut batch's markers so recovery keeps its prefix).
+
+use std::{fs, os::unix::fs::FileExt, sync::Arc};
+
+use bytes::Bytes;
+
+use super::{now_ms, writer::Writer};
+use crate::log::{
+    error::LogError,
+    index::{self, SegmentMeta, SegmentSnapshot, SparseIndex},
+    record, recovery,
+    segment::{self, FrameInfo, ScanMode, Segment},
+};
+
+impl Writer {
+    /// Seal the active segment (sync it, persist its index) and start a new one at the current
+    /// end, with a the last term and the producers the sealed segment changed; then apply retention.
+    pub(super) fn roll(&mut self) -> Result<(), LogError> {
+        self.st
+            .active
+            .sync_data()
+            .map_err(|e| LogError::io("sync segment", &self.st.active_path, e))?;
+        self.st.dirty = false;
+        let dir = self.shared.config.dir.clone();
+        let (meta, base) = {
+            let state = self.shared.state.read();
+            let seg = state.segments.last().ok_or(LogError::Closed)?;
+            let meta = SegmentMeta {
+                base: seg.base,
+                end: seg.end,
+                file_len: seg.len,
+                last_term: seg.last_term,
+                max_timestamp_ms: seg.max_timestamp_ms,
+                index: seg.index.clone(),
+            };
+            (meta, seg.end)
+        };
+        index::write_side_file(&segment::index_path(&dir, meta.base), &meta)?;
+        let snapshot = SegmentSnapshot {
+            last_term: self.st.last_term,
+            producers: self.shared.producers.lock().changed_since(meta.base),
+        };
+        index::write_side_file(&segment::snapshot_path(&dir, base), &snapshot)?;
+        let path = segment::log_path(&dir, base);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| LogError::io("create segment", &path, e))?;
+        if let Err(e) = index::sync_dir(&dir) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        let file = Arc::new(file);
+        self.shared.state.write().segments.push(Segment {
+            base,
+            path: path.clone(),
+            file: file.clone(),
+            end: base,
+            len: 0,
+            index: SparseIndex::default(),
+            last_term: None,
+            max_timestamp_ms: 0,
+        });
+        self.st.active = file;
+        self.st.active_path = path;
+        self.st.written_len = 0;
+        self.st.needs_repair = false;
+        tracing::debug!(base, "rolled to a new segment");
+        self.retention();
+        Ok(())
+    }
+
+    /// Delete whole segments from the front while over the byte or age limit (never the active
+    /// one). Returns the first retained offset.
+    pub(super) fn retention(&mut self) -> u64 {
+        let cfg = &self.shared.config;
+        let cutoff = cfg
+            .retention_age
+            .map(|age| now_ms().saturating_sub(age.as_millis() as u64));
+        let mut doomed = Vec::new();
+        let start = {
+            let mut state = self.shared.state.write();
+            let mut total: u64 = state.segments.iter().map(|s| s.len).sum();
+            while state.segments.len() > 1 {
+                let first = &state.segments[0];
+                let too_big = cfg.retention_bytes.is_some_and(|max| total > max);
+                let too_old = cutoff.is_some_and(|c| first.max_timestamp_ms < c);
+                if !(too_big || too_old) {
+                    break;
+                }
+                total -= first.len;
+                doomed.push(state.segments.remove(0));
+            }
+            state.start = state.segments.first().map_or(state.end, |s| s.base);
+            state.start
+        };
+        for seg in doomed {
+            tracing::info!(file = %seg.path.display(), base = seg.base, end = seg.end, "retention: deleting segment");
+            for p in [
+                seg.path.clone(),
+                segment::index_path(&cfg.dir, seg.base),
+                segment::snapshot_path(&cfg.dir, seg.base),
+            ] {
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(file = %p.display(), error = %e, "retention: could not delete");
+                    }
+                }
+            }
+        }
+        if let Err(e) = index::sync_dir(&cfg.dir) {
+            tracing::warn!(error = %e, "retention: could not sync the directory");
+        }
+        start
+    }
+
+    /// Drop every record at offsets `>= from`. A batch cut in the middle keeps its prefix, whose
+    /// batch markers are rewritten so that recovery sees a complete batch and keeps it.
+    pub(super) fn truncate(&mut self, from: u64) -> Result<(), LogError> {
+        let dir = self.shared.config.dir.clone();
+        let mut state = self.shared.state.write();
+        if from >= state.end {
+            return Ok(());
+        }
+        if from < state.start {
+            return Err(LogError::TruncateBeforeStart {
+                from,
+                start: state.start,
+            });
+        }
+        let k = state
+            .segments
+            .partition_point(|s| s.base <= from)
+            .saturating_sub(1);
+        let seg = &state.segments[k];
+        let position = locate(seg, from)?;
+        // Rebuild the producer table and last term from the segment's snapshot and its kept prefix.
+        let expiry = self.shared.config.producer_id_expiry;
+        let (mut producers, mut last_term) =
+            recovery::state_before(&dir, &state.segments[..k], seg.base, expiry)?;
+        let mut prefix = segment::read_at(&seg.file, &seg.path, 0, position as usize)?;
+        let scan = segment::scan(&seg.path, &prefix, seg.base, ScanMode::RepairTail, |batch| {
+            recovery::apply_batch(&mut producers, batch);
+            if let Some(f) = batch.last() {
+                last_term = Some((f.term, f.offset));
+            }
+        })?;
+        if let Some(torn) = scan.torn {
+            let cut = &mut prefix[torn.position as usize..];
+            let frames = rewrite_batch_tail(cut, &seg.path, torn.position)?;
+            seg.file
+                .write_all_at(cut, torn.position)
+                .map_err(|e| LogError::io("rewrite batch markers", &seg.path, e))?;
+            recovery::apply_batch(&mut producers, &frames);
+            if let Some(f) = frames.last() {
+                last_term = Some((f.term, f.offset));
+            }
+        }
+        let in_seg = last_term.filter(|&(_, o)| o >= seg.base);
+        let removed: Vec<Segment> = state.segments.drain(k + 1..).collect();
+        let seg = &mut state.segments[k];
+        seg.file
+            .set_len(position)
+            .map_err(|e| LogError::io("truncate segment", &seg.path, e))?;
+        seg.file
+            .sync_all()
+            .map_err(|e| LogError::io("sync segment", &seg.path, e))?;
+        seg.len = position;
+        seg.end = from;
+        seg.index.truncate(from);
+        seg.last_term = in_seg;
+        let (active, active_path, seg_base) = (seg.file.clone(), seg.path.clone(), seg.base);
+        state.end = from;
+        state.last_term = last_term;
+        drop(state);
+        let _ = fs::remove_file(segment::index_path(&dir, seg_base)); // no longer sealed
+        for s in removed {
+            for p in [
+                s.path.clone(),
+                segment::index_path(&dir, s.base),
+                segment::snapshot_path(&dir, s.base),
+            ] {
+                let _ = fs::remove_file(p);
+            }
+        }
+        index::sync_dir(&dir)?;
+        *self.shared.producers.lock() = producers;
+        self.st.active = active;
+        self.st.active_path = active_path;
+        self.st.written_len = position;
+        self.st.next_offset = from;
+        self.st.last_term = last_term;
+        self.st.needs_repair = false;
+        self.shared.visible.send_replace(from);
+        tracing::warn!(from, "log truncated");
+        Ok(())
+    }
+}
+
+/// Re-encode the frames of a batch prefix (all of `bytes`, starting at file position `at`) so
+/// their batch markers count down to 0 at the last kept frame. Returns their frame facts.
+fn rewrite_batch_tail(bytes: &mut [u8], path: &std::path::Path, at: u64) -> Result<Vec<FrameInfo>, LogError> {
+    let mut frames = Vec::new();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let f = record::decode(&bytes[pos..], |r| Bytes::copy_from_slice(&bytes[pos..][r])).map_err(|e| {
+            LogError::Corrupt {
+                file: path.to_owned(),
+                position: at + pos as u64,
+                reason: format!("{e:?}"),
+            }
+        })?;
+        frames.push((pos, f));
+        pos += frames.last().map_or(0, |(_, f)| f.len);
+    }
+    let n = frames.len();
+    let mut infos = Vec::with_capacity(n);
+    for (i, (pos, f)) in frames.into_iter().enumerate() {
+        let mut buf = Vec::with_capacity(f.len);
+        record::encode(&mut buf, &f.record, (n - 1 - i) as u32);
+        bytes[pos..pos + f.len].copy_from_slice(&buf);
+        infos.push(FrameInfo {
+            offset: f.record.offset,
+            position: at + pos as u64,
+            term: f.record.term,
+            timestamp_ms: f.record.timestamp_ms,
+            producer: f.record.producer,
+        });
+    }
+    Ok(infos)
+}
+
+/// Byte position of record `offset` in `seg`.
+fn locate(seg: &Segment, offset: u64) -> Result<u64, LogError> {
+    let (mut off, mut pos) = seg.index.lookup(offset, seg.base);
+    while off < offset {
+        let head = segment::read_at(&seg.file, &seg.path, pos, record::PREFIX_LEN)?;
+        let body = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let frame = segment::read_at(&seg.file, &seg.path, pos, record::PREFIX_LEN + body)?;
+        let f = record::decode(&frame, |_| Bytes::new()).map_err(|e| LogError::Corrupt {
+            file: seg.path.clone(),
+            position: pos,
+            reason: format!("{e:?}"),
+        })?;
+        off += 1;
+        pos += f.len as u64;
+    }
+    Ok(pos)
+}

@@ -1,0 +1,458 @@
+//! [`LogStore`]: the cheap-`Clone` handle the node uses, and the state it shares with the writer
+//! thread (visible log shape, producer table, the command queue). Reads run here, on the blocking
+//! pool, against the visible prefix only. Every mutation is a `Command` to the single writer:
+//! `writer` group-commits appends and rolls back a failed write; `maintenance` rolls segments,
+//! enforces retention and truncates a suffix.
+
+mod maintenance;
+mod writer;
+
+use std::{
+    fs::{self, File},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, watch};
+
+use self::writer::WriterState;
+use super::{
+    config::LogConfig,
+    error::LogError,
+    producer::{ProducerBatch, Producers},
+    record::Record,
+    recovery,
+    segment::{ReadCursor, Segment},
+};
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The batch was stored at offsets `first .. first + count`.
+    Appended {
+        /// Offset of the batch's first record.
+        first: u64,
+        /// Number of records.
+        count: u32,
+    },
+    /// The producer already stored this batch; nothing was written. These are the original offsets.
+    Duplicate {
+        /// Offset of the first record of the original batch (from the retried sequence on).
+        first: u64,
+        /// Number of retried records found stored.
+        count: u32,
+    },
+}
+
+impl AppendOutcome {
+    /// Offset of the first record, whichever the outcome.
+    pub fn first(&self) -> u64 {
+        match *self {
+            AppendOutcome::Appended { first, .. } | AppendOutcome::Duplicate { first, .. } => first,
+        }
+    }
+}
+
+/// The visible (acknowledged) shape of the log, shared by readers and the writer.
+#[derive(Debug)]
+struct LogState {
+    /// Retained segments in offset order; the last one is active.
+    segments: Vec<Segment>,
+    /// First retained offset.
+    start: u64,
+    /// One past the last visible offset.
+    end: u64,
+    /// `(term, offset)` of the last visible record (or the last before the retained log).
+    last_term: Option<(u64, u64)>,
+}
+
+/// State shared between the handles and the writer thread.
+#[derive(Debug)]
+struct Shared {
+    /// The configuration the store was opened with.
+    config: LogConfig,
+    /// Visible log shape. Readers hold the read lock while reading files so that truncation and
+    /// retention (write lock) never pull a file from under them; the writer takes the write lock
+    /// only briefly per group.
+    state: RwLock<LogState>,
+    /// Producer table, updated when a batch is admitted and rolled back if its write fails.
+    producers: Mutex<Producers>,
+    /// Visible end offset, for tailing readers.
+    visible: watch::Sender<u64>,
+    /// False after a failed write or sync, until a write succeeds again (readiness).
+    writable: AtomicBool,
+    /// Set once the writer has stopped (after `close`).
+    closed: AtomicBool,
+    /// The exclusive `flock` on `<dir>/LOCK`, released when the last user of the store is gone.
+    _lock: File,
+}
+
+/// Take an exclusive lock on the log directory so that two stores (or two processes) never
+/// write the same log.
+///
+/// # Errors
+/// [`LogError::Io`] (`EWOULDBLOCK`) when another store holds the directory.
+fn lock_dir(dir: &std::path::Path) -> Result<File, LogError> {
+    use std::os::fd::AsRawFd;
+    fs::create_dir_all(dir).map_err(|e| LogError::io("create log directory", dir, e))?;
+    let path = dir.join("LOCK");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LogError::io("open lock file", &path, e))?;
+    // SAFETY: flock on a valid, owned file descriptor; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(LogError::io(
+            "lock log directory (is another store open on it?)",
+            &path,
+            e,
+        ));
+    }
+    Ok(file)
+}
+
+/// Messages to the writer thread.
+enum Command {
+    /// Append one atomic batch.
+    Append {
+        term: u64,
+        producer: Option<ProducerBatch>,
+        payloads: Vec<Bytes>,
+        reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+    },
+    /// Drop every record from `from` on.
+    Truncate {
+        from: u64,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    /// Delete old segments per the retention settings.
+    Retention {
+        reply: oneshot::Sender<Result<u64, LogError>>,
+    },
+    /// `fdatasync` whatever is written.
+    Flush {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    /// Final sync, then stop.
+    Close {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// Owner of the writer thread; dropping the last handle stops and joins it.
+#[derive(Debug)]
+struct Inner {
+    /// Queue to the writer; `None` once dropping.
+    tx: Option<mpsc::Sender<Command>>,
+    /// Shared state.
+    shared: Arc<Shared>,
+    /// The writer thread, joined on drop so a directory can be reopened right after.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Append { .. } => "Append",
+            Command::Truncate { .. } => "Truncate",
+            Command::Retention { .. } => "Retention",
+            Command::Flush { .. } => "Flush",
+            Command::Close { .. } => "Close",
+        })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Handle to a durable segmented log. Cheap to clone; all clones share one writer thread.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    /// The shared owner.
+    inner: Arc<Inner>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl LogStore {
+    /// Open (or create) the log in `config.dir`, running recovery: sealed segment indexes are
+    /// loaded (or rebuilt), the active segment is scanned, a torn tail is cut and logged, and the
+    /// producer table and last term are rebuilt.
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] for damage in the middle of the log, I/O errors otherwise.
+    pub async fn open(config: LogConfig) -> Result<LogStore, LogError> {
+        let cfg = config.clone();
+        let (lock, rec) = tokio::task::spawn_blocking(move || {
+            let lock = lock_dir(&cfg.dir)?;
+            Ok::<_, LogError>((lock, recovery::recover(&cfg)?))
+        })
+        .await
+        .map_err(|_| LogError::Closed)??;
+        let start = rec.segments.first().map_or(0, |s| s.base);
+        let end = rec.segments.last().map_or(0, |s| s.end);
+        let active = rec.segments.last().ok_or(LogError::Closed)?;
+        let writer_state = WriterState::at_end(active, rec.last_term);
+        let (visible, _) = watch::channel(end);
+        let shared = Arc::new(Shared {
+            config,
+            state: RwLock::new(LogState {
+                segments: rec.segments,
+                start,
+                end,
+                last_term: rec.last_term,
+            }),
+            producers: Mutex::new(rec.producers),
+            visible,
+            writable: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            _lock: lock,
+        });
+        let (tx, thread) = writer::spawn(shared.clone(), writer_state)?;
+        tracing::info!(dir = %shared.config.dir.display(), start, end, "log store opened");
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                shared,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<oneshot::Receiver<T>, LogError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or(LogError::Closed)?;
+        tx.send(make(reply)).map_err(|_| LogError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Append an atomic batch (at least one record). Record `i` carries producer sequence
+    /// `seq + i` when `producer` is given. A retry of a recently stored producer batch writes
+    /// nothing and returns [`AppendOutcome::Duplicate`] with the original offsets (the last
+    /// [`PRODUCER_WINDOW`](crate::log::PRODUCER_WINDOW) batches per producer are remembered; a retry
+    /// partly overlapping stored sequences reports only the stored part). Returns once durable
+    /// under the configured durability mode. The rules are in `producer::Producers::check`.
+    ///
+    /// # Errors
+    /// [`LogError::EmptyBatch`], [`LogError::RecordTooLarge`], [`LogError::StaleTerm`] (term below
+    /// the log's last term), [`LogError::OutOfOrderSequence`] (a gap: retriable),
+    /// [`LogError::StaleSequence`], [`LogError::SequenceOverflow`], [`LogError::DiskFull`]/
+    /// [`LogError::Io`] (nothing was stored), [`LogError::Closed`].
+    pub async fn append(
+        &self,
+        term: u64,
+        producer: Option<ProducerBatch>,
+        payloads: Vec<Bytes>,
+    ) -> Result<AppendOutcome, LogError> {
+        if payloads.is_empty() {
+            return Err(LogError::EmptyBatch);
+        }
+        let max = self.inner.shared.config.max_record_bytes;
+        if let Some(p) = payloads.iter().find(|p| p.len() > max) {
+            return Err(LogError::RecordTooLarge { size: p.len(), max });
+        }
+        if let Some(p) = &producer {
+            p.validate(payloads.len())?;
+        }
+        let rx = self.send(|reply| Command::Append {
+            term,
+            producer,
+            payloads,
+            reply,
+        })?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Read up to `max_records` records from offset `from`, stopping before `max_bytes` of payload
+    /// would be exceeded (at least one record is returned if any is available). Only acknowledged
+    /// records are visible. `from` at or past the end returns an empty list.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetTrimmed`] when `from` was deleted by retention; [`LogError::Corrupt`] if a
+    /// stored frame fails its CRC.
+    pub async fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || shared.read_blocking(from, max_records, max_bytes))
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Next offset to assign: the number of visible records since offset 0.
+    pub fn end_offset(&self) -> u64 {
+        self.inner.shared.state.read().end
+    }
+
+    /// First retained offset.
+    pub fn start_offset(&self) -> u64 {
+        self.inner.shared.state.read().start
+    }
+
+    /// `(term, offset)` of the last visible record; after retention removed everything, the last
+    /// record before the retained log. `None` for a log that never held a record.
+    pub fn last_term(&self) -> Option<(u64, u64)> {
+        self.inner.shared.state.read().last_term
+    }
+
+    /// A watch of the visible end offset, for tailing: read up to the value, then `changed().await`.
+    /// The value can go down after [`truncate_suffix`](Self::truncate_suffix).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.shared.visible.subscribe()
+    }
+
+    /// Wait until the record at `offset` is visible; returns the visible end offset (> `offset`).
+    /// Cancel-safe: drop the future (e.g. in `select!` with a shutdown token) to stop waiting.
+    ///
+    /// # Errors
+    /// [`LogError::Closed`] if the store is closed while waiting.
+    pub async fn wait_for(&self, offset: u64) -> Result<u64, LogError> {
+        let mut rx = self.subscribe();
+        loop {
+            let end = *rx.borrow_and_update();
+            if end > offset {
+                return Ok(end);
+            }
+            if self.inner.shared.closed.load(Ordering::Acquire) {
+                return Err(LogError::Closed);
+            }
+            rx.changed().await.map_err(|_| LogError::Closed)?;
+        }
+    }
+
+    /// Drop every record at offsets `>= from` (no-op if `from` is at or past the end). Durable on
+    /// return. Producer history of the dropped records is forgotten.
+    ///
+    /// # Errors
+    /// [`LogError::TruncateBeforeStart`] if `from` is below the first retained offset; I/O errors.
+    pub async fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
+        self.send(|reply| Command::Truncate { from, reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Delete whole old segments per `retention_bytes` / `retention_age` (never the active one);
+    /// also runs on every segment roll. Returns the new first retained offset.
+    ///
+    /// # Errors
+    /// [`LogError::Closed`].
+    pub async fn enforce_retention(&self) -> Result<u64, LogError> {
+        self.send(|reply| Command::Retention { reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Last stored sequence of a producer (including a batch whose sync is in progress).
+    /// `None` for an unknown producer or one idle longer than `producer_id_expiry`.
+    pub fn producer_last_seq(&self, producer_id: &str) -> Option<u64> {
+        self.inner.shared.producers.lock().last_seq(producer_id, now_ms())
+    }
+
+    /// `fdatasync` everything written so far (useful under `interval`/`never`).
+    ///
+    /// # Errors
+    /// I/O errors from the sync; [`LogError::Closed`].
+    pub async fn flush(&self) -> Result<(), LogError> {
+        self.send(|reply| Command::Flush { reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Final sync and stop the writer; other clones then get [`LogError::Closed`] on writes.
+    ///
+    /// # Errors
+    /// I/O errors from the final sync.
+    pub async fn close(self) -> Result<(), LogError> {
+        let res = match self.send(|reply| Command::Close { reply }) {
+            Ok(rx) => rx.await.unwrap_or(Err(LogError::Closed)),
+            Err(_) => Ok(()), // already closed
+        };
+        let inner = self.inner.clone();
+        drop(self);
+        // Join the writer off the async workers (it has already stopped or is about to).
+        let handle = inner.thread.lock().take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        res
+    }
+
+    /// False after a failed write or sync until an append succeeds again (for readiness).
+    pub fn is_writable(&self) -> bool {
+        self.inner.shared.writable.load(Ordering::Acquire)
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.inner.shared.config.dir
+    }
+
+    /// Number of retained segments (diagnostics and tests).
+    pub fn segment_count(&self) -> usize {
+        self.inner.shared.state.read().segments.len()
+    }
+}
+
+impl Shared {
+    fn read_blocking(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let state = self.state.read();
+        if from < state.start {
+            return Err(LogError::OffsetTrimmed {
+                offset: from,
+                start: state.start,
+            });
+        }
+        let mut cursor = ReadCursor {
+            next: from,
+            end: state.end,
+            max_records,
+            max_bytes,
+            bytes: 0,
+            out: Vec::new(),
+        };
+        if max_records == 0 || from >= state.end {
+            return Ok(cursor.out);
+        }
+        let first = state
+            .segments
+            .partition_point(|s| s.base <= from)
+            .saturating_sub(1);
+        for seg in &state.segments[first..] {
+            if cursor.full() {
+                break;
+            }
+            seg.read_into(&mut cursor)?;
+        }
+        Ok(cursor.out)
+    }
+}

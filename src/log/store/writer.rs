@@ -1,0 +1,604 @@
+//! The single writer thread and its sync thread: admits appends into a group (one write and one
+//! `fdatasync` for everything queued), pipelines the next group's write with the current group's
+//! sync under `always`, publishes durable groups to readers, and rolls back a failed write or sync
+//! so the log stays consistent. Roll, retention and truncation live in `maintenance`.
+
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    path::PathBuf,
+    sync::{atomic::Ordering, mpsc, Arc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{now_ms, AppendOutcome, Command, Shared};
+use crate::log::{
+    config::{Durability, LogConfig},
+    error::LogError,
+    producer::{Admit, History, ProducerBatch},
+    record::{self, ProducerSeq, Record},
+    segment::Segment,
+};
+
+/// A group is written out once this many bytes are queued, even if more appends are waiting.
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Encoded bytes are written out in pieces of about this size while a group is still being
+/// admitted (one `fdatasync` still covers the whole group): the copy into the page cache then
+/// reads data that is still in the CPU cache instead of a cold multi-MiB buffer.
+const WRITE_CHUNK: usize = 1024 * 1024;
+/// How long the writer polls for the next append before sleeping (see `Writer::recv_soon`).
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
+
+/// Writer-thread view of the active segment and the not-yet-visible tail.
+#[derive(Debug)]
+pub(super) struct WriterState {
+    /// The active segment file.
+    pub(super) active: Arc<File>,
+    /// Its path, for errors.
+    pub(super) active_path: PathBuf,
+    /// Bytes of the active segment that hold committed frames; writes go here.
+    pub(super) written_len: u64,
+    /// Next offset to assign (includes admitted, unwritten batches).
+    pub(super) next_offset: u64,
+    /// Last term including admitted batches (for fencing).
+    pub(super) last_term: Option<(u64, u64)>,
+    /// Written but not synced (interval/never).
+    pub(super) dirty: bool,
+    /// When the last sync happened (interval mode).
+    last_sync: Instant,
+    /// A failed write could not be cut back; do it before the next write.
+    pub(super) needs_repair: bool,
+}
+
+impl WriterState {
+    /// Positioned at the end of the recovered `active` segment, with the recovered last term.
+    pub(super) fn at_end(active: &Segment, last_term: Option<(u64, u64)>) -> WriterState {
+        WriterState {
+            active: active.file.clone(),
+            active_path: active.path.clone(),
+            written_len: active.len,
+            next_offset: active.end,
+            last_term,
+            dirty: false,
+            last_sync: Instant::now(),
+            needs_repair: false,
+        }
+    }
+}
+
+/// One reply to send once the part it belongs to is durable.
+type Pending = (oneshot::Sender<Result<AppendOutcome, LogError>>, AppendOutcome);
+
+/// Appends admitted since the last write: written together, synced together, acknowledged together.
+#[derive(Debug, Default)]
+struct Part {
+    /// Encoded frames.
+    buf: Vec<u8>,
+    /// `(offset, position)` of each frame, for the sparse index.
+    positions: Vec<(u64, u64)>,
+    /// Replies (appended batches and duplicates) waiting on this part.
+    replies: Vec<Pending>,
+    /// Producer table entries to restore if the write fails.
+    undo: Vec<(String, Option<History>)>,
+    /// Writer state to restore if the write fails: `(next_offset, last_term)` before the part.
+    before: Option<(u64, Option<(u64, u64)>)>,
+    /// Newest timestamp in the part.
+    max_ts: u64,
+    /// Bytes of this part already written (at the segment's `written_len`) while admitting.
+    flushed: u64,
+    /// A failed early write: the whole part fails when committed.
+    write_error: Option<LogError>,
+    /// Active segment length before the part was written (where a failure cuts back to).
+    len_before: u64,
+    /// Active segment length after the part was written.
+    len_after: u64,
+    /// Next offset after the part (its visible end once durable).
+    next_after: u64,
+    /// Last `(term, offset)` after the part.
+    last_term_after: Option<(u64, u64)>,
+}
+
+/// A part that is written and whose `fdatasync` is running on the sync thread; the writer
+/// encodes and writes the next part meanwhile (write/sync pipelining under `always`).
+struct Inflight {
+    /// The written part, acknowledged when the sync succeeds.
+    part: Part,
+    /// Result of the sync.
+    done: mpsc::Receiver<std::io::Result<()>>,
+}
+
+/// A request to the sync thread: sync this file, report here.
+type SyncJob = (Arc<File>, mpsc::SyncSender<std::io::Result<()>>);
+
+/// Start the thread that runs `fdatasync` for the writer, so that the next group's write overlaps
+/// the current group's sync. It stops when the writer drops its sender.
+fn spawn_syncer() -> Result<mpsc::Sender<SyncJob>, LogError> {
+    let (tx, rx) = mpsc::channel::<SyncJob>();
+    std::thread::Builder::new()
+        .name("log-sync".into())
+        .spawn(move || {
+            for (file, done) in rx {
+                let _ = done.send(file.sync_data());
+            }
+        })
+        .map_err(|e| LogError::io("spawn sync thread", PathBuf::new(), e))?;
+    Ok(tx)
+}
+
+/// Start the writer thread (and its sync thread) over `shared`, positioned at `st`. Returns the
+/// queue to the writer and its handle; the writer stops when every sender is dropped.
+///
+/// # Errors
+/// [`LogError::Io`] when a thread cannot be spawned.
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    st: WriterState,
+) -> Result<(mpsc::Sender<Command>, JoinHandle<()>), LogError> {
+    let (tx, rx) = mpsc::channel();
+    let syncer = spawn_syncer()?;
+    let mut writer = Writer {
+        shared,
+        rx,
+        st,
+        part: Part::default(),
+        inflight: None,
+        syncer,
+    };
+    let thread = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || writer.run())
+        .map_err(|e| LogError::io("spawn writer thread", PathBuf::new(), e))?;
+    Ok((tx, thread))
+}
+
+/// The single writer: owns all mutations of the log (maintenance in `super::maintenance`).
+pub(super) struct Writer {
+    /// State shared with the handles.
+    pub(super) shared: Arc<Shared>,
+    /// Commands from the handles.
+    rx: mpsc::Receiver<Command>,
+    /// The active segment and the not-yet-visible tail.
+    pub(super) st: WriterState,
+    /// The group being admitted.
+    part: Part,
+    /// The part whose sync is running, if any (only under `always`).
+    inflight: Option<Inflight>,
+    /// Queue to the sync thread.
+    syncer: mpsc::Sender<SyncJob>,
+}
+
+impl Writer {
+    fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    fn run(&mut self) {
+        loop {
+            let cmd = match self.config().durability {
+                Durability::Interval(every) if self.st.dirty => {
+                    let wait = every.saturating_sub(self.st.last_sync.elapsed());
+                    match self.rx.recv_timeout(wait) {
+                        Ok(cmd) => cmd,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            self.background_sync();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                // A sync is running: take more work if some is queued, else wait for the sync.
+                _ if self.inflight.is_some() => match self.rx.try_recv() {
+                    Ok(cmd) => cmd,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let _ = self.settle_all();
+                        continue;
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                },
+                _ => match self.recv_soon() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                },
+            };
+            if self.process(cmd) {
+                return;
+            }
+            // Group commit: take everything already queued into the same write + sync.
+            while let Ok(cmd) = self.rx.try_recv() {
+                if self.process(cmd) {
+                    return;
+                }
+                if self.part.flushed as usize + self.part.buf.len() >= MAX_GROUP_BYTES {
+                    self.commit_part();
+                }
+            }
+            self.commit_part();
+            if let Durability::Interval(every) = self.config().durability {
+                if self.st.dirty && self.st.last_sync.elapsed() >= every {
+                    self.background_sync();
+                }
+            }
+        }
+        if self.drain().is_ok() && self.st.dirty {
+            let _ = self.sync();
+        }
+    }
+
+    /// Under `always`, poll the queue for a short while before sleeping: acknowledged appenders
+    /// usually send again within microseconds, and catching them without a futex sleep/wake
+    /// round trip shortens every group-commit cycle. Otherwise (or after the spin) block.
+    fn recv_soon(&mut self) -> Result<Command, mpsc::RecvError> {
+        if self.config().durability == Durability::Always {
+            let deadline = Instant::now() + SPIN_BEFORE_SLEEP;
+            while Instant::now() < deadline {
+                match self.rx.try_recv() {
+                    Ok(cmd) => return Ok(cmd),
+                    Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+                }
+            }
+        }
+        self.rx.recv()
+    }
+
+    /// Write out the current part and wait for every running sync: afterwards everything
+    /// admitted is durable (or failed and rolled back).
+    fn drain(&mut self) -> Result<(), LogError> {
+        self.commit_part();
+        self.settle_all()
+    }
+
+    /// Handle one command; true when the writer must stop.
+    fn process(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Append {
+                term,
+                producer,
+                payloads,
+                reply,
+            } => self.admit(term, producer, payloads, reply),
+            Command::Truncate { from, reply } => {
+                let _ = reply.send(self.drain().and_then(|()| self.truncate(from)));
+            }
+            Command::Retention { reply } => {
+                let _ = self.drain();
+                let _ = reply.send(Ok(self.retention()));
+            }
+            Command::Flush { reply } => {
+                let _ = reply.send(self.drain().and_then(|()| self.sync()));
+            }
+            Command::Close { reply } => {
+                let _ = reply.send(self.drain().and_then(|()| self.sync()));
+                // Wake tailing readers so that `wait_for` can report the store as closed.
+                self.shared.closed.store(true, Ordering::Release);
+                self.shared.visible.send_modify(|_| {});
+                return true;
+            }
+        }
+        false
+    }
+
+    fn admit(
+        &mut self,
+        term: u64,
+        producer: Option<ProducerBatch>,
+        payloads: Vec<Bytes>,
+        reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+    ) {
+        if let Some((last_term, _)) = self.st.last_term {
+            if term < last_term {
+                let _ = reply.send(Err(LogError::StaleTerm { term, last_term }));
+                return;
+            }
+        }
+        let count = payloads.len() as u32;
+        if let Some(p) = &producer {
+            match self.shared.producers.lock().admit(p, count, now_ms()) {
+                Ok(Admit::New) => {}
+                Ok(Admit::Duplicate { first, count }) => {
+                    // Acknowledged with the current part: the original may still be syncing.
+                    self.part
+                        .replies
+                        .push((reply, AppendOutcome::Duplicate { first, count }));
+                    return;
+                }
+                Err(refused) => {
+                    let _ = reply.send(Err(refused));
+                    return;
+                }
+            }
+        }
+        let pid_len = producer.as_ref().map_or(0, |p| p.producer_id.len());
+        let batch_len: u64 = payloads
+            .iter()
+            .map(|p| record::frame_len(pid_len, p.len()) as u64)
+            .sum();
+        let used = self.st.written_len + self.part.flushed + self.part.buf.len() as u64;
+        if used > 0 && used + batch_len > self.config().segment_bytes {
+            if let Err(e) = self.drain().and_then(|()| self.roll()) {
+                tracing::error!(error = %e, "segment roll failed");
+                self.shared.writable.store(false, Ordering::Release);
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        if self.part.before.is_none() {
+            self.part.before = Some((self.st.next_offset, self.st.last_term));
+        }
+        let first = self.st.next_offset;
+        let timestamp_ms = now_ms();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let offset = first + i as u64;
+            let rec = Record {
+                offset,
+                term,
+                timestamp_ms,
+                producer: producer.as_ref().map(|p| ProducerSeq {
+                    producer_id: p.producer_id.clone(),
+                    seq: p.seq + i as u64,
+                }),
+                payload,
+            };
+            let position = self.st.written_len + self.part.flushed + self.part.buf.len() as u64;
+            self.part.positions.push((offset, position));
+            record::encode(&mut self.part.buf, &rec, count - 1 - i as u32);
+        }
+        if let Some(p) = &producer {
+            let prior =
+                self.shared
+                    .producers
+                    .lock()
+                    .record(&p.producer_id, p.seq, count, first, timestamp_ms);
+            self.part.undo.push((p.producer_id.clone(), prior));
+        }
+        self.part.max_ts = self.part.max_ts.max(timestamp_ms);
+        self.st.next_offset = first + count as u64;
+        self.st.last_term = Some((term, first + count as u64 - 1));
+        self.part
+            .replies
+            .push((reply, AppendOutcome::Appended { first, count }));
+        if self.part.buf.len() >= WRITE_CHUNK {
+            self.write_chunk();
+        }
+    }
+
+    /// Write the encoded bytes of the part being admitted now (no sync, not yet visible).
+    fn write_chunk(&mut self) {
+        let mut buf = std::mem::take(&mut self.part.buf);
+        if self.part.write_error.is_none() {
+            let at = self.st.written_len + self.part.flushed;
+            match self.write_part(&buf, at) {
+                Ok(()) => self.part.flushed += buf.len() as u64,
+                Err(e) => self.part.write_error = Some(e),
+            }
+        }
+        buf.clear();
+        self.part.buf = buf;
+    }
+
+    /// Write the current part. Under `always`, wait for the previous part's sync (which ran while
+    /// this part was being admitted and written), then start this part's sync; it is acknowledged
+    /// when that sync completes. Otherwise make it visible and acknowledge it right away.
+    fn commit_part(&mut self) {
+        let mut part = std::mem::take(&mut self.part);
+        if part.buf.is_empty() && part.flushed == 0 && part.write_error.is_none() {
+            // Only duplicates: they may point into the part still syncing, so they wait for it.
+            match &mut self.inflight {
+                Some(inflight) => inflight.part.replies.append(&mut part.replies),
+                None => {
+                    for (reply, outcome) in part.replies {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+            }
+            return;
+        }
+        part.len_before = self.st.written_len;
+        let written = match part.write_error.take() {
+            Some(e) => Err(e),
+            None => self.write_part(&part.buf, self.st.written_len + part.flushed),
+        };
+        if let Err(e) = written {
+            // This part failed; the one still syncing may yet succeed. Undo newest first.
+            let older = self.settle();
+            let mut parts = vec![part];
+            parts.extend(older.err().map(|b| b.0));
+            self.fail_parts(parts, e);
+            return;
+        }
+        self.st.written_len += part.flushed + part.buf.len() as u64;
+        part.len_after = self.st.written_len;
+        part.next_after = self.st.next_offset;
+        part.last_term_after = self.st.last_term;
+        // Keep the encode buffer's allocation for the next group (no regrowth, no page faults).
+        let mut buf = std::mem::take(&mut part.buf);
+        buf.clear();
+        self.part.buf = buf;
+        if self.config().durability != Durability::Always {
+            self.st.dirty = true;
+            self.publish(part);
+            return;
+        }
+        if let Err(failed) = self.settle() {
+            let (older, e) = *failed;
+            // The earlier sync failed: this part's bytes sit after the bad ones; drop both.
+            self.fail_parts(vec![part, older], e);
+            return;
+        }
+        let (tx, done) = mpsc::sync_channel(1);
+        match self
+            .shared
+            .config
+            .fault_injector
+            .as_ref()
+            .and_then(|f| f.sync_error())
+        {
+            Some(e) => {
+                let _ = tx.send(Err(e));
+            }
+            None => {
+                if let Err(mpsc::SendError((file, tx))) = self.syncer.send((self.st.active.clone(), tx)) {
+                    let _ = tx.send(file.sync_data()); // sync thread gone: sync inline
+                }
+            }
+        }
+        self.inflight = Some(Inflight { part, done });
+    }
+
+    /// Wait for the running sync, if any, and acknowledge its part. On failure, return the part
+    /// (not yet rolled back: the caller undoes newer parts first).
+    fn settle(&mut self) -> Result<(), Box<(Part, LogError)>> {
+        let Some(inflight) = self.inflight.take() else {
+            return Ok(());
+        };
+        let res = inflight
+            .done
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("sync thread stopped")));
+        match res {
+            Ok(()) => {
+                self.st.last_sync = Instant::now();
+                self.publish(inflight.part);
+                Ok(())
+            }
+            Err(e) => Err(Box::new((
+                inflight.part,
+                LogError::io("sync segment", &self.st.active_path, e),
+            ))),
+        }
+    }
+
+    /// [`settle`](Self::settle), rolling back on failure.
+    fn settle_all(&mut self) -> Result<(), LogError> {
+        self.settle().map_err(|failed| {
+            let (part, e) = *failed;
+            let copy = e.duplicate();
+            self.fail_parts(vec![part], e);
+            copy
+        })
+    }
+
+    /// Make a written (and, under `always`, synced) part visible and acknowledge it.
+    fn publish(&mut self, part: Part) {
+        let end = part.next_after;
+        {
+            let mut state = self.shared.state.write();
+            let interval = self.shared.config.index_interval_bytes;
+            if let Some(seg) = state.segments.last_mut() {
+                for &(offset, position) in &part.positions {
+                    seg.index.maybe_add(offset, position, interval);
+                }
+                seg.len = part.len_after;
+                seg.end = end;
+                seg.last_term = part.last_term_after;
+                seg.max_timestamp_ms = seg.max_timestamp_ms.max(part.max_ts);
+            }
+            state.end = end;
+            state.last_term = part.last_term_after;
+        }
+        self.shared.writable.store(true, Ordering::Release);
+        self.shared.visible.send_replace(end);
+        for (reply, outcome) in part.replies {
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    /// Roll back failed parts (newest first): restore the producer table and offsets, cut the
+    /// file back to where the oldest one started, and fail every reply.
+    fn fail_parts(&mut self, parts: Vec<Part>, e: LogError) {
+        tracing::error!(error = %e, "append failed; rolling back to the last good position");
+        self.shared.writable.store(false, Ordering::Release);
+        let mut replies = Vec::new();
+        let mut cut_to = self.st.written_len;
+        for part in parts {
+            let mut producers = self.shared.producers.lock();
+            for (id, prior) in part.undo.into_iter().rev() {
+                producers.restore(&id, prior);
+            }
+            drop(producers);
+            if let Some((next, last_term)) = part.before {
+                self.st.next_offset = next;
+                self.st.last_term = last_term;
+            }
+            cut_to = cut_to.min(part.len_before);
+            replies.extend(part.replies);
+        }
+        self.st.written_len = cut_to;
+        self.cut_back();
+        for (reply, _) in replies {
+            let _ = reply.send(Err(e.duplicate()));
+        }
+    }
+
+    /// Write encoded bytes at position `at` of the active segment (no sync).
+    fn write_part(&mut self, buf: &[u8], at: u64) -> Result<(), LogError> {
+        let path = &self.st.active_path;
+        if self.st.needs_repair {
+            self.st
+                .active
+                .set_len(self.st.written_len)
+                .map_err(|e| LogError::io("truncate segment", path, e))?;
+            self.st.needs_repair = false;
+        }
+        if let Some(e) = self
+            .shared
+            .config
+            .fault_injector
+            .as_ref()
+            .and_then(|f| f.write_error())
+        {
+            // Simulate a disk filling up mid-write: half the bytes land, then the error.
+            let _ = self.st.active.write_all_at(&buf[..buf.len() / 2], at);
+            return Err(LogError::io("write segment", path, e));
+        }
+        self.st
+            .active
+            .write_all_at(buf, at)
+            .map_err(|e| LogError::io("write segment", path, e))
+    }
+
+    /// After a failed write or sync: remove whatever part of it reached the file.
+    fn cut_back(&mut self) {
+        if let Err(e) = self.st.active.set_len(self.st.written_len) {
+            tracing::error!(error = %e, "could not cut a failed write back; will retry before the next write");
+            self.st.needs_repair = true;
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        let path = &self.st.active_path;
+        if let Some(e) = self
+            .shared
+            .config
+            .fault_injector
+            .as_ref()
+            .and_then(|f| f.sync_error())
+        {
+            return Err(LogError::io("sync segment", path, e));
+        }
+        self.st
+            .active
+            .sync_data()
+            .map_err(|e| LogError::io("sync segment", path, e))?;
+        self.st.dirty = false;
+        self.st.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// The `interval` timer fired: sync what is written. Records are already acknowledged, so a
+    /// failure can only be reported (and readiness dropped) until a later sync succeeds.
+    fn background_sync(&mut self) {
+        match self.sync() {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "background sync failed");
+                self.shared.writable.store(false, Ordering::Release);
+                self.st.last_sync = Instant::now();
+            }
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Whether this node can take a write right now, decided in one place: [`admit`] is the predicate
+//! both the write path and `/readyz` use, and [`LogHealth`] tracks whether the local log can
+//! append (failed writes and syncs, a periodic probe of the data directory, a stopped writer). The
+//! Consul check (`/consul-check`) fails while the log cannot append, so Consul invalidates a sick
+//! leader's session and a healthy node takes over; the node comes back by itself once a probe
+//! passes. See `docs/election.md`.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+
+use crate::{
+    election::{LeaderState, NotLeader},
+    log::{FaultInjector, LogError, LogStore},
+    shutdown::CancellationToken,
+};
+
+/// Name of the scratch file the probe writes, syncs and deletes in the data directory (the log
+/// ignores names that are not segment or side files).
+const PROBE_FILE: &str = ".write-probe";
+/// Bytes the probe writes: enough to need fresh blocks on a full filesystem.
+const PROBE_BYTES: usize = 64 * 1024;
+/// How often a healthy node probes (a sick one probes every `--check-interval`).
+const HEALTHY_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// A probe that takes longer than this counts as failed (a hung disk).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What write admission needs to know about the local log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFacts {
+    /// Why the log cannot append right now; `None` when it can.
+    pub problem: Option<String>,
+    /// Term of the log's last record: the log refuses appends with a lower term.
+    pub last_term: Option<u64>,
+}
+
+/// Why a write is refused before it reaches the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not the leader, shutting down, or the lease lapsed: the write belongs elsewhere.
+    NotLeader(NotLeader),
+    /// This node leads, but its log cannot take the write now (the reason says why).
+    Log(String),
+}
+
+impl Refusal {
+    /// The human-readable reason, for `/readyz` and error bodies.
+    pub fn reason(&self) -> &str {
+        match self {
+            Refusal::NotLeader(not_leader) => &not_leader.reason,
+            Refusal::Log(reason) => reason,
+        }
+    }
+}
+
+/// The one predicate for write admission and readiness: the term to write with, if a write may be
+/// accepted at `now` — by the leader whose lease holds, whose log can append, and whose term is not
+/// below the log's last term (the log would refuse it). `/readyz` is 200 exactly when this is `Ok`.
+///
+/// # Errors
+/// [`Refusal::NotLeader`] on any other role or a lapsed lease; [`Refusal::Log`] when the log cannot
+/// append or the term is stale.
+pub fn admit(state: &LeaderState, now: Instant, log: &LogFacts) -> Result<u64, Refusal> {
+    let term = state.write_term(now).map_err(Refusal::NotLeader)?;
+    if let Some(problem) = &log.problem {
+        return Err(Refusal::Log(format!(
+            "leader, but the log cannot append: {problem}"
+        )));
+    }
+    match log.last_term {
+        Some(last) if term < last => Err(Refusal::Log(format!(
+            "leader in term {term}, but the log already holds term {last} (was Consul's state reset?)"
+        ))),
+        _ => Ok(term),
+    }
+}
+
+/// The tracked facts behind [`LogHealth`]; pure, so the rules are unit-tested.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// The last failure a write or a probe saw, until a later probe passes.
+    failure: Option<String>,
+    /// The store's own "writable" flag is false, but a probe passed since it turned false: the
+    /// flag only turns true again with a successful append, which needs admission first.
+    flag_excused: bool,
+    /// Bumped on every failure, so that a probe that started before it cannot clear it.
+    generation: u64,
+    /// The log's writer has stopped: nothing but a restart helps (liveness fails).
+    writer_gone: bool,
+}
+
+impl Tracker {
+    fn failed(&mut self, reason: String, writer_gone: bool) {
+        self.failure = Some(reason);
+        self.flag_excused = false;
+        self.generation += 1;
+        self.writer_gone |= writer_gone;
+    }
+
+    /// A probe that started at `generation` passed; `writable` is the store's flag now.
+    fn probe_passed(&mut self, generation: u64, writable: bool) {
+        if generation == self.generation && !self.writer_gone {
+            self.failure = None;
+            self.flag_excused = !writable;
+        }
+    }
+
+    fn problem(&mut self, writable: bool) -> Option<String> {
+        if writable {
+            self.flag_excused = false;
+        }
+        if let Some(failure) = &self.failure {
+            return Some(failure.clone());
+        }
+        (!writable && !self.flag_excused)
+            .then(|| "the log's last write or sync failed; waiting for a probe to pass".to_string())
+    }
+}
+
+/// Whether the local log can append now. Cheap to clone; every clone shares the same facts.
+#[derive(Clone)]
+pub struct LogHealth {
+    /// The log it watches.
+    store: LogStore,
+    /// The test fault injector the log was opened with, so the probe fails while writes do.
+    faults: Option<FaultInjector>,
+    /// The facts, shared by the write path, the probe task and the probes.
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl LogHealth {
+    /// Watches `store` (opened with `faults`, if any).
+    pub fn new(store: LogStore, faults: Option<FaultInjector>) -> Self {
+        Self {
+            store,
+            faults,
+            tracker: Arc::default(),
+        }
+    }
+
+    /// Why the log cannot append right now; `None` when it can.
+    pub fn problem(&self) -> Option<String> {
+        self.tracker.lock().problem(self.store.is_writable())
+    }
+
+    /// What [`admit`] needs.
+    pub fn facts(&self) -> LogFacts {
+        LogFacts {
+            problem: self.problem(),
+            last_term: self.store.last_term().map(|(term, _)| term),
+        }
+    }
+
+    /// True once the log's writer has stopped: only a restart helps, so liveness fails.
+    pub fn writer_gone(&self) -> bool {
+        self.tracker.lock().writer_gone
+    }
+
+    /// Records a failed append. Errors that are not about the storage (a stale sequence, a
+    /// record too large) change nothing.
+    pub fn append_failed(&self, err: &LogError) {
+        if err.is_disk_full() || err.is_unavailable() {
+            let gone = matches!(err, LogError::Closed);
+            self.tracker.lock().failed(err.to_string(), gone);
+        }
+    }
+
+    /// Probes now: the injected write fault (tests), then a write, `fdatasync` and delete of a
+    /// scratch file in the data directory.
+    ///
+    /// # Errors
+    /// The probe's failure, as the log would report it.
+    pub async fn probe(&self) -> Result<(), LogError> {
+        let generation = self.tracker.lock().generation;
+        let result = self.probe_once().await;
+        match &result {
+            Ok(()) => self
+                .tracker
+                .lock()
+                .probe_passed(generation, self.store.is_writable()),
+            Err(err) => self.tracker.lock().failed(err.to_string(), false),
+        }
+        result
+    }
+
+    async fn probe_once(&self) -> Result<(), LogError> {
+        let path = self.store.dir().join(PROBE_FILE);
+        if let Some(err) = self.faults.as_ref().and_then(FaultInjector::write_error) {
+            return Err(LogError::io("probe write", path, err));
+        }
+        let blocking = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || write_probe(&path)
+        });
+        match tokio::time::timeout(PROBE_TIMEOUT, blocking).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(LogError::io(
+                "probe write",
+                path,
+                std::io::Error::other("the probe task failed"),
+            )),
+            Err(_) => Err(LogError::io(
+                "probe write",
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {PROBE_TIMEOUT:?}"),
+                ),
+            )),
+        }
+    }
+
+    /// Probes every `sick_interval` while the log cannot append, every few seconds otherwise,
+    /// logging each change, until `shutdown`.
+    pub async fn run(self, sick_interval: Duration, shutdown: CancellationToken) {
+        let mut was = None::<String>;
+        loop {
+            let result = self.probe().await;
+            let now = self.problem();
+            match (&was, &now) {
+                (None, Some(problem)) => {
+                    tracing::error!(%problem, "the log cannot append: failing the Consul check")
+                }
+                (Some(_), None) => tracing::info!("the log can append again: passing the Consul check"),
+                _ => {}
+            }
+            if let Err(err) = result {
+                tracing::debug!(%err, "write probe failed");
+            }
+            let pause = if now.is_some() {
+                sick_interval
+            } else {
+                HEALTHY_PROBE_INTERVAL
+            };
+            was = now;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+/// Creates, writes, syncs and deletes the probe file.
+fn write_probe(path: &Path) -> Result<(), LogError> {
+    let io = |e| LogError::io("probe write", PathBuf::from(path), e);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io)?;
+    let written = file
+        .write_all(&[0u8; PROBE_BYTES])
+        .and_then(|()| file.sync_data());
+    drop(file);
+    let removed = fs::remove_file(path);
+    written.map_err(io)?;
+    removed.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::{discovery::LeaderRecord, election::Role};
+
+    fn leader(term: u64, now: Instant) -> LeaderState {
+        LeaderState {
+            role: Role::Leader,
+            term,
+            leader: Some(LeaderRecord {
+                name: "n1".into(),
+                address: "a:1".into(),
+                since: String::new(),
+            }),
+            lease_until: Some(now + Duration::from_secs(1)),
+            session: Some("s".into()),
+            consul_reachable: true,
+            reason: "holds the lock".into(),
+            since: SystemTime::now(),
+            transitions: 0,
+        }
+    }
+
+    /// Admission needs a serving leader, a log that can append and a term the log accepts; the
+    /// refusal says which one failed.
+    #[test]
+    fn admit_checks_role_log_and_term() {
+        let now = Instant::now();
+        let healthy = LogFacts {
+            problem: None,
+            last_term: Some(5),
+        };
+        assert_eq!(
+            admit(&leader(5, now), now, &healthy),
+            Ok(5),
+            "same term as the log"
+        );
+        assert_eq!(admit(&leader(6, now), now, &healthy), Ok(6));
+        assert_eq!(
+            admit(&leader(1, now), now, &LogFacts::default()),
+            Ok(1),
+            "empty log"
+        );
+        let stale = admit(&leader(1, now), now, &healthy).unwrap_err();
+        assert!(
+            matches!(&stale, Refusal::Log(r) if r.contains("term 5")),
+            "a term below the log's is refused before the log refuses it: {stale:?}"
+        );
+        let sick = LogFacts {
+            problem: Some("disk full".into()),
+            last_term: None,
+        };
+        let refused = admit(&leader(6, now), now, &sick).unwrap_err();
+        assert!(refused.reason().contains("disk full"), "{refused:?}");
+        let mut follower = leader(6, now);
+        follower.role = Role::Follower;
+        assert!(matches!(
+            admit(&follower, now, &healthy),
+            Err(Refusal::NotLeader(_))
+        ));
+        let lapsed = now + Duration::from_secs(2);
+        assert!(matches!(
+            admit(&leader(6, now), lapsed, &healthy),
+            Err(Refusal::NotLeader(_))
+        ));
+    }
+
+    /// A failure holds until a probe passes; the store's false flag is excused only by a probe
+    /// that passed after it turned false, and a probe older than the last failure clears nothing.
+    #[test]
+    fn tracker_rules() {
+        let mut t = Tracker::default();
+        assert_eq!(t.problem(true), None);
+        assert!(t.problem(false).is_some(), "the store's flag alone is a problem");
+        let before = t.generation;
+        t.failed("disk full".into(), false);
+        assert_eq!(t.problem(false).as_deref(), Some("disk full"));
+        t.probe_passed(before, false);
+        assert!(
+            t.problem(false).is_some(),
+            "a probe from before the failure clears nothing"
+        );
+        t.probe_passed(t.generation, false);
+        assert_eq!(t.problem(false), None, "a passing probe excuses the stale flag");
+        assert_eq!(t.problem(true), None);
+        assert!(
+            t.problem(false).is_some(),
+            "once the flag was true again, turning false is a new failure"
+        );
+        t.failed("log store closed".into(), true);
+        t.probe_passed(t.generation, true);
+        assert!(
+            t.writer_gone && t.problem(true).is_some(),
+            "a stopped writer never recovers"
+        );
+    }
+
+    /// The probe passes on a writable directory, fails while a write fault is injected, and the
+    /// health follows it both ways.
+    #[tokio::test]
+    async fn probe_follows_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultInjector::new();
+        let mut cfg = crate::log::LogConfig::new(dir.path());
+        cfg.fault_injector = Some(faults.clone());
+        let store = LogStore::open(cfg).await.unwrap();
+        let health = LogHealth::new(store, Some(faults.clone()));
+        health.probe().await.unwrap();
+        assert_eq!(health.problem(), None);
+        assert!(!dir.path().join(PROBE_FILE).exists(), "the probe cleans up");
+        faults.fail_writes(libc::ENOSPC);
+        assert!(health.probe().await.unwrap_err().is_disk_full());
+        assert!(health.problem().unwrap().contains("disk full"));
+        faults.clear();
+        health.probe().await.unwrap();
+        assert_eq!(health.problem(), None);
+    }
+}

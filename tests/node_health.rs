@@ -1,0 +1,185 @@
+//! A leader that cannot write gives up leadership, and a node is never Ready while it would refuse
+//! writes: real node processes over loopback with the dev Consul. A node's disk is made to fail
+//! through the hidden `--fault-file` test hook (every log write fails with the errno the file
+//! names); Consul's state is lost by restarting the dev Consul on the same address.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::{eventually, Cluster, BIN};
+use serde_json::Value;
+use simpleloggers::local_cluster::ClusterOptions;
+
+/// Generous bound for election steps on a loaded machine (check 250 ms, lock-delay 1 s).
+const WAIT: Duration = Duration::from_secs(20);
+
+/// POSTs one message; the status and the JSON body.
+async fn write(c: &Cluster, i: usize, message: &str) -> (u16, Value) {
+    let resp = c
+        .http()
+        .post(format!("{}/api/v1/log", c.url(i)))
+        .body(message.to_string())
+        .send()
+        .await
+        .expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// GETs `path` on node `i`; the status and the JSON body.
+async fn get(c: &Cluster, i: usize, path: &str) -> (u16, Value) {
+    let resp = c
+        .http()
+        .get(format!("{}{path}", c.url(i)))
+        .send()
+        .await
+        .expect("GET");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A leader whose disk fails (every write ENOSPC) fails its Consul check, loses its session and the
+/// lock, and the healthy node takes over — while the sick node stays live for Kubernetes. When the
+/// disk works again it comes back by itself as a follower with a new session, and it can lead and
+/// accept writes again once the other node is gone.
+#[tokio::test]
+async fn leader_that_cannot_write_hands_over_and_recovers() {
+    let mut c = Cluster::start_with(ClusterOptions::fast(BIN).nodes(2).fault_files()).await;
+    let sick = c.wait_leader(WAIT).await;
+    let healthy = 1 - sick;
+    let fault = c.fault_file(sick).expect("fault files were asked for");
+    assert_eq!(write(&c, sick, "before").await.0, 200);
+
+    std::fs::write(&fault, "ENOSPC").unwrap();
+    let refused = eventually(Duration::from_secs(5), || async {
+        let (status, body) = write(&c, sick, "lost").await;
+        (status != 200).then_some((status, body))
+    })
+    .await
+    .expect("the leader refuses writes once its disk fails");
+    assert!(
+        refused.0 == 507 || refused.0 == 503,
+        "disk full (507) or not serving (503): {refused:?}"
+    );
+    let (status, body) = get(&c, sick, "/consul-check").await;
+    assert_eq!(
+        status, 503,
+        "the Consul check fails while the log cannot append: {body}"
+    );
+    assert!(body["reason"].as_str().unwrap().contains("disk full"), "{body}");
+    assert_eq!(
+        get(&c, sick, "/healthz").await.0,
+        200,
+        "liveness does not fail for a full disk: a restart would not free space"
+    );
+    assert_eq!(
+        get(&c, sick, "/readyz").await.0,
+        503,
+        "never Ready while refusing writes"
+    );
+    let end_when_sick = get(&c, sick, "/api/v1/status").await.1["log_end_offset"].clone();
+
+    let took_over = eventually(WAIT, || async {
+        (c.ready_nodes().await == vec![healthy]).then_some(())
+    })
+    .await;
+    assert!(
+        took_over.is_some(),
+        "the healthy node did not take over within {WAIT:?}"
+    );
+    let holder = c.lock_holder().await.expect("the key is held");
+    assert_eq!(holder.record.name, format!("n{healthy}"));
+    let (status, ack) = write(&c, healthy, "after").await;
+    assert_eq!(status, 200, "{ack}");
+
+    std::fs::remove_file(&fault).unwrap();
+    let recovered = eventually(WAIT, || async {
+        let (_, s) = get(&c, sick, "/api/v1/status").await;
+        (s["role"] == "follower" && s["session"].is_string() && s.get("log_problem").is_none()).then_some(s)
+    })
+    .await;
+    assert!(
+        recovered.is_some(),
+        "the node did not come back as a follower with a new session; status {}",
+        get(&c, sick, "/api/v1/status").await.1
+    );
+    assert_eq!(get(&c, sick, "/consul-check").await.0, 200);
+    assert_eq!(
+        c.ready_nodes().await,
+        vec![healthy],
+        "the recovered node does not preempt"
+    );
+
+    c.node_mut(healthy).kill().await;
+    let ack = eventually(WAIT, || async {
+        let (status, ack) = write(&c, sick, "back").await;
+        (status == 200).then_some(ack)
+    })
+    .await
+    .expect("the recovered node leads and accepts writes");
+    assert_eq!(
+        ack["offset"], end_when_sick,
+        "its log kept what it had and stored nothing while sick"
+    );
+}
+
+/// After Consul's state is lost, `LockIndex` restarts at 1, below the terms already in the log.
+/// The node never becomes Ready in a term its log would refuse: it gives such locks back until
+/// the term is above the log's, and then it is Ready and accepts writes in that term.
+#[tokio::test]
+async fn reset_consul_never_ready_while_refusing_writes() {
+    let mut c = Cluster::start(1, &[]).await;
+    // Three leaderships: the log's last term becomes 3.
+    for round in 1..=3u64 {
+        if round > 1 {
+            c.terminate(0).await;
+            c.node_mut(0).start().await.expect("restart n0 on its address");
+        }
+        c.wait_leader(WAIT).await;
+        let (status, ack) = write(&c, 0, "m").await;
+        assert_eq!((status, ack["term"].as_u64()), (200, Some(round)), "{ack}");
+    }
+
+    // Only what the node logs from here on counts below.
+    let log_before = c.node(0).log_text().len();
+    // Restarted on its address, the dev Consul keeps no state: `LockIndex` starts again at 1.
+    let consul = c.consul_mut();
+    consul.kill().await;
+    consul
+        .start()
+        .await
+        .expect("restart the dev Consul on its address");
+
+    let ack = eventually(WAIT, || async {
+        let (ready, readiness) = get(&c, 0, "/readyz").await;
+        let (status, ack) = write(&c, 0, "x").await;
+        let error = ack["error"].as_str().unwrap_or_default();
+        assert!(!error.contains("stale term"), "the log saw a stale term: {ack}");
+        if ready == 200 && status != 200 {
+            // Only a role change in between (the old session's renewal answering 404) excuses it.
+            let (again, now) = get(&c, 0, "/readyz").await;
+            assert!(
+                again != 200 || now["term"] != readiness["term"],
+                "Ready ({readiness}), still Ready ({now}), but the write was refused: {ack}"
+            );
+        }
+        (status == 200 && ack["term"].as_u64() > Some(3)).then_some(ack)
+    })
+    .await
+    .expect("the node leads again in a term above its log's");
+    let lock_index = c.lock_holder().await.expect("held").term;
+    assert_eq!(
+        ack["term"].as_u64(),
+        Some(lock_index),
+        "the term is still the LockIndex"
+    );
+    assert!(
+        c.node(0)
+            .log_text()
+            .get(log_before..)
+            .is_some_and(|since| since.contains("giving it back")),
+        "the node says why it gave locks back"
+    );
+}
