@@ -16,11 +16,11 @@ use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 use simpleloggers::{
     consul::ConsulConfig,
-    producer::{self, Ack, Hooks, Summary},
+    local_cluster::{eventually_every, ClusterOptions, LocalCluster},
+    producer::{self, Hooks},
     shutdown::CancellationToken,
 };
-use support::{eventually, quantile, NodeSpec, Proc};
-use tokio::sync::{mpsc, watch};
+use support::{quantile, BIN};
 
 /// Nodes in the cluster.
 const NODES: usize = 3;
@@ -32,6 +32,8 @@ const DEFAULT_TRIALS: usize = 20;
 const BUDGET: Duration = Duration::from_secs(330);
 /// Longest wait for a new leader's first acknowledgement before a trial counts as failed.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the benchmark polls (it bounds the resolution of "survivor ready").
+const POLL: Duration = Duration::from_millis(10);
 /// Targets of issue 4.
 const TARGET_KILL_P50: Duration = Duration::from_secs(3);
 const TARGET_TERM_P50: Duration = Duration::from_millis(300);
@@ -92,62 +94,23 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(run(trials))
 }
 
-/// The single node answering `/readyz` 200, with the term it reports.
-async fn single_leader(http: &reqwest::Client, nodes: &[Option<Proc>]) -> Option<(usize, u64)> {
-    let mut ready = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let Some(node) = node else { continue };
-        let answer = http
-            .get(format!("{}/readyz", node.url()))
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await;
-        if let Ok(r) = answer {
-            if r.status() == 200 {
-                let body: serde_json::Value = r.json().await.ok()?;
-                ready.push((i, body["term"].as_u64()?));
-            }
-        }
-    }
-    (ready.len() == 1).then(|| ready[0])
-}
-
 async fn run(trials: usize) -> anyhow::Result<()> {
-    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base)?;
-    let dir = tempfile::Builder::new()
-        .prefix("bench-failover-")
-        .tempdir_in(base)
-        .context("bench directory")?;
-    println!("failover benchmark in {}", dir.path().display());
-    println!("machine: {}", support::machine(dir.path()));
+    let dir = support::bench_dir("failover")?;
     println!(
         "{NODES} nodes, default timings (session TTL 10s, lock-delay 2s, renew 500ms, check 1s), durability always; producer at {RATE}/s; {trials} trials per kind"
     );
     let started = Instant::now();
-    let mut consul = support::dev_consul(dir.path()).await?;
-    let specs: Vec<NodeSpec> = (0..NODES)
-        .map(|i| {
-            NodeSpec::new(
-                dir.path(),
-                &format!("n{i}"),
-                &consul.url(),
-                &["--durability", "always"],
-            )
-        })
-        .collect();
-    let mut nodes = Vec::new();
-    for spec in &specs {
-        nodes.push(Some(spec.start("127.0.0.1:0").await?));
-    }
-    let http = reqwest::Client::new();
-    eventually(Duration::from_secs(30), || single_leader(&http, &nodes))
-        .await
-        .context("no single leader within 30 s")?;
+    let options = ClusterOptions::new(BIN)
+        .nodes(NODES)
+        .dir(dir.path())
+        .node_args(["--durability", "always"]);
+    let mut cluster = LocalCluster::start(options).await?;
+    let http = cluster.http().clone();
+    cluster.wait_leader(Duration::from_secs(30)).await?;
 
     // The producer, timestamping every acknowledgement as it arrives.
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
+    let (hooks, progress_rx, mut ack_rx) = Hooks::observed();
     {
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -162,19 +125,10 @@ async fn run(trials: usize) -> anyhow::Result<()> {
             }
         });
     }
-    let (progress_tx, progress_rx) = watch::channel(Summary::default());
-    let mut config = producer::Config::for_consul(ConsulConfig::new(consul.url()));
+    let mut config = producer::Config::for_consul(ConsulConfig::new(cluster.consul_url()));
     config.rate = RATE;
     let stop_producer = CancellationToken::new();
-    let producer = tokio::spawn(producer::run_with(
-        config,
-        stop_producer.clone(),
-        Hooks {
-            progress: Some(progress_tx),
-            acks: Some(ack_tx),
-            reader: None,
-        },
-    ));
+    let producer = tokio::spawn(producer::run_with(config, stop_producer.clone(), hooks));
 
     // The first acknowledgement at or after `since` from a node other than `not`.
     let first_ack_after = |since: Instant, not: Option<&str>| {
@@ -195,14 +149,15 @@ async fn run(trials: usize) -> anyhow::Result<()> {
                 println!("time budget of {BUDGET:?} used up after {} trials", results.len());
                 break 'trials;
             }
-            let (idx, old_term) = eventually(Duration::from_secs(30), || single_leader(&http, &nodes))
+            let leader = cluster
+                .wait_leader(Duration::from_secs(30))
                 .await
                 .context("no single leader before the trial")?;
-            let old = nodes[idx].as_ref().context("leader running")?;
-            let old_url = old.url();
+            let (idx, old_term) = (leader.index, leader.term);
+            let old_url = cluster.url(idx);
             // The producer is acknowledged by this leader before the signal.
             let now = Instant::now();
-            eventually(Duration::from_secs(10), || async {
+            eventually_every(POLL, Duration::from_secs(10), || async {
                 first_ack_after(now, None).filter(|(_, _, l)| *l == old_url)
             })
             .await
@@ -210,18 +165,19 @@ async fn run(trials: usize) -> anyhow::Result<()> {
             let before = progress_rx.borrow().clone();
 
             let t0 = Instant::now();
-            old.signal(match kind {
+            cluster.node(idx).signal(match kind {
                 Kind::Kill => Signal::SIGKILL,
                 Kind::Term => Signal::SIGTERM,
             });
-            let survivors: Vec<String> = nodes
+            let survivors: Vec<String> = cluster
+                .nodes()
                 .iter()
                 .enumerate()
-                .filter(|(i, n)| *i != idx && n.is_some())
-                .filter_map(|(_, n)| n.as_ref().map(Proc::url))
+                .filter(|(i, n)| *i != idx && n.is_running())
+                .map(|(_, n)| n.url())
                 .collect();
             let ready = async {
-                eventually(TRIAL_TIMEOUT, || async {
+                eventually_every(POLL, TRIAL_TIMEOUT, || async {
                     for url in &survivors {
                         let r = http
                             .get(format!("{url}/readyz"))
@@ -236,8 +192,10 @@ async fn run(trials: usize) -> anyhow::Result<()> {
                 })
                 .await
             };
-            let acked = eventually(TRIAL_TIMEOUT, || async { first_ack_after(t0, Some(&old_url)) });
-            let old = nodes[idx].as_mut().context("leader running")?;
+            let acked = eventually_every(POLL, TRIAL_TIMEOUT, || async {
+                first_ack_after(t0, Some(&old_url))
+            });
+            let old = cluster.node_mut(idx);
             let exited = async {
                 match kind {
                     Kind::Kill => {
@@ -245,10 +203,10 @@ async fn run(trials: usize) -> anyhow::Result<()> {
                         (None, None)
                     }
                     Kind::Term => {
-                        let code = old.wait(Duration::from_secs(20)).await;
+                        let status = old.wait(Duration::from_secs(20)).await;
                         let at = t0.elapsed();
-                        match code {
-                            Ok(code) => (Some(at), code),
+                        match status {
+                            Ok(status) => (Some(at), status.code()),
                             Err(err) => {
                                 eprintln!("{err:#}; killing it");
                                 old.kill().await;
@@ -259,13 +217,10 @@ async fn run(trials: usize) -> anyhow::Result<()> {
                 }
             };
             let (ready, acked, (exited, exit_code)) = tokio::join!(ready, acked, exited);
-            let addr = old.addr;
-            nodes[idx] = None;
 
             // Restart the stopped node and wait until it follows the new leader again.
-            let restarted = specs[idx].start(&addr.to_string()).await?;
-            let status_url = format!("{}/api/v1/status", restarted.url());
-            nodes[idx] = Some(restarted);
+            cluster.node_mut(idx).start().await?;
+            let status_url = format!("{}/api/v1/status", cluster.url(idx));
             let Some((at, new_term, new_leader)) = acked else {
                 println!(
                     "trial {round} {}: no acknowledgement from another node within {TRIAL_TIMEOUT:?}",
@@ -274,7 +229,7 @@ async fn run(trials: usize) -> anyhow::Result<()> {
                 timeouts.push(kind);
                 continue;
             };
-            let rejoined = eventually(Duration::from_secs(30), || async {
+            let rejoined = eventually_every(POLL, Duration::from_secs(30), || async {
                 let r = http.get(&status_url).send().await.ok()?;
                 let s: serde_json::Value = r.json().await.ok()?;
                 let follows = s["role"] == "follower"
@@ -288,7 +243,7 @@ async fn run(trials: usize) -> anyhow::Result<()> {
             if rejoined.is_none() {
                 bail!(
                     "node {} did not rejoin as a follower within 30 s",
-                    specs[idx].name
+                    cluster.node(idx).name()
                 );
             }
             // Let the producer's counters catch up with the trial.
@@ -324,10 +279,9 @@ async fn run(trials: usize) -> anyhow::Result<()> {
     stop_producer.cancel();
     let summary = producer.await.context("producer task")?.context("producer")?;
     println!("producer: {summary}");
-    for node in nodes.iter_mut().flatten() {
-        node.stop().await;
+    for problem in cluster.stop_all().await {
+        eprintln!("{problem}");
     }
-    consul.stop().await;
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
 
     println!();

@@ -26,7 +26,8 @@ use hyper::{
     Request,
 };
 use hyper_util::rt::TokioIo;
-use support::{cpu_time, mib, proc_status_kib, quantile, Proc};
+use simpleloggers::local_cluster::{eventually, ClusterOptions, LocalCluster, LocalProcess, ProcessSpec};
+use support::{cpu_time, mib, proc_status_kib, quantile, BIN};
 use tokio::net::TcpStream;
 
 /// Set in the environment of the child process that serves the HTTP ceiling.
@@ -150,13 +151,14 @@ async fn post(
 /// `conns` tasks, each on its own connection, POST `body` back to back for `WARMUP + window`;
 /// requests completing inside the window are counted.
 async fn load(
-    server: &Proc,
+    server: &LocalProcess,
     conns: usize,
     window: Duration,
     content_type: &'static str,
     body: Bytes,
 ) -> anyhow::Result<Load> {
-    let addr = server.addr;
+    let addr = server.addr().context("the server never started")?;
+    let pid = server.pid().context("the server is not running")?;
     let host = addr.to_string();
     let errors = Arc::new(AtomicU64::new(0));
     let mut conns_ready = Vec::new();
@@ -202,9 +204,9 @@ async fn load(
     // CPU of both processes over exactly the measured window.
     let me = std::process::id();
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu0 = (cpu_time(server.pid), cpu_time(me));
+    let cpu0 = (cpu_time(pid), cpu_time(me));
     tokio::time::sleep_until(end.into()).await;
-    let cpu1 = (cpu_time(server.pid), cpu_time(me));
+    let cpu1 = (cpu_time(pid), cpu_time(me));
     let mut latencies_us = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         latencies_us.extend(joined.context("load task")?);
@@ -286,64 +288,56 @@ fn met(ok: bool) -> &'static str {
 }
 
 async fn run(window: Duration) -> anyhow::Result<()> {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base)?;
-    let dir = tempfile::Builder::new()
-        .prefix("bench-ingest-")
-        .tempdir_in(base)
-        .context("bench directory")?;
-    println!("ingest benchmark in {}", dir.path().display());
-    println!("machine: {}", support::machine(dir.path()));
+    let dir = support::bench_dir("ingest")?;
     println!(
         "each phase: {} ms warm-up (not counted) + {:.1} s measured; {MESSAGE_BYTES}-byte messages",
         WARMUP.as_millis(),
         window.as_secs_f64()
     );
 
-    let mut consul = support::dev_consul(dir.path()).await?;
-    let spec = support::NodeSpec::new(dir.path(), "n0", &consul.url(), &["--durability", "always"]);
-    let mut node = spec.start("127.0.0.1:0").await?;
-    let http = reqwest::Client::new();
-    let readyz = format!("{}/readyz", node.url());
-    support::eventually(Duration::from_secs(30), || async {
-        support::ok(&http, &readyz).await.then_some(())
-    })
-    .await
-    .context("the node did not become leader within 30 s")?;
+    let options = ClusterOptions::new(BIN)
+        .nodes(1)
+        .dir(dir.path())
+        .node_args(["--durability", "always"]);
+    let mut cluster = LocalCluster::start(options).await?;
+    cluster
+        .wait_leader(Duration::from_secs(30))
+        .await
+        .context("the node did not become leader")?;
     // Let start-up work (registration, first renewals) settle before reading the idle figure.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_kib = proc_status_kib(node.pid, "VmRSS").context("VmRSS")?;
+    let node_pid = cluster.node(0).pid().context("the node is not running")?;
+    let idle_kib = proc_status_kib(node_pid, "VmRSS").context("VmRSS")?;
     println!(
-        "node pid {} leader on {}; idle VmRSS {:.1} MiB",
-        node.pid,
-        node.url(),
+        "node pid {node_pid} leader on {}; idle VmRSS {:.1} MiB",
+        cluster.url(0),
         mib(idle_kib)
     );
 
-    let ceiling_exe = std::env::current_exe()?;
-    let mut ceiling = Proc::start(
-        &ceiling_exe,
-        &[],
-        &dir.path().join("ceiling.log"),
-        &[(CEILING_ENV, "1")],
+    let ceiling_spec = ProcessSpec::new(
+        "ceiling",
+        std::env::current_exe()?,
+        dir.path().join("ceiling.log"),
     )
-    .await?;
+    .env(CEILING_ENV, "1");
+    let mut ceiling = LocalProcess::spawn(ceiling_spec).await?;
     println!(
         "ceiling (do-nothing axum, own process) pid {} on {}",
-        ceiling.pid,
+        ceiling.pid().context("the ceiling is not running")?,
         ceiling.url()
     );
+    let node = cluster.node(0);
 
     let single = Bytes::from(format!("{:0>width$}", "bench message", width = MESSAGE_BYTES));
     assert_eq!(single.len(), MESSAGE_BYTES);
     let fsync_before = fdatasync_rate(dir.path(), Duration::from_secs(1))?;
     println!("disk: write(100 B) + fdatasync, one writer: {fsync_before:.0}/s");
-    let rss = RssSampler::start(node.pid);
+    let rss = RssSampler::start(node_pid);
     let mut rows = Vec::new();
     let mut errors = 0;
     for conns in LEVELS {
         // Node and ceiling back to back at each level, so both see the same background load.
-        let n = load(&node, conns, window, "text/plain", single.clone()).await?;
+        let n = load(node, conns, window, "text/plain", single.clone()).await?;
         let c = load(&ceiling, conns, window, "text/plain", single.clone()).await?;
         println!(
             "{conns:>3} conns: node {:>8.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors) | ceiling {:>8.0}/s p50 {:.2} ms p99 {:.2} ms | ratio {:.2}",
@@ -365,7 +359,7 @@ async fn run(window: Duration) -> anyhow::Result<()> {
     let batch = Bytes::from(line.repeat(BATCH_MESSAGES));
     let mut batch_rows = Vec::new();
     for senders in BATCH_SENDERS {
-        let b = load(&node, senders, window, "application/x-ndjson", batch.clone()).await?;
+        let b = load(node, senders, window, "application/x-ndjson", batch.clone()).await?;
         let c = load(&ceiling, senders, window, "application/x-ndjson", batch.clone()).await?;
         println!(
             "batches: {senders} senders x {BATCH_MESSAGES} messages ({} KiB bodies): node {:.0} messages/s (p50 {:.2} ms, p99 {:.2} ms, {} errors) | ceiling {:.0} messages/s",
@@ -381,35 +375,31 @@ async fn run(window: Duration) -> anyhow::Result<()> {
     }
     let peak_kib = rss.peak_kib();
     drop(rss);
-    let hwm_kib = proc_status_kib(node.pid, "VmHWM").unwrap_or(0);
+    let hwm_kib = proc_status_kib(node_pid, "VmHWM").unwrap_or(0);
     let fsync_after = fdatasync_rate(dir.path(), Duration::from_secs(1))?;
     println!("disk: write(100 B) + fdatasync, one writer: {fsync_after:.0}/s");
 
     // Diagnostic (not a target): the same node with `--durability never`, to split the gap to
     // the ceiling into disk wait and everything else. Own election key, same dev Consul.
-    let never_spec = support::NodeSpec::new(
-        dir.path(),
-        "never",
-        &consul.url(),
-        &[
-            "--durability",
+    let never = cluster
+        .add_node(
             "never",
-            "--election-key",
-            "service/bench-never/leader",
-            "--service-name",
-            "bench-never",
-        ],
-    );
-    let mut never = never_spec.start("127.0.0.1:0").await?;
-    let readyz = format!("{}/readyz", never.url());
-    support::eventually(Duration::from_secs(30), || async {
-        support::ok(&http, &readyz).await.then_some(())
-    })
-    .await
-    .context("the durability=never node did not become leader within 30 s")?;
+            [
+                "--durability",
+                "never",
+                "--election-key",
+                "service/bench-never/leader",
+                "--service-name",
+                "bench-never",
+            ],
+        )
+        .await?;
+    eventually(Duration::from_secs(30), || cluster.ready(never))
+        .await
+        .context("the durability=never node did not become leader within 30 s")?;
     let mut never_rows = Vec::new();
     for conns in [1, 64] {
-        let n = load(&never, conns, window, "text/plain", single.clone()).await?;
+        let n = load(cluster.node(never), conns, window, "text/plain", single.clone()).await?;
         println!(
             "durability never, {conns:>3} conns: {:>8.0}/s p50 {:.2} ms p99 {:.2} ms, node CPU {:.0} µs/msg",
             n.per_second(),
@@ -420,7 +410,9 @@ async fn run(window: Duration) -> anyhow::Result<()> {
         errors += n.errors;
         never_rows.push((conns, n));
     }
-    never.stop().await;
+    if let Err(err) = cluster.node_mut(never).stop().await {
+        eprintln!("{err}");
+    }
 
     // The summary, as Markdown for BENCHMARKS.md.
     println!();
@@ -499,8 +491,9 @@ async fn run(window: Duration) -> anyhow::Result<()> {
         met(loaded <= TARGET_LOADED_MIB)
     );
     ceiling.kill().await;
-    node.stop().await;
-    consul.stop().await;
+    for problem in cluster.stop_all().await {
+        eprintln!("{problem}");
+    }
     if errors > 0 {
         bail!("{errors} requests failed");
     }

@@ -10,6 +10,7 @@
 //! - [`flags`]: the flag groups shared by subcommands (Consul, election key, election timing).
 //! - [`k8s`]: best-effort Kubernetes integration: LogCluster CRD and status, pod role label,
 //!   leadership Events, leader-driven rolling update.
+//! - [`local_cluster`]: a dev Consul and N nodes as local processes, for the demo, tests and benchmarks.
 //! - [`log`]: the durable, segmented, append-only log store.
 //! - [`metrics`]: the `simpleloggers_` Prometheus metrics.
 //! - [`node`]: `simpleloggers node`: the HTTP API, probes and status around the elector and log.
@@ -25,6 +26,7 @@ pub mod discovery;
 pub mod election;
 pub mod flags;
 pub mod k8s;
+pub mod local_cluster;
 pub mod log;
 pub mod metrics;
 pub mod node;

@@ -54,7 +54,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The demo prints its own status lines; its in-process Consul and producer only warn.
+    // The demo prints its own status lines; its in-process producer only warns.
     let default_filter = if matches!(
         cli.command,
         Command::Demo(_) | Command::Status(_) | Command::Tail(_)

@@ -1,22 +1,12 @@
 //! `simpleloggers demo` end to end: a short run with a leader kill verifies its own result,
 //! exits 0 and leaves no process behind.
 
-use std::{path::Path, process::Stdio, time::Duration};
+#[path = "support/cluster.rs"]
+mod cluster;
 
-const BIN: &str = env!("CARGO_BIN_EXE_simpleloggers");
+use std::{process::Stdio, time::Duration};
 
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &Path) -> Vec<String> {
-    let needle = needle.to_string_lossy().to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&needle))
-        .collect()
-}
+use cluster::{processes_mentioning, BIN};
 
 /// A 10-second demo with a SIGKILL of the leader after 4 s ends with VERIFIED and exit 0, and
 /// none of its node processes survives it.

@@ -27,7 +27,7 @@ async fn writes_and_reads() {
     let (c, url) = leader().await;
     let log = format!("{url}/api/v1/log");
     let one: Value = c
-        .http
+        .http()
         .post(&log)
         .body("hello")
         .send()
@@ -38,7 +38,7 @@ async fn writes_and_reads() {
         .unwrap();
     assert_eq!(one["offset"], 0);
     let binary: Value = c
-        .http
+        .http()
         .post(&log)
         .body(vec![0xff, 0x00, 0x80])
         .send()
@@ -49,7 +49,7 @@ async fn writes_and_reads() {
         .unwrap();
     assert_eq!(binary["offset"], 1);
     let batch = || {
-        c.http
+        c.http()
             .post(&log)
             .header("content-type", "application/x-ndjson")
             .header("x-producer-id", "p-1")
@@ -89,16 +89,16 @@ async fn bad_input_is_refused_and_stores_nothing() {
     let (c, url) = leader().await;
     let log = format!("{url}/api/v1/log");
     let ndjson = |body: &'static str| {
-        c.http
+        c.http()
             .post(&log)
             .header("content-type", "application/x-ndjson")
             .body(body)
     };
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("empty body", c.http.post(&log), 400, "empty message"),
+        ("empty body", c.http().post(&log), 400, "empty message"),
         (
             "message too large",
-            c.http.post(&log).body("x".repeat(17)),
+            c.http().post(&log).body("x".repeat(17)),
             413,
             "--max-message-bytes",
         ),
@@ -124,13 +124,13 @@ async fn bad_input_is_refused_and_stores_nothing() {
         ),
         (
             "seq without id",
-            c.http.post(&log).header("x-producer-seq", "1").body("m"),
+            c.http().post(&log).header("x-producer-seq", "1").body("m"),
             400,
             "together",
         ),
         (
             "non-numeric seq",
-            c.http
+            c.http()
                 .post(&log)
                 .header("x-producer-id", "p")
                 .header("x-producer-seq", "one")
@@ -138,21 +138,21 @@ async fn bad_input_is_refused_and_stores_nothing() {
             400,
             "X-Producer-Seq",
         ),
-        ("bad from", c.http.get(format!("{log}?from=abc")), 400, "from"),
-        ("zero limit", c.http.get(format!("{log}?limit=0")), 400, "limit"),
+        ("bad from", c.http().get(format!("{log}?from=abc")), 400, "from"),
+        ("zero limit", c.http().get(format!("{log}?limit=0")), 400, "limit"),
         (
             "unknown parameter",
-            c.http.get(format!("{log}?color=red")),
+            c.http().get(format!("{log}?color=red")),
             400,
             "color",
         ),
         (
             "unknown path",
-            c.http.get(format!("{url}/api/v1/nope")),
+            c.http().get(format!("{url}/api/v1/nope")),
             404,
             "no such endpoint",
         ),
-        ("wrong method", c.http.delete(&log), 405, "method not allowed"),
+        ("wrong method", c.http().delete(&log), 405, "method not allowed"),
     ];
     for (what, request, status, needle) in cases {
         let resp = request.send().await.unwrap();
@@ -185,7 +185,7 @@ async fn bad_input_is_refused_and_stores_nothing() {
 async fn probes_and_metrics() {
     let (c, url) = leader().await;
     assert_eq!(
-        c.http
+        c.http()
             .get(format!("{url}/healthz"))
             .send()
             .await
@@ -195,14 +195,14 @@ async fn probes_and_metrics() {
     );
     let ready: Value = c.get_json(format!("{url}/readyz")).await;
     assert_eq!(ready["role"], "leader");
-    c.http
+    c.http()
         .post(format!("{url}/api/v1/log"))
         .body("m")
         .send()
         .await
         .unwrap();
     let text = c
-        .http
+        .http()
         .get(format!("{url}/metrics"))
         .send()
         .await

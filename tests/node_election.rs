@@ -7,7 +7,6 @@ mod cluster;
 use std::time::Duration;
 
 use cluster::{eventually, Cluster};
-use nix::sys::signal::Signal;
 
 /// Exactly one of three nodes becomes leader; only it is ready and accepts writes; followers
 /// answer writes 503 with the leader's address in a header and in the JSON body.
@@ -15,12 +14,13 @@ use nix::sys::signal::Signal;
 async fn one_leader_and_followers_redirect() {
     let cluster = Cluster::start(3, &[]).await;
     let leader = cluster.wait_leader(Duration::from_secs(20)).await;
-    let (_, term, name) = cluster.lock_holder().await.expect("the key is held");
+    let holder = cluster.lock_holder().await.expect("the key is held");
+    let (term, name) = (holder.term, holder.record.name);
     assert_eq!(name, format!("n{leader}"), "the ready node is the lock holder");
-    let leader_addr = cluster.nodes[leader].as_ref().unwrap().addr.to_string();
+    let leader_addr = cluster.node(leader).addr().unwrap().to_string();
 
     let ack: serde_json::Value = cluster
-        .http
+        .http()
         .post(format!("{}/api/v1/log", cluster.url(leader)))
         .body("hello")
         .send()
@@ -36,7 +36,7 @@ async fn one_leader_and_followers_redirect() {
         // A follower learns the leader from its blocking query on the key, within moments.
         let resp = eventually(Duration::from_secs(5), || async {
             let resp = cluster
-                .http
+                .http()
                 .post(format!("{}/api/v1/log", cluster.url(follower)))
                 .body("nope")
                 .send()
@@ -68,13 +68,13 @@ async fn one_leader_and_followers_redirect() {
 async fn crash_fails_over_after_lock_delay() {
     let mut cluster = Cluster::start(3, &[]).await;
     let old = cluster.wait_leader(Duration::from_secs(20)).await;
-    let (_, old_term, _) = cluster.lock_holder().await.unwrap();
-    cluster.nodes[old].as_mut().unwrap().kill().await;
-    cluster.nodes[old] = None;
+    let old_term = cluster.lock_holder().await.unwrap().term;
+    cluster.node_mut(old).kill().await;
     // check interval 250 ms + lock-delay 1 s + margin; the bound is generous for loaded machines.
     let new = cluster.wait_leader(Duration::from_secs(20)).await;
     assert_ne!(new, old);
-    let (_, new_term, name) = cluster.lock_holder().await.unwrap();
+    let holder = cluster.lock_holder().await.unwrap();
+    let (new_term, name) = (holder.term, holder.record.name);
     assert_eq!(name, format!("n{new}"));
     assert!(new_term > old_term, "terms increase: {old_term} -> {new_term}");
 }
@@ -85,16 +85,10 @@ async fn crash_fails_over_after_lock_delay() {
 async fn graceful_stop_hands_over_without_lock_delay() {
     let mut cluster = Cluster::start(3, &["--lock-delay", "30s", "--session-ttl", "30s"]).await;
     let old = cluster.wait_leader(Duration::from_secs(20)).await;
-    cluster.nodes[old].as_mut().unwrap().terminate().await;
-    cluster.nodes[old] = None;
+    cluster.terminate(old).await;
     let new = cluster.wait_leader(Duration::from_secs(10)).await;
     assert_ne!(new, old);
-    let old_log = std::fs::read_dir(cluster.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("n{old}.")))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<String>();
+    let old_log = cluster.node(old).log_text();
     assert!(old_log.contains("released the leader lock"), "{old_log}");
 }
 
@@ -105,7 +99,7 @@ async fn paused_leader_accepts_nothing_after_its_lease() {
     let cluster = Cluster::start(3, &[]).await;
     let old = cluster.wait_leader(Duration::from_secs(20)).await;
     let old_url = cluster.url(old);
-    cluster.nodes[old].as_ref().unwrap().pause().await;
+    cluster.node(old).pause().await.unwrap();
     // A write sent to the stopped leader waits in its accept queue.
     let pending = tokio::spawn({
         let http = reqwest::Client::builder()
@@ -132,14 +126,14 @@ async fn paused_leader_accepts_nothing_after_its_lease() {
     })
     .await
     .expect("a new leader while the old one is stopped");
-    cluster.nodes[old].as_ref().unwrap().signal(Signal::SIGCONT);
+    cluster.node(old).resume();
     assert_eq!(
         pending.await.unwrap().unwrap(),
         503,
         "the write that waited through the pause is refused"
     );
     let resp = cluster
-        .http
+        .http()
         .post(format!("{old_url}/api/v1/log"))
         .body("after")
         .send()
@@ -166,7 +160,7 @@ async fn follower_forwards_writes_when_asked() {
     let follower = (leader + 1) % 3;
     let ack: serde_json::Value = eventually(Duration::from_secs(5), || async {
         let resp = cluster
-            .http
+            .http()
             .post(format!("{}/api/v1/log", cluster.url(follower)))
             .body("via follower")
             .send()

@@ -6,46 +6,19 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use cluster::{dev_consul, eventually, Cluster, NodeSpec, Proc};
+use cluster::{eventually, Cluster, BIN};
 use serde_json::Value;
+use simpleloggers::local_cluster::ClusterOptions;
 
 /// Generous bound for election steps on a loaded machine (check 250 ms, lock-delay 1 s).
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A dev Consul and `n` nodes, each with its own fault file; returns the fault file paths.
-async fn cluster_with_fault_files(n: usize) -> (Cluster, Vec<PathBuf>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let consul = dev_consul(dir.path()).await;
-    let (mut specs, mut nodes, mut faults) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        let mut spec = NodeSpec::new(dir.path(), &format!("n{i}"), &consul.url());
-        let fault = dir.path().join(format!("n{i}.fault"));
-        spec.extra
-            .extend(["--fault-file".to_string(), fault.display().to_string()]);
-        nodes.push(Some(spec.start("127.0.0.1:0").await));
-        specs.push(spec);
-        faults.push(fault);
-    }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    let cluster = Cluster {
-        dir,
-        consul,
-        specs,
-        nodes,
-        http,
-    };
-    (cluster, faults)
-}
-
 /// POSTs one message; the status and the JSON body.
 async fn write(c: &Cluster, i: usize, message: &str) -> (u16, Value) {
     let resp = c
-        .http
+        .http()
         .post(format!("{}/api/v1/log", c.url(i)))
         .body(message.to_string())
         .send()
@@ -58,7 +31,7 @@ async fn write(c: &Cluster, i: usize, message: &str) -> (u16, Value) {
 /// GETs `path` on node `i`; the status and the JSON body.
 async fn get(c: &Cluster, i: usize, path: &str) -> (u16, Value) {
     let resp = c
-        .http
+        .http()
         .get(format!("{}{path}", c.url(i)))
         .send()
         .await
@@ -73,12 +46,13 @@ async fn get(c: &Cluster, i: usize, path: &str) -> (u16, Value) {
 /// accept writes again once the other node is gone.
 #[tokio::test]
 async fn leader_that_cannot_write_hands_over_and_recovers() {
-    let (mut c, faults) = cluster_with_fault_files(2).await;
+    let mut c = Cluster::start_with(ClusterOptions::fast(BIN).nodes(2).fault_files()).await;
     let sick = c.wait_leader(WAIT).await;
     let healthy = 1 - sick;
+    let fault = c.fault_file(sick).expect("fault files were asked for");
     assert_eq!(write(&c, sick, "before").await.0, 200);
 
-    std::fs::write(&faults[sick], "ENOSPC").unwrap();
+    std::fs::write(&fault, "ENOSPC").unwrap();
     let refused = eventually(Duration::from_secs(5), || async {
         let (status, body) = write(&c, sick, "lost").await;
         (status != 200).then_some((status, body))
@@ -115,12 +89,12 @@ async fn leader_that_cannot_write_hands_over_and_recovers() {
         took_over.is_some(),
         "the healthy node did not take over within {WAIT:?}"
     );
-    let (_, _, holder) = c.lock_holder().await.expect("the key is held");
-    assert_eq!(holder, format!("n{healthy}"));
+    let holder = c.lock_holder().await.expect("the key is held");
+    assert_eq!(holder.record.name, format!("n{healthy}"));
     let (status, ack) = write(&c, healthy, "after").await;
     assert_eq!(status, 200, "{ack}");
 
-    std::fs::remove_file(&faults[sick]).unwrap();
+    std::fs::remove_file(&fault).unwrap();
     let recovered = eventually(WAIT, || async {
         let (_, s) = get(&c, sick, "/api/v1/status").await;
         (s["role"] == "follower" && s["session"].is_string() && s.get("log_problem").is_none()).then_some(s)
@@ -138,8 +112,7 @@ async fn leader_that_cannot_write_hands_over_and_recovers() {
         "the recovered node does not preempt"
     );
 
-    c.nodes[healthy].as_mut().unwrap().kill().await;
-    c.nodes[healthy] = None;
+    c.node_mut(healthy).kill().await;
     let ack = eventually(WAIT, || async {
         let (status, ack) = write(&c, sick, "back").await;
         (status == 200).then_some(ack)
@@ -161,26 +134,23 @@ async fn reset_consul_never_ready_while_refusing_writes() {
     // Three leaderships: the log's last term becomes 3.
     for round in 1..=3u64 {
         if round > 1 {
-            let addr = c.nodes[0].as_ref().unwrap().addr;
-            c.nodes[0].as_mut().unwrap().terminate().await;
-            c.restart(0, addr).await;
+            c.terminate(0).await;
+            c.node_mut(0).start().await.expect("restart n0 on its address");
         }
         c.wait_leader(WAIT).await;
         let (status, ack) = write(&c, 0, "m").await;
         assert_eq!((status, ack["term"].as_u64()), (200, Some(round)), "{ack}");
     }
 
-    let consul_addr = c.consul.addr;
-    c.consul.kill().await;
-    let args = [
-        "dev-consul",
-        "--listen",
-        &consul_addr.to_string(),
-        "--session-ttl-min",
-        "1s",
-    ]
-    .map(String::from);
-    c.consul = Proc::start(&args, c.dir.path().join("dev-consul-2.log"), &[]).await;
+    // Only what the node logs from here on counts below.
+    let log_before = c.node(0).log_text().len();
+    // Restarted on its address, the dev Consul keeps no state: `LockIndex` starts again at 1.
+    let consul = c.consul_mut();
+    consul.kill().await;
+    consul
+        .start()
+        .await
+        .expect("restart the dev Consul on its address");
 
     let ack = eventually(WAIT, || async {
         let (ready, readiness) = get(&c, 0, "/readyz").await;
@@ -199,14 +169,17 @@ async fn reset_consul_never_ready_while_refusing_writes() {
     })
     .await
     .expect("the node leads again in a term above its log's");
-    let (_, lock_index, _) = c.lock_holder().await.expect("held");
+    let lock_index = c.lock_holder().await.expect("held").term;
     assert_eq!(
         ack["term"].as_u64(),
         Some(lock_index),
         "the term is still the LockIndex"
     );
     assert!(
-        c.nodes[0].as_ref().unwrap().log_text().contains("giving it back"),
+        c.node(0)
+            .log_text()
+            .get(log_before..)
+            .is_some_and(|since| since.contains("giving it back")),
         "the node says why it gave locks back"
     );
 }

@@ -12,7 +12,6 @@ use std::{
 };
 
 use cluster::{eventually, Cluster};
-use nix::sys::signal::Signal;
 
 /// One `/readyz` answer of 200.
 #[derive(Clone, Debug)]
@@ -36,8 +35,8 @@ async fn probe_round(cluster: &Cluster, http: &reqwest::Client, obs: &Mutex<Obse
         .await
         .ok()
         .flatten();
-    let probes = (0..cluster.nodes.len()).map(|i| async move {
-        let node = cluster.nodes[i].as_ref()?;
+    let probes = (0..cluster.len()).map(|i| async move {
+        let node = Some(cluster.node(i)).filter(|n| n.is_running())?;
         let sent = Instant::now();
         let resp = http.get(format!("{}/readyz", node.url())).send().await.ok()?;
         let ok = resp.status() == 200;
@@ -64,10 +63,10 @@ async fn probe_round(cluster: &Cluster, http: &reqwest::Client, obs: &Mutex<Obse
     if let (Some(before), Some(after)) = (&holder_before, &holder_after) {
         if before == after {
             for r in &ready {
-                if before.2 != format!("n{}", r.node) || before.1 != r.term {
+                if before.record.name != format!("n{}", r.node) || before.term != r.term {
                     obs.holder_violations.push(format!(
                         "n{} ready in term {} while Consul says {} holds term {}",
-                        r.node, r.term, before.2, before.1
+                        r.node, r.term, before.record.name, before.term
                     ));
                 }
             }
@@ -142,33 +141,25 @@ async fn never_two_ready_nodes() {
     for round in 0..2 {
         // Crash: SIGKILL the leader, wait for a successor, bring the node back.
         {
-            let mut c = cluster.write().await;
-            let addr = c.nodes[leader].as_ref().unwrap().addr;
-            c.nodes[leader].as_mut().unwrap().kill().await;
-            c.nodes[leader] = None;
-            drop(c);
+            cluster.write().await.node_mut(leader).kill().await;
             let next = wait_new_leader(&*cluster.read().await, Some(leader)).await;
-            cluster.write().await.restart(leader, addr).await;
+            cluster.write().await.node_mut(leader).start().await.unwrap();
             leader = next;
         }
         // Graceful stop.
         {
-            let mut c = cluster.write().await;
-            let addr = c.nodes[leader].as_ref().unwrap().addr;
-            c.nodes[leader].as_mut().unwrap().terminate().await;
-            c.nodes[leader] = None;
-            drop(c);
+            cluster.write().await.terminate(leader).await;
             wait_new_leader(&*cluster.read().await, Some(leader)).await;
-            cluster.write().await.restart(leader, addr).await;
+            cluster.write().await.node_mut(leader).start().await.unwrap();
         }
         // Session invalidation: an operator destroys the leader's session in Consul.
         {
             let c = cluster.read().await;
-            let (session, _, _) = c.lock_holder().await.expect("held");
-            let url = format!("{}/v1/session/destroy/{session}", c.consul.url());
-            assert!(c.http.put(url).send().await.unwrap().status().is_success());
+            let session = c.lock_holder().await.expect("held").session;
+            let url = format!("{}/v1/session/destroy/{session}", c.consul_url());
+            assert!(c.http().put(url).send().await.unwrap().status().is_success());
             eventually(Duration::from_secs(30), || async {
-                c.lock_holder().await.filter(|(s, _, _)| *s != session)
+                c.lock_holder().await.filter(|h| h.session != session)
             })
             .await
             .expect("a new session takes the lock");
@@ -177,12 +168,12 @@ async fn never_two_ready_nodes() {
         // Consul outage: the dev server freezes for longer than the lock-delay.
         {
             let c = cluster.read().await;
-            c.consul.pause().await;
+            c.consul().pause().await.unwrap();
             tokio::time::sleep(Duration::from_secs(2)).await;
-            c.consul.signal(Signal::SIGCONT);
+            c.consul().resume();
             leader = wait_new_leader(&c, None).await;
             let metrics = c
-                .http
+                .http()
                 .get(format!("{}/metrics", c.url(leader)))
                 .send()
                 .await
@@ -197,7 +188,7 @@ async fn never_two_ready_nodes() {
         }
         eprintln!("round {round} done; leader n{leader}");
         assert!(
-            cluster.read().await.nodes.iter().all(Option::is_some),
+            cluster.read().await.nodes().iter().all(|n| n.is_running()),
             "every node is back"
         );
     }

@@ -4,7 +4,7 @@
 //! client inventing methods or paths cannot create metric label values. Each test runs the real
 //! node (`node::run`) in-process on 127.0.0.1:0, with short limits set through its flags; the
 //! tests that write get a leader from an in-process dev-consul. Self-contained on purpose: no
-//! shared harness.
+//! shared harness, only its election timings (`Timings::FAST`).
 
 use std::{
     net::SocketAddr,
@@ -15,6 +15,7 @@ use clap::Parser;
 use devconsul::{Config, DevConsulHandle};
 use serde_json::Value;
 use simpleloggers::{
+    local_cluster::Timings,
     node::{self, NodeConfig},
     shutdown::CancellationToken,
 };
@@ -75,7 +76,7 @@ impl TestNode {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let data_dir = dir.path().display().to_string();
-        let mut args = vec![
+        let mut args: Vec<String> = [
             "node",
             "--name",
             "n0",
@@ -83,16 +84,12 @@ impl TestNode {
             &data_dir,
             "--consul-addr",
             &consul_addr,
-            "--session-ttl",
-            "2s",
-            "--lock-delay",
-            "1s",
-            "--renew-interval",
-            "200ms",
-            "--check-interval",
-            "250ms",
-        ];
-        args.extend_from_slice(flags);
+        ]
+        .map(String::from)
+        .into();
+        // The tests' election timings, the ones every local cluster of the tests uses.
+        args.extend(Timings::FAST.node_args());
+        args.extend(flags.iter().map(|f| f.to_string()));
         let config = Flags::try_parse_from(args)?.node;
         let stop = CancellationToken::new();
         let task = tokio::spawn(node::run(config, listener, stop.clone()));

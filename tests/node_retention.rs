@@ -43,7 +43,7 @@ async fn retention_flags_drop_old_segments() {
     let batch = format!("{message}\n").repeat(4);
     for _ in 0..20 {
         let resp = c
-            .http
+            .http()
             .post(format!("{}/api/v1/log", c.url(0)))
             .header("content-type", "application/x-ndjson")
             .body(batch.clone())

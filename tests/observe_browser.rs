@@ -183,7 +183,7 @@ impl Drop for Browser {
 async fn write_some(c: &Cluster, node: usize, what: &str) {
     for i in 0..10 {
         let _ = c
-            .http
+            .http()
             .post(format!("{}/api/v1/log", c.url(node)))
             .body(format!("{what} #{i}"))
             .send()
@@ -219,8 +219,7 @@ async fn dashboard_follows_the_leader() {
         .await;
     write_some(&c, first, "before the failover").await;
 
-    c.nodes[first].as_mut().unwrap().kill().await;
-    c.nodes[first] = None;
+    c.node_mut(first).kill().await;
     let second = c.wait_leader(Duration::from_secs(60)).await;
     assert_ne!(second, first);
     browser
@@ -239,13 +238,11 @@ async fn dashboard_follows_the_leader() {
 
     // The node behind the page goes away and comes back on the same address, as when a
     // port-forward is restarted: the page says so, then recovers by itself without a reload.
-    let addr = c.nodes[viewer].as_ref().unwrap().addr;
-    c.nodes[viewer].as_mut().unwrap().terminate().await;
-    c.nodes[viewer] = None;
+    c.terminate(viewer).await;
     browser
         .wait_text("conn", "reconnecting…", Duration::from_secs(15))
         .await;
-    c.restart(viewer, addr).await;
+    c.node_mut(viewer).start().await.unwrap();
     browser.wait_text("conn", "live", Duration::from_secs(30)).await;
     browser
         .wait_text("tail-state", "streaming", Duration::from_secs(30))
@@ -263,7 +260,7 @@ async fn dashboard_follows_the_leader() {
         .wait_text("leader-name", &format!("n{second}"), Duration::from_secs(30))
         .await;
     let url = format!("{}/api/v1/log", c.url(second));
-    let http = c.http.clone();
+    let http = c.http().clone();
     let traffic = tokio::spawn(async move {
         for i in 0.. {
             let _ = http

@@ -31,7 +31,7 @@ async fn write(c: &Cluster, message: &str) {
     let ok = eventually(Duration::from_secs(30), || async {
         let leader = c.ready_nodes().await.first().copied()?;
         let resp = c
-            .http
+            .http()
             .post(format!("{}/api/v1/log", c.url(leader)))
             .body(message.to_string())
             .send()
@@ -49,7 +49,7 @@ async fn write(c: &Cluster, message: &str) {
 async fn status_lists_members_with_one_leader() {
     let c = Cluster::start(3, &[]).await;
     let leader = c.wait_leader(Duration::from_secs(20)).await;
-    let consul = c.consul.url();
+    let consul = c.consul_url();
     let members = eventually(Duration::from_secs(20), || async {
         let out = run(&["status", "--consul-addr", &consul, "-o", "json"]).await;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -70,10 +70,7 @@ async fn status_lists_members_with_one_leader() {
     assert_eq!(leaders[0]["name"], format!("n{leader}"));
     assert_eq!(leaders[0]["ready"], true);
     assert_eq!(leaders[0]["holds_lock"], true);
-    assert_eq!(
-        leaders[0]["address"],
-        c.nodes[leader].as_ref().unwrap().addr.to_string()
-    );
+    assert_eq!(leaders[0]["address"], c.node(leader).addr().unwrap().to_string());
     for m in &members {
         assert!(m["term"].as_u64().unwrap() >= 1, "{m}");
         assert!(m["log_end_offset"].is_u64(), "{m}");
@@ -128,7 +125,7 @@ async fn tail_prints_what_exists() {
     for i in 0..5 {
         write(&c, &format!("hello {i}")).await;
     }
-    let consul = c.consul.url();
+    let consul = c.consul_url();
     let out = run(&["tail", "--consul-addr", &consul]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
@@ -171,7 +168,7 @@ async fn tail_follow_survives_a_failover() {
     let first = c.wait_leader(Duration::from_secs(20)).await;
     write(&c, "before").await;
     let mut child = Command::new(BIN)
-        .args(["tail", "--follow", "--consul-addr", &c.consul.url()])
+        .args(["tail", "--follow", "--consul-addr", &c.consul_url()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -185,7 +182,7 @@ async fn tail_follow_survives_a_failover() {
             let _ = tx.send(line);
         }
     });
-    let stderr_log = c.dir.path().join("tail.stderr");
+    let stderr_log = c.dir().join("tail.stderr");
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let log = stderr_log.clone();
     tokio::spawn(async move {
@@ -200,8 +197,7 @@ async fn tail_follow_survives_a_failover() {
     write(&c, "while-following").await;
     expect(&mut lines, &stderr_log, "while-following").await;
 
-    c.nodes[first].as_mut().unwrap().terminate().await;
-    c.nodes[first] = None;
+    c.terminate(first).await;
     let second = c.wait_leader(Duration::from_secs(30)).await;
     assert_ne!(second, first);
     write(&c, "after-failover").await;

@@ -16,7 +16,7 @@ async fn page_and_assets_on_every_node() {
     let c = Cluster::start(2, &[]).await;
     let leader = c.wait_leader(Duration::from_secs(20)).await;
     for i in [leader, 1 - leader] {
-        let resp = c.http.get(format!("{}/", c.url(i))).send().await.unwrap();
+        let resp = c.http().get(format!("{}/", c.url(i))).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert!(resp.headers()["content-type"]
             .to_str()
@@ -31,14 +31,14 @@ async fn page_and_assets_on_every_node() {
         let refs: Vec<&str> = html.split('"').filter(|s| s.starts_with("assets/")).collect();
         assert_eq!(refs.len(), 2, "script and style sheet: {refs:?}");
         for r in refs {
-            let resp = c.http.get(format!("{}/{r}", c.url(i))).send().await.unwrap();
+            let resp = c.http().get(format!("{}/{r}", c.url(i))).send().await.unwrap();
             assert_eq!(resp.status(), 200, "{r}");
             let body = resp.text().await.unwrap();
             assert!(!body.contains("http://") && !body.contains("https://"), "{r}");
         }
     }
     let missing = c
-        .http
+        .http()
         .get(format!("{}/assets/nope.js", c.url(0)))
         .send()
         .await
@@ -57,7 +57,7 @@ async fn cluster_json_shape() {
     let follower = 1 - leader;
     let url = format!("{}/api/v1/cluster", c.url(follower));
     let view = eventually(Duration::from_secs(20), || async {
-        let view: Value = c.http.get(&url).send().await.ok()?.json().await.ok()?;
+        let view: Value = c.http().get(&url).send().await.ok()?.json().await.ok()?;
         let members = view["members"].as_array()?;
         let settled = members.len() == 2
             && members
@@ -75,7 +75,7 @@ async fn cluster_json_shape() {
     assert!(view["leader"]["since"].is_string());
     assert_eq!(
         view["leader"]["address"],
-        c.nodes[leader].as_ref().unwrap().addr.to_string()
+        c.node(leader).addr().unwrap().to_string()
     );
     for m in view["members"].as_array().unwrap() {
         for field in ["name", "address", "service_id", "consul_check", "role", "session"] {
@@ -94,10 +94,10 @@ async fn cluster_json_shape() {
 async fn cluster_json_without_consul_is_503() {
     let mut c = Cluster::start(1, &[]).await;
     c.wait_leader(Duration::from_secs(20)).await;
-    c.consul.kill().await;
+    c.consul_mut().kill().await;
     let url = format!("{}/api/v1/cluster", c.url(0));
     let body = eventually(Duration::from_secs(20), || async {
-        let resp = c.http.get(&url).send().await.ok()?;
+        let resp = c.http().get(&url).send().await.ok()?;
         if resp.status() != 503 {
             return None;
         }

@@ -79,7 +79,7 @@ impl SseReader {
 
 async fn write(c: &Cluster, url: &str, message: &str) -> u64 {
     let resp = c
-        .http
+        .http()
         .post(format!("{url}/api/v1/log"))
         .body(message.to_string())
         .send()
@@ -132,7 +132,7 @@ async fn stream_defaults_to_the_end_and_rejects_bad_input() {
     write(&c, &url, "old").await;
     let mut stream = SseReader::open(&format!("{url}/api/v1/log/stream"), None).await;
     let resp = c
-        .http
+        .http()
         .post(format!("{url}/api/v1/log"))
         .body(vec![0xffu8, 0x00])
         .send()
@@ -146,7 +146,7 @@ async fn stream_defaults_to_the_end_and_rejects_bad_input() {
 
     for query in ["from=-1", "from=abc", "limit=5"] {
         let resp = c
-            .http
+            .http()
             .get(format!("{url}/api/v1/log/stream?{query}"))
             .send()
             .await
@@ -168,7 +168,7 @@ async fn stream_ends_on_graceful_stop() {
     let mut stream = SseReader::open(&format!("{url}/api/v1/log/stream?from=0"), None).await;
     assert_eq!(stream.next(Duration::from_secs(10)).await.data["message"], "one");
     let started = std::time::Instant::now();
-    c.nodes[0].as_mut().unwrap().terminate().await;
+    c.terminate(0).await;
     let stopped_in = started.elapsed();
     assert!(stopped_in < Duration::from_secs(5), "stop took {stopped_in:?}");
     let end = tokio::time::timeout(Duration::from_secs(5), async {

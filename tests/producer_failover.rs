@@ -10,10 +10,10 @@ use cluster::Cluster;
 use simpleloggers::{
     consul::ConsulConfig,
     demo::{read_all, verify},
-    producer::{self, Ack, Hooks, Summary},
+    producer::{self, Hooks, Summary},
     shutdown::CancellationToken,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Waits until the producer has acknowledged `more` messages beyond what it had so far.
 async fn acknowledge_more(progress: &mut watch::Receiver<Summary>, more: u64) {
@@ -34,32 +34,21 @@ async fn no_loss_no_duplicates_across_failovers() {
     let mut cluster = Cluster::start(3, &[]).await;
     cluster.wait_leader(Duration::from_secs(20)).await;
 
-    let mut config = producer::Config::for_consul(ConsulConfig::new(cluster.consul.url()));
+    let mut config = producer::Config::for_consul(ConsulConfig::new(cluster.consul_url()));
     config.rate = 200.0;
-    let (progress_tx, mut progress) = watch::channel(Summary::default());
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
+    let (hooks, mut progress, mut ack_rx) = Hooks::observed();
     let stop = CancellationToken::new();
-    let run = tokio::spawn(producer::run_with(
-        config,
-        stop.clone(),
-        Hooks {
-            progress: Some(progress_tx),
-            acks: Some(ack_tx),
-            reader: None,
-        },
-    ));
+    let run = tokio::spawn(producer::run_with(config, stop.clone(), hooks));
 
     for round in 0..6 {
         acknowledge_more(&mut progress, 50).await;
         let leader = cluster.wait_leader(Duration::from_secs(30)).await;
-        let addr = cluster.nodes[leader].as_ref().unwrap().addr;
         if round % 2 == 0 {
-            cluster.nodes[leader].as_mut().unwrap().kill().await;
+            cluster.node_mut(leader).kill().await;
         } else {
-            cluster.nodes[leader].as_mut().unwrap().terminate().await;
+            cluster.terminate(leader).await;
         }
-        cluster.nodes[leader] = None;
-        cluster.restart(leader, addr).await;
+        cluster.node_mut(leader).start().await.unwrap();
     }
     acknowledge_more(&mut progress, 50).await;
     stop.cancel();
@@ -72,11 +61,11 @@ async fn no_loss_no_duplicates_across_failovers() {
         acks.push(ack);
     }
     let mut logs = Vec::new();
-    for i in 0..cluster.nodes.len() {
+    for i in 0..cluster.len() {
         let url = cluster.url(i);
-        cluster.nodes[i].as_mut().unwrap().terminate().await;
-        let records = read_all(&cluster.specs[i].data_dir).await.unwrap();
-        logs.push((cluster.specs[i].name.clone(), url, records));
+        cluster.terminate(i).await;
+        let records = read_all(cluster.data_dir(i)).await.unwrap();
+        logs.push((cluster.node(i).name().to_string(), url, records));
     }
     let result = verify(&summary.producer_id, &acks, &logs);
     assert!(result.holds(), "{result:?}");

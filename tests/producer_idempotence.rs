@@ -9,11 +9,12 @@ mod cluster;
 
 use std::{process::Stdio, time::Duration};
 
-use cluster::{dev_consul, eventually, Cluster, Proc, BIN, FAST};
+use cluster::{eventually, Cluster, BIN};
 use serde_json::Value;
 use simpleloggers::{
     consul::ConsulConfig,
     demo::{read_all, verify},
+    local_cluster::ClusterOptions,
     producer::{self, Ack, Hooks, Summary},
     shutdown::CancellationToken,
 };
@@ -56,7 +57,7 @@ async fn pipelined_batches_survive_a_crash_and_a_stop() {
     let mut cluster = Cluster::start(3, &[]).await;
     cluster.wait_leader(Duration::from_secs(20)).await;
 
-    let mut config = producer::Config::for_consul(ConsulConfig::new(cluster.consul.url()));
+    let mut config = producer::Config::for_consul(ConsulConfig::new(cluster.consul_url()));
     config.rate = 2000.0;
     config.batch_max = 20;
     config.max_in_flight = 8;
@@ -75,10 +76,10 @@ async fn pipelined_batches_survive_a_crash_and_a_stop() {
 
     acknowledge_more(&mut progress, 1000).await;
     let first = cluster.wait_leader(Duration::from_secs(30)).await;
-    cluster.nodes[first].as_mut().unwrap().kill().await;
+    cluster.node_mut(first).kill().await;
     acknowledge_more(&mut progress, 1000).await;
     let second = cluster.wait_leader(Duration::from_secs(30)).await;
-    cluster.nodes[second].as_mut().unwrap().terminate().await;
+    cluster.terminate(second).await;
     acknowledge_more(&mut progress, 1000).await;
     stop.cancel();
     let summary = run.await.unwrap().unwrap();
@@ -92,13 +93,13 @@ async fn pipelined_batches_survive_a_crash_and_a_stop() {
     }
     assert_each_acknowledged_once(&acks, summary.sent);
     let mut logs = Vec::new();
-    for i in 0..cluster.nodes.len() {
-        let url = format!("http://{}", cluster.nodes[i].as_ref().unwrap().addr);
+    for i in 0..cluster.len() {
+        let url = cluster.url(i);
         if i != first && i != second {
-            cluster.nodes[i].as_mut().unwrap().terminate().await;
+            cluster.terminate(i).await;
         }
-        let records = read_all(&cluster.specs[i].data_dir).await.unwrap();
-        logs.push((cluster.specs[i].name.clone(), url, records));
+        let records = read_all(cluster.data_dir(i)).await.unwrap();
+        logs.push((cluster.node(i).name().to_string(), url, records));
     }
     let result = verify(&summary.producer_id, &acks, &logs);
     assert!(result.holds(), "{result:?}");
@@ -126,7 +127,7 @@ async fn post(
 ) -> (u16, Value) {
     let body: String = lines.iter().map(|l| format!("{}\n", Value::from(*l))).collect();
     let mut request = c
-        .http
+        .http()
         .post(format!("{url}/api/v1/log"))
         .header("content-type", "application/x-ndjson")
         .header("x-producer-id", id)
@@ -142,7 +143,7 @@ async fn post(
 
 async fn last_seq(c: &Cluster, url: &str, id: &str) -> (u16, Value) {
     let response = c
-        .http
+        .http()
         .get(format!("{url}/api/v1/producers/{id}"))
         .send()
         .await
@@ -319,23 +320,12 @@ async fn overflowing_sequences_are_a_400() {
 /// the leader no longer knows it, and a batch that would have been a gap is accepted as a start.
 #[tokio::test]
 async fn idle_producers_are_forgotten() {
-    let dir = tempfile::tempdir().unwrap();
-    let consul = dev_consul(dir.path()).await;
-    let mut args: Vec<String> = ["node", "--name", "n0", "--listen", "127.0.0.1:0", "--consul-addr"]
-        .map(String::from)
-        .to_vec();
-    args.push(consul.url());
-    args.push("--data-dir".into());
-    args.push(dir.path().join("n0").display().to_string());
-    args.extend(FAST.iter().map(|s| s.to_string()));
-    let node = Proc::start(
-        &args,
-        dir.path().join("n0.log"),
-        &[("SIMPLELOGGERS_PRODUCER_ID_EXPIRY", "300ms".to_string())],
-    )
-    .await;
-    let http = reqwest::Client::new();
-    let url = node.url();
+    let options = ClusterOptions::fast(BIN)
+        .nodes(1)
+        .node_env("SIMPLELOGGERS_PRODUCER_ID_EXPIRY", "300ms");
+    let c = Cluster::start_with(options).await;
+    let http = c.http();
+    let url = c.url(0);
     let ready = eventually(Duration::from_secs(20), || async {
         let r = http.get(format!("{url}/readyz")).send().await.ok()?;
         (r.status() == 200).then_some(())

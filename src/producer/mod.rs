@@ -219,6 +219,20 @@ pub struct Hooks {
     pub reader: Option<Box<dyn AsyncBufRead + Send + Unpin>>,
 }
 
+impl Hooks {
+    /// Hooks that publish progress and every acknowledgement, with the receiving ends.
+    pub fn observed() -> (Self, watch::Receiver<Summary>, mpsc::UnboundedReceiver<Ack>) {
+        let (progress, progress_rx) = watch::channel(Summary::default());
+        let (acks, acks_rx) = mpsc::unbounded_channel();
+        let hooks = Hooks {
+            progress: Some(progress),
+            acks: Some(acks),
+            reader: None,
+        };
+        (hooks, progress_rx, acks_rx)
+    }
+}
+
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
