@@ -188,6 +188,22 @@ simpleloggers.consulEnv: the Consul client environment shared by the node and th
 {{- end -}}
 
 {{/*
+simpleloggers.optionalEnv: env entries for the flags the chart leaves to the binary's default: takes
+a dict of variable name -> value and renders one entry per value that is set (not empty, not
+null), in name order; nothing at all when none is. Numbers (Helm parses YAML numbers as float64)
+are printed as integers, never as 6.7108864e+07; values.schema.json has already checked the
+format of each.
+*/}}
+{{- define "simpleloggers.optionalEnv" -}}
+{{- range $name, $value := . }}
+{{- if $value }}
+- name: {{ $name }}
+  value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ $value | int64 | quote }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
 simpleloggers.consulCaVolume: true (non-empty) when the app mounts the external Consul CA.
 The CA matters only when the app talks to Consul directly (agentless).
 */}}
