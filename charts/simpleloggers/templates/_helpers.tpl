@@ -282,9 +282,10 @@ agent itself as a native sidecar (an init container with restartPolicy: Always).
 starts, and passes its startup probe once the catalog lists this pod's node at this pod's IP
 (a previous pod of the same name has another IP), before the app starts; it stops after the
 app, so the node can still release its lock and destroy its session through it. -node is the
-pod name, so each pod has its own serfHealth; the agent advertises the pod IP so the node's
-/healthz check and gossip reach it; -retry-interval is short because the default (30 s) is added
-to every cold start whose first join finds no server yet. Takes the root context.
+pod name, so each pod has its own serfHealth; the agent advertises the pod IP so that gossip
+and Consul's HTTP check on the node's /consul-check reach it; -retry-interval is short because
+the default (30 s) is added to every cold start whose first join finds no server yet. Takes the
+root context.
 */}}
 {{- define "simpleloggers.consulAgentInitContainers" -}}
 {{- if include "simpleloggers.consulAgentToken" . }}
