@@ -102,6 +102,25 @@ def test_probes(value_set, objects_of):
     assert node["livenessProbe"]["httpGet"]["port"] == "http"
 
 
+
+# Where the docs and comments may say which endpoint Consul checks: the chart and the README.
+CONSUL_CHECK_DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "charts").rglob("*") if p.is_file())]
+
+
+def test_docs_name_consul_check_as_the_consul_check():
+    """Consul's HTTP check, the one the session is bound to, is /consul-check (failing while the
+    log cannot append); /healthz is only the kubelet's liveness and startup probe. No doc or
+    comment in the chart or README.md calls /healthz the Consul check, and the values name
+    /consul-check where they set the check's interval."""
+    wrong = re.compile(r"/healthz`?\s+(HTTP\s+)?check\b|\bcheck\s+(on|against|at|of)\s+`?/healthz", re.I)
+    for path in CONSUL_CHECK_DOCS:
+        text = " ".join(path.read_text().split())
+        found = wrong.search(text)
+        assert not found, f"{path.relative_to(ROOT)}: ...{text[max(0, found.start() - 80):found.end() + 40]}..."
+    values = (ROOT / "charts/simpleloggers/values.yaml").read_text()
+    check_interval = values[:values.index("checkInterval:")].rsplit("renewInterval:", 1)[1]
+    assert "/consul-check" in check_interval
+
 def test_statefulset_policies(value_set, objects_of):
     """Parallel pod management (OrderedReady would never start pod 1), OnDelete updates (the
     leader drives the rollout), a PVC per pod, a grace period long enough for the handover and

@@ -188,6 +188,22 @@ simpleloggers.consulEnv: the Consul client environment shared by the node and th
 {{- end -}}
 
 {{/*
+simpleloggers.optionalEnv: env entries for the flags the chart leaves to the binary's default: takes
+a dict of variable name -> value and renders one entry per value that is set (not empty, not
+null), in name order; nothing at all when none is. Numbers (Helm parses YAML numbers as float64)
+are printed as integers, never as 6.7108864e+07; values.schema.json has already checked the
+format of each.
+*/}}
+{{- define "simpleloggers.optionalEnv" -}}
+{{- range $name, $value := . }}
+{{- if $value }}
+- name: {{ $name }}
+  value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ $value | int64 | quote }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
 simpleloggers.consulCaVolume: true (non-empty) when the app mounts the external Consul CA.
 The CA matters only when the app talks to Consul directly (agentless).
 */}}
@@ -266,9 +282,10 @@ agent itself as a native sidecar (an init container with restartPolicy: Always).
 starts, and passes its startup probe once the catalog lists this pod's node at this pod's IP
 (a previous pod of the same name has another IP), before the app starts; it stops after the
 app, so the node can still release its lock and destroy its session through it. -node is the
-pod name, so each pod has its own serfHealth; the agent advertises the pod IP so the node's
-/healthz check and gossip reach it; -retry-interval is short because the default (30 s) is added
-to every cold start whose first join finds no server yet. Takes the root context.
+pod name, so each pod has its own serfHealth; the agent advertises the pod IP so that gossip
+and Consul's HTTP check on the node's /consul-check reach it; -retry-interval is short because
+the default (30 s) is added to every cold start whose first join finds no server yet. Takes the
+root context.
 */}}
 {{- define "simpleloggers.consulAgentInitContainers" -}}
 {{- if include "simpleloggers.consulAgentToken" . }}
