@@ -145,3 +145,50 @@ async fn split_characters_survive_and_bad_events_are_reported() -> anyhow::Resul
     assert!(reports[0].contains("following fake"), "{reports:?}");
     Ok(())
 }
+
+/// A leader that closes every stream at once (with no entry) is not hammered: `tail --follow`
+/// backs off between reconnects (100 ms, doubling), where it used to reconnect in a busy loop.
+#[tokio::test]
+async fn streams_that_end_at_once_are_retried_with_back_off() -> anyhow::Result<()> {
+    let consul = devconsul::spawn(Config::ephemeral()).await?;
+    let node = TcpListener::bind("127.0.0.1:0").await?;
+    elect(&consul.url(), &node.local_addr()?.to_string()).await?;
+    let _tail = Command::new(BIN)
+        .args([
+            "tail",
+            "--follow",
+            "--consul-addr",
+            &consul.url(),
+            "--election-key",
+            KEY,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut accepted = Vec::new();
+    while accepted.len() < 5 {
+        let (mut conn, _) = tokio::time::timeout(WAIT, node.accept()).await??;
+        accepted.push(tokio::time::Instant::now());
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if conn.read(&mut byte).await? == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+            .await?;
+        conn.shutdown().await?;
+    }
+    // Four waits between five connections: at least 100 + 200 + 400 + 800 ms.
+    let spread = accepted[4] - accepted[0];
+    assert!(
+        spread >= Duration::from_millis(1500),
+        "five connections within {spread:?}: no back-off between reconnects"
+    );
+    Ok(())
+}

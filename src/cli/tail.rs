@@ -232,7 +232,6 @@ async fn follow(
                     "tail: following {name} at {} (term {}) from offset {from}",
                     leader.record.address, leader.term
                 );
-                backoff = Duration::from_millis(100);
                 resp
             }
             Err(err) => {
@@ -247,6 +246,9 @@ async fn follow(
             }
         };
         let mut events = Box::pin(SseStream::new(reqwest::Body::from(resp)));
+        // Entries this connection delivered: the back-off resets only on a stream that worked.
+        let mut streamed = 0u64;
+        let mut ended = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(printed),
@@ -269,6 +271,8 @@ async fn follow(
                             writeln!(out, "{}", entry.line())?;
                             out.flush()?;
                             printed += 1;
+                            streamed += 1;
+                            backoff = Duration::from_millis(100);
                         }
                         StreamItem::Problem(problem) => {
                             // Reported, not printed: a reconnect resumes after it, not at it.
@@ -281,14 +285,28 @@ async fn follow(
                     },
                     Some(Err(err)) => {
                         eprintln!("tail: the stream from {name} broke: {err}");
+                        ended = true;
                         break;
                     }
                     // The stream ended (the node stopped): rediscover.
-                    None => break,
+                    None => {
+                        ended = true;
+                        break;
+                    }
                 },
             }
         }
         eprintln!("tail: stream from {name} ended; looking for the leader");
+        // A stream that ends again and again (a node closing it at once) must not become a busy
+        // reconnect loop: wait the back-off unless leadership moves meanwhile.
+        if ended && streamed == 0 {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(printed),
+                _ = tokio::time::sleep(backoff) => {}
+                _ = leaders.changed() => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 }
 
