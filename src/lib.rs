@@ -16,6 +16,8 @@
 //! - [`node`]: `simpleloggers node`: the HTTP API, probes and status around the elector and log.
 //! - [`producer`]: the producer: finds the leader, batches messages and sends them with retries
 //!   that never duplicate (idempotency headers) or drop silently (a summary of every outcome).
+//! - [`replication`]: replication between nodes (`docs/replication.md`); so far the follower's
+//!   truncation-by-epoch rule.
 //! - [`shutdown`]: cancellation plumbing shared by every long-running task.
 //! - [`telemetry`]: tracing subscriber set-up.
 
@@ -31,5 +33,6 @@ pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod producer;
+pub mod replication;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,10 +1,11 @@
 //! Property test: random appends (single and batched, with and without idempotent producers and
-//! retries), stale terms, reads, truncations and reopens agree with an in-memory model of the log.
+//! retries), stale terms, reads, truncations and reopens agree with an in-memory model of the log
+//! (its records, producer sequences and epoch cache).
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use simpleloggers::log::{
-    AppendOutcome, Durability, LogConfig, LogError, LogStore, ProducerBatch, ProducerSeq,
+    AppendOutcome, Durability, Epoch, LogConfig, LogError, LogStore, ProducerBatch, ProducerSeq,
 };
 
 /// One step of a scenario.
@@ -95,6 +96,19 @@ impl Model {
             p.clone(),
             b.producer.as_ref().map(|(id, s)| (id.clone(), s + i as u64)),
         ))
+    }
+    /// Where each term begins: what the store's epoch cache must hold.
+    fn epochs(&self) -> Vec<Epoch> {
+        let mut out: Vec<Epoch> = Vec::new();
+        for b in self.batches.iter().filter(|b| !b.payloads.is_empty()) {
+            if out.last().is_none_or(|e| e.term != b.term) {
+                out.push(Epoch {
+                    term: b.term,
+                    start: b.first,
+                });
+            }
+        }
+        out
     }
     fn truncate(&mut self, from: u64) {
         self.batches.retain(|b| b.first < from);
@@ -239,6 +253,7 @@ async fn run(ops: Vec<Op>, segment_bytes: u64, always: bool) -> Result<(), TestC
         }
         prop_assert_eq!(log.end_offset(), model.end());
         prop_assert_eq!(log.last_term(), model.last_term());
+        prop_assert_eq!(log.epochs(), model.epochs());
         for p in 0..3 {
             prop_assert_eq!(log.producer_last_seq(&pid(p)), model.last_seq(&pid(p)));
         }
@@ -256,7 +271,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Any sequence of appends, retries, fenced appends, reads, truncations and reopens leaves the
-    /// store agreeing with the model: same end, last term, producer sequences and record contents.
+    /// store agreeing with the model: same end, last term, epoch cache, producer sequences and
+    /// record contents.
     #[test]
     fn store_agrees_with_model(
         ops in prop::collection::vec(op(), 1..40),

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`record`]: the record type and its CRC32C-checked frame (see `docs/log-format.md`).
 //! - `segment`: segment files named by base offset; frame scan; positional reads.
+//! - [`epochs`]: the epoch cache (term → first offset), persisted and verified on open; what
+//!   replication's truncation by epoch asks.
 //! - `index`: the sparse offset index and the `.index` / `.snapshot` side files.
 //! - `producer`: per-producer sequence history for idempotent retries, gap refusal, expiry.
 //! - `recovery`: opening a directory: torn-tail repair, corruption refusal, state rebuild.
@@ -17,6 +19,7 @@
 //! `subscribe()` and `changed().await`) and read again.
 
 pub mod config;
+pub mod epochs;
 pub mod error;
 pub mod fault;
 pub(crate) mod index;
@@ -27,6 +30,7 @@ pub(crate) mod segment;
 pub mod store;
 
 pub use config::{Durability, LogConfig, ParseDurabilityError};
+pub use epochs::{Epoch, EpochCache};
 pub use error::LogError;
 pub use fault::FaultInjector;
 pub use producer::{ProducerBatch, DEFAULT_PRODUCER_ID_EXPIRY, PRODUCER_WINDOW};

@@ -1,7 +1,7 @@
 //! Opening a log directory: load or rebuild each sealed segment's index, scan the active (last)
 //! segment frame by frame, cut a torn tail (logging what was cut), refuse corruption in the middle
-//! of the log, and rebuild the per-producer sequence table (from the per-segment deltas) and the
-//! last term.
+//! of the log, and rebuild the per-producer sequence table (from the per-segment deltas), the
+//! last term and the epoch cache (`epochs`).
 
 use std::{
     collections::BTreeSet,
@@ -13,6 +13,7 @@ use std::{
 
 use super::{
     config::LogConfig,
+    epochs::{self, EpochCache},
     error::LogError,
     index::{read_side_file, sync_dir, write_side_file, SegmentMeta, SegmentSnapshot, SparseIndex},
     producer::{now_ms, Producers},
@@ -28,6 +29,8 @@ pub struct Recovered {
     pub producers: Producers,
     /// `(term, offset)` of the last record, or of the last record before the retained log.
     pub last_term: Option<(u64, u64)>,
+    /// Term → first offset of the retained log, verified against it (or rebuilt).
+    pub epochs: EpochCache,
 }
 
 /// Open a segment file for reading and positional writing.
@@ -248,9 +251,11 @@ pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
     let last_term = active.last_term.or(before_active);
     producers.purge(now_ms());
     segments.push(active);
+    let epochs = epochs::recover(dir, &segments, last_term)?;
     Ok(Recovered {
         segments,
         producers,
         last_term,
+        epochs,
     })
 }

@@ -1,6 +1,7 @@
 //! Writer-thread maintenance of the segment files: rolling to a new segment (sealing the old one
 //! with its index and a producer/term snapshot), deleting old segments for retention, and
-//! truncating a suffix (rewriting a cut batch's markers so recovery keeps its prefix).
+//! truncating a suffix (rewriting a cut batch's markers so recovery keeps its prefix); and of the
+//! epoch cache that follows all three (`epochs.checkpoint`).
 
 use std::{fs, os::unix::fs::FileExt, sync::Arc};
 
@@ -8,6 +9,7 @@ use bytes::Bytes;
 
 use super::{now_ms, writer::Writer};
 use crate::log::{
+    epochs::{self, EpochCache},
     error::LogError,
     index::{self, SegmentMeta, SegmentSnapshot, SparseIndex},
     record, recovery,
@@ -15,6 +17,31 @@ use crate::log::{
 };
 
 impl Writer {
+    /// The next record (at `next_offset`) is the first of `term`: add it to the epoch cache and
+    /// persist the cache before the record is written, so that the file never lacks a term the
+    /// log holds (an entry whose record never becomes durable is cut on open).
+    ///
+    /// # Errors
+    /// I/O errors writing `epochs.checkpoint`; nothing changed then.
+    pub(super) fn begin_term(&mut self, term: u64) -> Result<(), LogError> {
+        let mut next = self.shared.epochs.lock().clone();
+        if next.record(term, self.st.next_offset) {
+            epochs::save(&self.shared.config.dir, &next)?;
+            *self.shared.epochs.lock() = next;
+        }
+        Ok(())
+    }
+
+    /// Persist the epoch cache after truncation or retention changed it. A failure only leaves
+    /// the file ahead of the log or holding older terms: open cuts and verifies it, so warn.
+    fn save_epochs(&self, cache: Option<EpochCache>) {
+        if let Some(cache) = cache {
+            if let Err(e) = epochs::save(&self.shared.config.dir, &cache) {
+                tracing::warn!(error = %e, "could not persist the epoch cache");
+            }
+        }
+    }
+
     /// Seal the active segment (sync it, persist its index) and start a new one at the current
     /// end, with a the last term and the producers the sealed segment changed; then apply retention.
     pub(super) fn roll(&mut self) -> Result<(), LogError> {
@@ -83,7 +110,7 @@ impl Writer {
             .retention_age
             .map(|age| now_ms().saturating_sub(age.as_millis() as u64));
         let mut doomed = Vec::new();
-        let start = {
+        let (start, epochs) = {
             let mut state = self.shared.state.write();
             let mut total: u64 = state.segments.iter().map(|s| s.len).sum();
             while state.segments.len() > 1 {
@@ -97,7 +124,9 @@ impl Writer {
                 doomed.push(state.segments.remove(0));
             }
             state.start = state.segments.first().map_or(state.end, |s| s.base);
-            state.start
+            let mut cache = self.shared.epochs.lock();
+            let epochs = cache.fit(state.start, state.end).then(|| cache.clone());
+            (state.start, epochs)
         };
         for seg in doomed {
             tracing::info!(file = %seg.path.display(), base = seg.base, end = seg.end, "retention: deleting segment");
@@ -116,6 +145,7 @@ impl Writer {
         if let Err(e) = index::sync_dir(&cfg.dir) {
             tracing::warn!(error = %e, "retention: could not sync the directory");
         }
+        self.save_epochs(epochs);
         start
     }
 
@@ -177,6 +207,10 @@ impl Writer {
         let (active, active_path, seg_base) = (seg.file.clone(), seg.path.clone(), seg.base);
         state.end = from;
         state.last_term = last_term;
+        let epochs = {
+            let mut cache = self.shared.epochs.lock();
+            cache.truncate_from(from).then(|| cache.clone())
+        };
         drop(state);
         let _ = fs::remove_file(segment::index_path(&dir, seg_base)); // no longer sealed
         for s in removed {
@@ -189,6 +223,7 @@ impl Writer {
             }
         }
         index::sync_dir(&dir)?;
+        self.save_epochs(epochs);
         *self.shared.producers.lock() = producers;
         self.st.active = active;
         self.st.active_path = active_path;

@@ -24,6 +24,7 @@ use tokio::sync::{oneshot, watch};
 use self::writer::WriterState;
 use super::{
     config::LogConfig,
+    epochs::{Epoch, EpochCache},
     error::LogError,
     producer::{ProducerBatch, Producers},
     record::Record,
@@ -83,6 +84,10 @@ struct Shared {
     state: RwLock<LogState>,
     /// Producer table, updated when a batch is admitted and rolled back if its write fails.
     producers: Mutex<Producers>,
+    /// Term → first offset (`epochs.checkpoint`); changed only by the writer, after the file.
+    /// May hold the first record of a term not yet visible: queries cut it at the visible end.
+    /// Lock order: `state` before `epochs`.
+    epochs: Mutex<EpochCache>,
     /// Visible end offset, for tailing readers.
     visible: watch::Sender<u64>,
     /// False after a failed write or sync, until a write succeeds again (readiness).
@@ -222,6 +227,7 @@ impl LogStore {
                 last_term: rec.last_term,
             }),
             producers: Mutex::new(rec.producers),
+            epochs: Mutex::new(rec.epochs),
             visible,
             writable: AtomicBool::new(true),
             closed: AtomicBool::new(false),
@@ -318,6 +324,24 @@ impl LogStore {
     /// record before the retained log. `None` for a log that never held a record.
     pub fn last_term(&self) -> Option<(u64, u64)> {
         self.inner.shared.state.read().last_term
+    }
+
+    /// The epoch cache of the visible log: `(term, first offset)` of every term it holds, oldest
+    /// first; the first entry covers the first retained offset (its start may be older).
+    pub fn epochs(&self) -> Vec<Epoch> {
+        let state = self.inner.shared.state.read();
+        let mut cache = self.inner.shared.epochs.lock().clone();
+        cache.truncate_from(state.end);
+        cache.epochs().to_vec()
+    }
+
+    /// Where `term` ends in the visible log, as `(term found, end offset)`: what a leader answers a
+    /// follower whose last term is `term` (Kafka's `OffsetsForLeaderEpoch`; see
+    /// [`EpochCache::end_offset_for`]). `None` for a log that never held a record.
+    pub fn end_offset_for(&self, term: u64) -> Option<(u64, u64)> {
+        let state = self.inner.shared.state.read();
+        let cache = self.inner.shared.epochs.lock();
+        cache.end_offset_for(term, state.end)
     }
 
     /// A watch of the visible end offset, for tailing: read up to the value, then `changed().await`.

@@ -326,6 +326,12 @@ impl Writer {
                 return;
             }
         }
+        if self.st.last_term.is_none_or(|(t, _)| term > t) {
+            if let Err(e) = self.begin_term(term) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
         if self.part.before.is_none() {
             self.part.before = Some((self.st.next_offset, self.st.last_term));
         }

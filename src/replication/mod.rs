@@ -1,0 +1,12 @@
+//! Replication (issue 11, design in `docs/replication.md`): followers pull the leader's records,
+//! the in-sync replica set lives in Consul, and the high watermark decides what is committed.
+//! What exists so far is the follower's truncation rule, the pure decision that keeps a follower's
+//! log a prefix of the leader's without ever dropping a record readers may have seen.
+//!
+//! # Layout
+//! - [`truncation`]: truncation by epoch (KIP-101/279): given the follower's epoch cache and the
+//!   leader's answer to "where does my last term end", truncate, ask again, fetch, or refuse.
+
+pub mod truncation;
+
+pub use truncation::{decide, first_step, Decision, FollowerLog, Refusal};
