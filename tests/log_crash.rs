@@ -1,7 +1,12 @@
 //! Crash and corruption tests: segment files are cut at every byte position of their tail region
 //! (what a crash mid-write leaves behind) or damaged in place, then reopened.
 
+#[path = "support/segments.rs"]
+mod segments;
+
 use std::path::{Path, PathBuf};
+
+use segments::last_segment;
 
 use bytes::Bytes;
 use simpleloggers::log::{Durability, LogConfig, LogError, LogStore};
@@ -18,16 +23,6 @@ fn config(dir: &Path, segment_bytes: u64) -> LogConfig {
     c.index_interval_bytes = 64;
     c.durability = Durability::Always;
     c
-}
-
-/// The newest segment file of a log directory.
-fn last_segment(dir: &Path) -> Result<PathBuf, std::io::Error> {
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    logs.sort();
-    logs.pop().ok_or_else(|| std::io::Error::other("no segment"))
 }
 
 /// Copy every file of `from` into a fresh directory.

@@ -2,7 +2,12 @@
 //! describes: recorded on appends, answered like Kafka's `OffsetsForLeaderEpoch`, cut by
 //! truncation, trimmed by retention, and consistent with the log after every crash and reopen.
 
-use std::path::{Path, PathBuf};
+#[path = "support/segments.rs"]
+mod segments;
+
+use std::path::Path;
+
+use segments::last_segment;
 
 use bytes::Bytes;
 use simpleloggers::log::{Durability, Epoch, FaultInjector, LogConfig, LogStore, Record};
@@ -104,16 +109,6 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), std::io::Error> {
         std::fs::copy(e.path(), to.join(e.file_name()))?;
     }
     Ok(())
-}
-
-/// The newest segment file of a log directory.
-fn last_segment(dir: &Path) -> Result<PathBuf, std::io::Error> {
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    logs.sort();
-    logs.pop().ok_or_else(|| std::io::Error::other("no segment"))
 }
 
 /// `(term, start)` pairs stored in the checkpoint file (after its 4-byte CRC).

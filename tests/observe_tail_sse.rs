@@ -46,6 +46,18 @@ async fn elect(consul: &str, address: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts `tail --follow` against the election key in `consul`; stdout and stderr go to `output`.
+fn follow(consul: &str, output: fn() -> Stdio) -> std::io::Result<tokio::process::Child> {
+    Command::new(BIN)
+        .args(["tail", "--follow", "--consul-addr", consul, "--election-key", KEY])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(output())
+        .stderr(output())
+        .kill_on_drop(true)
+        .spawn()
+}
+
 async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut Lines<R>, what: &str) -> String {
     tokio::time::timeout(WAIT, lines.next_line())
         .await
@@ -76,21 +88,7 @@ async fn split_characters_survive_and_bad_events_are_reported() -> anyhow::Resul
     let node = TcpListener::bind("127.0.0.1:0").await?;
     elect(&consul.url(), &node.local_addr()?.to_string()).await?;
 
-    let mut tail = Command::new(BIN)
-        .args([
-            "tail",
-            "--follow",
-            "--consul-addr",
-            &consul.url(),
-            "--election-key",
-            KEY,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut tail = follow(&consul.url(), Stdio::piped)?;
     let mut stdout: Lines<BufReader<ChildStdout>> =
         BufReader::new(tail.stdout.take().expect("piped")).lines();
     let mut stderr = BufReader::new(tail.stderr.take().expect("piped")).lines();
@@ -153,21 +151,7 @@ async fn streams_that_end_at_once_are_retried_with_back_off() -> anyhow::Result<
     let consul = devconsul::spawn(Config::ephemeral()).await?;
     let node = TcpListener::bind("127.0.0.1:0").await?;
     elect(&consul.url(), &node.local_addr()?.to_string()).await?;
-    let _tail = Command::new(BIN)
-        .args([
-            "tail",
-            "--follow",
-            "--consul-addr",
-            &consul.url(),
-            "--election-key",
-            KEY,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let _tail = follow(&consul.url(), Stdio::null)?;
     let mut accepted = Vec::new();
     while accepted.len() < 5 {
         let (mut conn, _) = tokio::time::timeout(WAIT, node.accept()).await??;
