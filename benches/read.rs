@@ -1,10 +1,11 @@
 //! `make bench-read`: do readers stall the writer? Builds a large log (`BENCH_READ_BYTES`, default
 //! 1 GiB of 4 KiB records), then measures the latency of single 100-byte appends under `always`
-//! (1 and 16 concurrent appenders) without and then with a concurrent reader replaying the whole
-//! log from offset 0 the way `GET /api/v1/log?from=0&limit=10000` pages through it (8 MiB per
-//! read). Before every replay pass the reader drops the log's pages from the page cache
-//! (`posix_fadvise(DONTNEED)`), so it reads from the disk, as a replay of a log larger than memory
-//! does. Prints p50 / p99 / p99.9 / max per phase. `BENCH_READ_SECONDS` (default 5) bounds each
+//! (1 and 16 concurrent appenders) without a reader, and with a concurrent reader replaying the
+//! whole log from offset 0 the way `GET /api/v1/log?from=0&limit=10000` pages through it (8 MiB
+//! per read): once from the page cache ("warm": only the lock and the CPU are shared), once from
+//! the disk ("cold": before every pass the reader drops the log's cached pages with
+//! `posix_fadvise(DONTNEED)`, as a replay of a log larger than memory does, so the disk is shared
+//! too). Prints p50 / p99 / p99.9 / max per phase. `BENCH_READ_SECONDS` (default 5) bounds each
 //! phase; `BENCH_LOG_DIR` picks the disk (default: a temporary directory under `target/`).
 
 use std::{
@@ -116,13 +117,20 @@ async fn appends(log: &LogStore, appenders: usize, phase: Duration) -> anyhow::R
     Ok(all)
 }
 
-/// Replays the log from 0 to `end` again and again (dropping the page cache before each pass)
-/// until `stop`; returns (passes, bytes read, longest single read).
-async fn replay(log: LogStore, end: u64, stop: Arc<AtomicBool>) -> anyhow::Result<(u64, u64, Duration)> {
+/// Replays the log from 0 to `end` again and again (dropping the page cache before each pass when
+/// `cold`) until `stop`; returns (passes, bytes read, longest single read).
+async fn replay(
+    log: LogStore,
+    end: u64,
+    cold: bool,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(u64, u64, Duration)> {
     let (mut passes, mut bytes, mut longest) = (0u64, 0u64, Duration::ZERO);
     let dir = log.dir().to_owned();
     'outer: while !stop.load(Ordering::Relaxed) {
-        drop_cache(&dir)?;
+        if cold {
+            drop_cache(&dir)?;
+        }
         let mut from = 0;
         while from < end {
             if stop.load(Ordering::Relaxed) {
@@ -138,6 +146,18 @@ async fn replay(log: LogStore, end: u64, stop: Arc<AtomicBool>) -> anyhow::Resul
         passes += 1;
     }
     Ok((passes, bytes, longest))
+}
+
+/// One unmeasured pass over the log, so that it is in the page cache.
+async fn warm(log: &LogStore, end: u64) -> anyhow::Result<()> {
+    let mut from = 0;
+    while from < end {
+        match log.read(from, READ_RECORDS, READ_BYTES).await?.last() {
+            Some(last) => from = last.offset + 1,
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -167,37 +187,42 @@ fn main() -> anyhow::Result<()> {
     cfg.durability = Durability::Always;
     rt.block_on(async {
         let log = LogStore::open(cfg).await?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let show = |appenders: usize, name: &str, f: &Figures| {
+            println!(
+                "always, {appenders:>2} appender(s), {name}: {:>7} appends, p50 {:.2} ms, p99 {:.2} ms, \
+                 p99.9 {:.2} ms, max {:.2} ms",
+                f.appends,
+                ms(f.p50),
+                ms(f.p99),
+                ms(f.p999),
+                ms(f.max)
+            );
+        };
         for appenders in [1usize, 16] {
             let alone = figures(appends(&log, appenders, phase).await?);
-            let stop = Arc::new(AtomicBool::new(false));
-            let reader = tokio::spawn(replay(log.clone(), end, stop.clone()));
-            let busy = figures(appends(&log, appenders, phase).await?);
-            stop.store(true, Ordering::Relaxed);
-            let (passes, bytes, longest) = reader.await??;
-            let ms = |d: Duration| d.as_secs_f64() * 1e3;
-            for (name, f) in [("no reader  ", &alone), ("with reader", &busy)] {
+            show(appenders, "no reader    ", &alone);
+            let mut summary = format!("  summary, {appenders:>2} appender(s): p99 {:.2} ms alone", ms(alone.p99));
+            for cold in [false, true] {
+                let name = if cold { "cold reader  " } else { "warm reader  " };
+                if !cold {
+                    warm(&log, end).await?;
+                }
+                let stop = Arc::new(AtomicBool::new(false));
+                let reader = tokio::spawn(replay(log.clone(), end, cold, stop.clone()));
+                let busy = figures(appends(&log, appenders, phase).await?);
+                stop.store(true, Ordering::Relaxed);
+                let (passes, bytes, longest) = reader.await??;
+                show(appenders, name, &busy);
                 println!(
-                    "always, {appenders:>2} appender(s), {name}: {:>7} appends, p50 {:.2} ms, p99 {:.2} ms, \
-                     p99.9 {:.2} ms, max {:.2} ms",
-                    f.appends,
-                    ms(f.p50),
-                    ms(f.p99),
-                    ms(f.p999),
-                    ms(f.max)
+                    "  reader: {:.0} MiB replayed ({passes} full passes) = {:.0} MiB/s, longest single read {:.1} ms",
+                    bytes as f64 / (1 << 20) as f64,
+                    bytes as f64 / (1 << 20) as f64 / phase.as_secs_f64(),
+                    ms(longest)
                 );
+                summary += &format!(", {:.2} ms with a {}", ms(busy.p99), name.trim());
             }
-            println!(
-                "  reader: {:.1} MiB replayed ({passes} full passes) = {:.0} MiB/s, longest single read {:.1} ms",
-                bytes as f64 / (1 << 20) as f64,
-                bytes as f64 / (1 << 20) as f64 / phase.as_secs_f64(),
-                ms(longest)
-            );
-            println!(
-                "  summary: p99 {:.2} -> {:.2} ms ({:.1}x) with a reader replaying the log",
-                ms(alone.p99),
-                ms(busy.p99),
-                busy.p99.as_secs_f64() / alone.p99.as_secs_f64()
-            );
+            println!("{summary}");
         }
         log.close().await?;
         anyhow::Ok(())
