@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: help test fmt lint unit demo browser-deps chart-test bench-log bench-ingest bench-memory bench-failover kind-up kind-e2e kind-down
+.PHONY: help test fmt lint unit demo browser-deps chart-test bench-log bench-read bench-ingest bench-memory bench-failover kind-up kind-e2e kind-down
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ demo: ## the one-command local cluster
 
 bench-log: ## log store benchmark: fdatasync rate, concurrent appends, batched MB/s vs disk bandwidth
 	$(CARGO) bench --locked --bench log
+
+bench-read: ## append p50/p99 with and without a reader replaying a large log from disk (BENCH_READ_BYTES, default 1 GiB)
+	$(CARGO) bench --locked --bench read
 
 bench-ingest: ## HTTP ingest (1/16/64 conns vs a do-nothing axum ceiling, NDJSON batches) + node memory
 	$(CARGO) bench --locked --bench ingest

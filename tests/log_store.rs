@@ -1,5 +1,7 @@
 //! Black-box tests of the log store's API: appends and reads across segments, batches, fencing,
-//! idempotent producers, concurrency, truncation, retention, tailing and disk-error handling.
+//! idempotent producers, concurrency, truncation, retention, tailing, disk-error handling (the
+//! poisoned state after a failed sync, and its recovery) and reads racing with truncation and
+//! retention.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -244,7 +246,7 @@ async fn concurrent_appenders_get_dense_offsets() -> TestResult {
     Ok(())
 }
 
-/// A full disk fails the append with a disk-full error (nothing stored, readiness drops), the
+/// A full disk fails the append with a disk-full error (nothing stored, the store poisoned), the
 /// partial write is cut back so the log stays consistent, and appends succeed again once space
 /// returns; a failing fdatasync is reported as unavailable and rolled back the same way.
 #[tokio::test]
@@ -265,7 +267,11 @@ async fn disk_errors_fail_cleanly_and_recover() -> TestResult {
         .await
         .expect_err("disk full");
     assert!(err.is_disk_full(), "{err}");
-    assert!(!log.is_writable());
+    let health = log.write_health();
+    assert!(
+        health.failures == 1 && health.last_failure.is_some_and(|f| f.contains("disk full")),
+        "the failure poisoned the store"
+    );
     assert_eq!(log.end_offset(), 2);
     assert_eq!(std::fs::metadata(&seg)?.len(), good_len, "partial write cut back");
     assert_eq!(log.producer_last_seq("p"), Some(1), "producer table rolled back");
@@ -281,6 +287,8 @@ async fn disk_errors_fail_cleanly_and_recover() -> TestResult {
     );
 
     faults.clear();
+    // Space returned: the store recovers (by itself soon; here at once), before a sync fails.
+    log.recover().await?;
     faults.fail_syncs(1, libc::EIO);
     let err = log
         .append(1, None, vec![payload(2)])
@@ -689,5 +697,295 @@ async fn gaps_and_overflow_are_refused() -> TestResult {
         .await?;
     assert_eq!(log.producer_last_seq("o"), Some(u64::MAX));
     assert!(log.is_writable());
+    Ok(())
+}
+
+/// Waits (bounded) until `cond` holds; false if it never did.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Every record of the log, in order.
+async fn all_records(log: &LogStore) -> Result<Vec<simpleloggers::log::Record>, LogError> {
+    log.read(log.start_offset(), usize::MAX, usize::MAX).await
+}
+
+/// Under `always`, a failed fdatasync fails that group's appends and poisons the store: later
+/// appends and flushes are refused (a typed, retriable error) while the disk stays bad, even
+/// though a retried sync might "succeed"; once the disk works, the store recovers by itself
+/// (reopen, cut to the durable end, re-verify) and appends continue at the next offset. After a
+/// reopen the log holds exactly the acknowledged records.
+#[tokio::test]
+async fn failed_sync_poisons_until_the_tail_is_reverified() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let faults = FaultInjector::new();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.fault_injector = Some(faults.clone());
+    let log = LogStore::open(cfg.clone()).await?;
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        log.append(1, None, vec![payload(i)]).await?;
+        acked.push(payload(i));
+    }
+
+    faults.fail_syncs_until_clear(libc::EIO);
+    let err = log
+        .append(1, None, vec![payload(10), payload(11)])
+        .await
+        .expect_err("the group's sync fails");
+    assert!(matches!(err, LogError::Io { .. }), "{err}");
+    for _ in 0..3 {
+        let err = log
+            .append(1, None, vec![payload(12)])
+            .await
+            .expect_err("poisoned");
+        assert!(
+            matches!(&err, LogError::Poisoned { reason } if reason.contains("sync")),
+            "{err}"
+        );
+        assert!(err.is_unavailable(), "a 503 for the node");
+    }
+    assert!(!log.is_writable(), "readiness follows the poisoned state");
+    assert!(matches!(log.flush().await, Err(LogError::Poisoned { .. })));
+    let err = log.recover().await.expect_err("the disk is still bad");
+    assert!(err.is_unavailable(), "{err}");
+    assert_eq!(log.end_offset(), 3);
+
+    faults.clear();
+    assert!(
+        eventually(|| log.is_writable()).await,
+        "the store recovers by itself once the disk works"
+    );
+    let ok = log.append(1, None, vec![payload(3)]).await?;
+    assert_eq!(ok, AppendOutcome::Appended { first: 3, count: 1 });
+    acked.push(payload(3));
+    assert_eq!(log.write_health().failures, 1);
+    log.close().await?;
+
+    let log = LogStore::open(cfg).await?;
+    let stored: Vec<Bytes> = all_records(&log).await?.into_iter().map(|r| r.payload).collect();
+    assert_eq!(stored, acked, "exactly the acknowledged records");
+    Ok(())
+}
+
+/// Under `interval`, a failed background sync poisons the store too: appends and flushes are
+/// refused until recovery, which drops the records written since the last good sync (the pages
+/// are zeroed, as after the kernel dropped them), so they are never reported durable: the next
+/// flush names them, and offsets continue from the durable end.
+#[tokio::test]
+async fn failed_background_sync_poisons_and_is_never_reported_durable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let faults = FaultInjector::new();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.durability = "interval:10".parse()?;
+    cfg.fault_injector = Some(faults.clone());
+    let log = LogStore::open(cfg.clone()).await?;
+    for i in 0..5 {
+        log.append(1, None, vec![payload(i)]).await?;
+    }
+    log.flush().await?;
+    let seg = dir.path().join(format!("{:020}.log", 0));
+    let durable_len = std::fs::metadata(&seg)?.len();
+
+    faults.lose_unsynced_on_sync_failure();
+    faults.fail_syncs_until_clear(libc::EIO);
+    let out = log.append(1, None, (5..10).map(payload).collect()).await?;
+    assert_eq!(
+        out.first(),
+        5,
+        "acknowledged (not yet durable, as interval promises)"
+    );
+    assert!(
+        eventually(|| !log.is_writable()).await,
+        "the failed background sync poisons the store"
+    );
+    let err = log
+        .append(1, None, vec![payload(99)])
+        .await
+        .expect_err("poisoned");
+    assert!(matches!(err, LogError::Poisoned { .. }), "{err}");
+    let err = log.flush().await.expect_err("flush must not claim success");
+    assert!(matches!(err, LogError::Poisoned { .. }), "{err}");
+
+    faults.clear();
+    log.recover().await?;
+    assert_eq!(log.end_offset(), 5, "the records whose sync failed are gone");
+    assert_eq!(
+        std::fs::metadata(&seg)?.len(),
+        durable_len,
+        "cut to the durable end"
+    );
+    let err = log.flush().await.expect_err("the loss is reported");
+    assert!(matches!(err, LogError::NotDurable { from: 5, to: 10 }), "{err}");
+    log.flush().await?;
+    let out = log.append(1, None, vec![payload(5)]).await?;
+    assert_eq!(out.first(), 5, "offsets continue from the durable end");
+    log.close().await?;
+
+    let log = LogStore::open(cfg).await?;
+    let stored: Vec<Bytes> = all_records(&log).await?.into_iter().map(|r| r.payload).collect();
+    assert_eq!(stored, (0..6).map(payload).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Recovery re-verifies the tail from disk rather than trusting memory: the bytes of a group whose
+/// sync failed (zeroed, as after lost pages) are cut and the next append takes their offset; and
+/// when durable data no longer passes its CRC, the store stays poisoned (refusing appends with
+/// the corruption named) instead of appending after damage.
+#[tokio::test]
+async fn recovery_reverifies_the_tail_from_disk() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let faults = FaultInjector::new();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.fault_injector = Some(faults.clone());
+    let log = LogStore::open(cfg.clone()).await?;
+    for i in 0..3 {
+        log.append(1, None, vec![payload(i)]).await?;
+    }
+    let seg = dir.path().join(format!("{:020}.log", 0));
+    let durable_len = std::fs::metadata(&seg)?.len();
+
+    faults.lose_unsynced_on_sync_failure();
+    faults.fail_syncs(1, libc::EIO);
+    log.append(1, None, vec![payload(50), payload(51)])
+        .await
+        .expect_err("sync fails");
+    log.recover().await?;
+    assert_eq!(
+        std::fs::metadata(&seg)?.len(),
+        durable_len,
+        "the lost bytes are cut"
+    );
+    let out = log.append(1, None, vec![payload(3)]).await?;
+    assert_eq!(out, AppendOutcome::Appended { first: 3, count: 1 });
+    let stored: Vec<Bytes> = all_records(&log).await?.into_iter().map(|r| r.payload).collect();
+    assert_eq!(stored, (0..4).map(payload).collect::<Vec<_>>());
+
+    // Damage a durable record behind the store's back, then make a sync fail.
+    let bytes = std::fs::read(&seg)?;
+    let starts = record_starts(&bytes);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg)?;
+        f.write_all_at(&[bytes[starts[1] + 20] ^ 0xff], (starts[1] + 20) as u64)?;
+    }
+    faults.fail_syncs(1, libc::EIO);
+    log.append(1, None, vec![payload(4)])
+        .await
+        .expect_err("sync fails");
+    let err = log.recover().await.expect_err("durable data does not verify");
+    assert!(
+        matches!(&err, LogError::Corrupt { position, .. } if *position == starts[1] as u64),
+        "{err}"
+    );
+    let err = log
+        .append(1, None, vec![payload(4)])
+        .await
+        .expect_err("still poisoned");
+    assert!(
+        matches!(&err, LogError::Poisoned { reason } if reason.contains("corrupt")),
+        "{err}"
+    );
+    assert!(!log.is_writable());
+    Ok(())
+}
+
+/// Reads hold no lock across disk reads: while a reader is held between its snapshot and its
+/// file reads, appends complete, and retention deletes the very segment it is reading; the reader
+/// then reads the deleted file through its handle, consistently (exactly the records it had), and
+/// stops at the new start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_hold_no_lock_and_survive_retention() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let faults = FaultInjector::new();
+    let mut cfg = small_config(dir.path());
+    cfg.durability = Durability::Always;
+    cfg.fault_injector = Some(faults.clone());
+    let log = LogStore::open(cfg.clone()).await?;
+    for i in 0..60u64 {
+        log.append(1, None, vec![payload(i)]).await?;
+    }
+    log.close().await?;
+    cfg.retention_bytes = Some(1);
+    let log = LogStore::open(cfg).await?;
+    assert!(log.segment_count() > 2);
+    let before = all_records(&log).await?;
+
+    faults.pause_reads();
+    let reader = tokio::spawn({
+        let log = log.clone();
+        async move { log.read(0, usize::MAX, usize::MAX).await }
+    });
+    assert!(
+        eventually(|| faults.paused_readers() == 1).await,
+        "the reader is held"
+    );
+    let append = tokio::time::timeout(Duration::from_secs(30), log.append(1, None, vec![payload(60)]))
+        .await
+        .expect("an append completes while a reader is mid-read")?;
+    assert_eq!(append.first(), 60);
+    let start = log.enforce_retention().await?;
+    assert!(start > 0);
+    assert!(
+        !dir.path().join(format!("{:020}.log", 0)).exists(),
+        "the segment being read is deleted"
+    );
+    faults.resume_reads();
+    let got = reader.await??;
+    assert!(
+        !got.is_empty() && got.len() as u64 <= start,
+        "{} records",
+        got.len()
+    );
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!((r.offset, &r.payload), (i as u64, &before[i].payload));
+    }
+    let err = log.read(0, 1, usize::MAX).await.expect_err("trimmed now");
+    assert!(matches!(err, LogError::OffsetTrimmed { .. }), "{err}");
+    Ok(())
+}
+
+/// A reader held mid-read while the suffix it is reading is truncated and rewritten with other
+/// records (of other sizes, so the old positions no longer hold frame starts) never returns a mix
+/// or a spurious error: it notices the rewrite and reads again, returning exactly the log as it
+/// now is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_a_truncation_return_the_current_log() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let faults = FaultInjector::new();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.durability = Durability::Never;
+    cfg.fault_injector = Some(faults.clone());
+    let log = LogStore::open(cfg).await?;
+    for i in 0..40u64 {
+        log.append(1, None, vec![Bytes::from(format!("old-{i}-{}", "o".repeat(50)))])
+            .await?;
+    }
+    faults.pause_reads();
+    let reader = tokio::spawn({
+        let log = log.clone();
+        async move { log.read(0, usize::MAX, usize::MAX).await }
+    });
+    assert!(
+        eventually(|| faults.paused_readers() == 1).await,
+        "the reader is held"
+    );
+    log.truncate_suffix(20).await?;
+    for i in 20..30u64 {
+        log.append(2, None, vec![Bytes::from(format!("new-{i}"))]).await?;
+    }
+    faults.resume_reads();
+    let got = reader.await??;
+    let now = all_records(&log).await?;
+    assert_eq!(got.len(), 30);
+    assert_eq!(got, now, "the reader returns the log as it is now");
+    assert!(got[20].payload.starts_with(b"new-20") && got[20].term == 2);
     Ok(())
 }

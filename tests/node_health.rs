@@ -1,7 +1,8 @@
 //! A leader that cannot write gives up leadership, and a node is never Ready while it would refuse
 //! writes: real node processes over loopback with the dev Consul. A node's disk is made to fail
 //! through the hidden `--fault-file` test hook (every log write fails with the errno the file
-//! names); Consul's state is lost by restarting the dev Consul on the same address.
+//! names, or every sync with `sync:<errno>`); Consul's state is lost by restarting the dev Consul
+//! on the same address.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -123,6 +124,80 @@ async fn leader_that_cannot_write_hands_over_and_recovers() {
         ack["offset"], end_when_sick,
         "its log kept what it had and stored nothing while sick"
     );
+}
+
+/// A leader whose `fdatasync` fails poisons its log: the write is refused (503), later writes are
+/// refused until the log has re-verified its tail, and `/readyz` and `/consul-check` fail for as
+/// long, even though the data directory's own probe passes. When syncs work again the log
+/// recovers by itself, the node becomes healthy and leads again, and its log continues right after
+/// the last acknowledged write.
+#[tokio::test]
+async fn failed_sync_poisons_the_log_until_it_recovers_by_itself() {
+    let c = Cluster::start_with(ClusterOptions::fast(BIN).nodes(1).fault_files()).await;
+    let fault = c.fault_file(0).expect("fault files were asked for");
+    c.wait_leader(WAIT).await;
+    let (status, ack) = write(&c, 0, "before").await;
+    assert_eq!(status, 200, "{ack}");
+    let before = ack["offset"].as_u64().expect("offset");
+
+    std::fs::write(&fault, "sync:EIO").unwrap();
+    // Until the node picks the fault file up, writes still succeed: remember which.
+    let mut acked = vec!["before".to_string()];
+    let mut refused = None;
+    for i in 0..500 {
+        let message = format!("try-{i}");
+        let (status, body) = write(&c, 0, &message).await;
+        if status == 200 {
+            acked.push(message);
+        } else {
+            refused = Some((status, body, message));
+            break;
+        }
+    }
+    let (status, body, refused) = refused.expect("the leader refuses writes once its syncs fail");
+    assert_eq!(status, 503, "{body}");
+    let poisoned = eventually(Duration::from_secs(5), || async {
+        let (status, body) = get(&c, 0, "/consul-check").await;
+        let reason = body["reason"].as_str().unwrap_or_default().to_string();
+        (status == 503 && reason.contains("re-verifying")).then_some(reason)
+    })
+    .await;
+    assert!(
+        poisoned.is_some(),
+        "the Consul check fails while the log is poisoned, although the disk probe passes: {}",
+        get(&c, 0, "/consul-check").await.1
+    );
+    assert_eq!(get(&c, 0, "/readyz").await.0, 503, "never Ready while poisoned");
+    assert_eq!(get(&c, 0, "/healthz").await.0, 200, "liveness holds");
+
+    std::fs::remove_file(&fault).unwrap();
+    let ack = eventually(WAIT, || async {
+        let (status, ack) = write(&c, 0, "after").await;
+        (status == 200).then_some(ack)
+    })
+    .await
+    .expect("the log recovers by itself and the node leads again");
+    let (_, log) = get(&c, 0, "/api/v1/log?from=0").await;
+    let messages: Vec<&str> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        messages[..acked.len()],
+        acked.iter().map(String::as_str).collect::<Vec<_>>(),
+        "every acknowledged write is kept, in order"
+    );
+    assert!(
+        messages[acked.len()..].iter().all(|m| *m == "after"),
+        "the write whose sync failed ({refused}) was not stored: {messages:?}"
+    );
+    assert!(
+        ack["offset"].as_u64() >= Some(before + acked.len() as u64),
+        "{ack}"
+    );
+    assert_eq!(get(&c, 0, "/consul-check").await.0, 200);
 }
 
 /// After Consul's state is lost, `LockIndex` restarts at 1, below the terms already in the log.

@@ -186,7 +186,7 @@ fn term_in_log(segments: &[Segment], offset: u64) -> Result<u64, LogError> {
         bytes: 0,
         out: Vec::new(),
     };
-    segments[i].read_into(&mut cursor)?;
+    segments[i].view(offset).read_into(&mut cursor)?;
     cursor
         .out
         .first()

@@ -108,6 +108,27 @@ pub enum LogError {
         /// First retained offset.
         start: u64,
     },
+    /// The store is poisoned: a write or sync failed, and appends are refused until the active
+    /// segment has been reopened and its tail re-verified from disk (the store retries by itself).
+    /// Nothing was stored; retriable.
+    #[error(
+        "the log refuses appends until it has re-verified its tail after a failed write or sync: {reason}"
+    )]
+    Poisoned {
+        /// The failure that poisoned the store (and the last recovery error, if any).
+        reason: String,
+    },
+    /// Records `from .. to` were acknowledged (under `interval` or `never` durability) but their
+    /// sync failed, so the recovery dropped them: they are not durable and no longer in the log.
+    #[error(
+        "records {from}..{to} were acknowledged but their sync failed; they were dropped and are not durable"
+    )]
+    NotDurable {
+        /// First dropped offset.
+        from: u64,
+        /// One past the last dropped offset.
+        to: u64,
+    },
     /// The store was closed (or its writer thread stopped).
     #[error("log store closed")]
     Closed,
@@ -120,11 +141,15 @@ impl LogError {
     }
 
     /// True when the store cannot serve right now but may later (HTTP 503): I/O errors, a closed
-    /// store, corruption.
+    /// or poisoned store, corruption, records lost to a failed sync.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            LogError::Io { .. } | LogError::Closed | LogError::Corrupt { .. }
+            LogError::Io { .. }
+                | LogError::Closed
+                | LogError::Corrupt { .. }
+                | LogError::Poisoned { .. }
+                | LogError::NotDurable { .. }
         )
     }
 
@@ -205,6 +230,10 @@ impl LogError {
                 from: *from,
                 start: *start,
             },
+            LogError::Poisoned { reason } => LogError::Poisoned {
+                reason: reason.clone(),
+            },
+            LogError::NotDurable { from, to } => LogError::NotDurable { from: *from, to: *to },
             LogError::Closed => LogError::Closed,
         }
     }

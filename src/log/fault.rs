@@ -1,16 +1,26 @@
-//! Fault injection for the segment I/O path, so tests can prove the store survives a full disk or a
-//! failing `fdatasync` without needing a real full filesystem.
+//! Fault injection for the segment I/O path, so tests can prove the store survives a full disk, a
+//! failing `fdatasync` (and the page loss that comes with it) and a log changing under a reader,
+//! without needing a real full or failing filesystem.
 
 use std::{io, sync::Arc};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-/// A cloneable handle that makes the store's next segment writes or syncs fail. Put one in
-/// [`LogConfig::fault_injector`](super::LogConfig::fault_injector) and keep a clone in the test.
+/// A cloneable handle that makes the store's next segment writes or syncs fail, or holds its reads.
+/// Put one in [`LogConfig::fault_injector`](super::LogConfig::fault_injector) and keep a clone in
+/// the test.
 #[derive(Debug, Clone, Default)]
 pub struct FaultInjector {
-    /// What is armed; shared between the test and the store's writer thread.
-    state: Arc<Mutex<FaultState>>,
+    /// What is armed, shared between the test and the store's threads.
+    shared: Arc<Faults>,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    /// The armed faults.
+    state: Mutex<FaultState>,
+    /// Signalled when held reads may go on.
+    resumed: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -20,6 +30,13 @@ struct FaultState {
     write_errno: Option<i32>,
     /// Number of upcoming `fdatasync` calls that fail, and with which errno.
     sync_failures: Option<(u32, i32)>,
+    /// When an injected sync fails, the bytes written since the last good sync are zeroed, as
+    /// they read back after a kernel dropped the dirty pages whose writeback failed.
+    lose_unsynced: bool,
+    /// While set, segment reads wait after taking their snapshot, before touching the file.
+    reads_paused: bool,
+    /// Reads waiting right now.
+    readers_waiting: usize,
 }
 
 impl FaultInjector {
@@ -30,33 +47,89 @@ impl FaultInjector {
 
     /// Make every segment write fail with `errno` (e.g. `libc::ENOSPC`) until [`clear`](Self::clear).
     pub fn fail_writes(&self, errno: i32) {
-        self.state.lock().write_errno = Some(errno);
+        self.shared.state.lock().write_errno = Some(errno);
     }
 
-    /// Make the next `count` data syncs fail with `errno` (e.g. `libc::EIO`).
+    /// Make the next `count` data syncs fail with `errno` (e.g. `libc::EIO`): the writer's group
+    /// syncs, background and flush syncs, and the sync a recovery makes of the cut tail.
     pub fn fail_syncs(&self, count: u32, errno: i32) {
-        self.state.lock().sync_failures = Some((count, errno));
+        self.shared.state.lock().sync_failures = Some((count, errno));
     }
 
-    /// Disarm everything ("space returned").
+    /// Make every data sync fail with `errno` until [`clear`](Self::clear) (a disk that stays bad:
+    /// recovery cannot complete meanwhile).
+    pub fn fail_syncs_until_clear(&self, errno: i32) {
+        self.fail_syncs(u32::MAX, errno);
+    }
+
+    /// From now on, when an injected sync fails, zero the bytes the store wrote since its last good
+    /// sync: what a reader of the file sees after the kernel dropped the pages whose writeback
+    /// failed (PostgreSQL's "fsyncgate"). A store that trusted those bytes would serve zeros.
+    pub fn lose_unsynced_on_sync_failure(&self) {
+        self.shared.state.lock().lose_unsynced = true;
+    }
+
+    /// Hold every segment read after it has taken what it needs under the store's lock and before
+    /// it reads the file, until [`resume_reads`](Self::resume_reads): tests change the log under a
+    /// reader's feet this way.
+    pub fn pause_reads(&self) {
+        self.shared.state.lock().reads_paused = true;
+    }
+
+    /// Let held reads go on.
+    pub fn resume_reads(&self) {
+        self.shared.state.lock().reads_paused = false;
+        self.shared.resumed.notify_all();
+    }
+
+    /// Number of reads held by [`pause_reads`](Self::pause_reads) right now.
+    pub fn paused_readers(&self) -> usize {
+        self.shared.state.lock().readers_waiting
+    }
+
+    /// Disarm everything ("space returned") and let held reads go on.
     pub fn clear(&self) {
-        *self.state.lock() = FaultState::default();
+        let mut st = self.shared.state.lock();
+        let waiting = st.readers_waiting;
+        *st = FaultState {
+            readers_waiting: waiting,
+            ..FaultState::default()
+        };
+        self.shared.resumed.notify_all();
     }
 
     /// The error the next write must fail with, if armed.
     pub(crate) fn write_error(&self) -> Option<io::Error> {
-        self.state.lock().write_errno.map(io::Error::from_raw_os_error)
+        self.shared
+            .state
+            .lock()
+            .write_errno
+            .map(io::Error::from_raw_os_error)
     }
 
-    /// The error the next sync must fail with, if armed (consumes one armed failure).
-    pub(crate) fn sync_error(&self) -> Option<io::Error> {
-        let mut st = self.state.lock();
+    /// The error the next sync must fail with, if armed (consumes one armed failure), and whether
+    /// the unsynced bytes are to be lost with it.
+    pub(crate) fn sync_failure(&self) -> Option<(io::Error, bool)> {
+        let mut st = self.shared.state.lock();
         match st.sync_failures {
             Some((n, errno)) if n > 0 => {
                 st.sync_failures = if n > 1 { Some((n - 1, errno)) } else { None };
-                Some(io::Error::from_raw_os_error(errno))
+                Some((io::Error::from_raw_os_error(errno), st.lose_unsynced))
             }
             _ => None,
         }
+    }
+
+    /// Called by a read between its snapshot and its file reads: waits while reads are paused.
+    pub(crate) fn before_read(&self) {
+        let mut st = self.shared.state.lock();
+        if !st.reads_paused {
+            return;
+        }
+        st.readers_waiting += 1;
+        while st.reads_paused {
+            self.shared.resumed.wait(&mut st);
+        }
+        st.readers_waiting -= 1;
     }
 }

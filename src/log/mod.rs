@@ -10,8 +10,9 @@
 //! - `producer`: per-producer sequence history for idempotent retries, gap refusal, expiry.
 //! - `recovery`: opening a directory: torn-tail repair, corruption refusal, state rebuild.
 //! - [`store`]: [`LogStore`], the handle, and the state it shares with its writer thread;
-//!   `store/writer.rs`: the group-committing writer and sync threads and failed-write rollback;
-//!   `store/maintenance.rs`: segment roll (with the producer snapshot), retention, suffix truncation.
+//!   `store/writer.rs`: the group-committing writer and sync threads, failed-write rollback and
+//!   the poisoned state after a failed write or sync; `store/maintenance.rs`: segment roll (with
+//!   the producer snapshot), retention, suffix truncation, recovery of a poisoned store.
 //! - [`config`], [`error`], [`fault`]: settings, typed errors, test fault injection.
 //!
 //! # Tailing
@@ -35,4 +36,4 @@ pub use error::LogError;
 pub use fault::FaultInjector;
 pub use producer::{ProducerBatch, DEFAULT_PRODUCER_ID_EXPIRY, PRODUCER_WINDOW};
 pub use record::{ProducerSeq, Record};
-pub use store::{AppendOutcome, LogStore};
+pub use store::{AppendOutcome, LogStore, WriteHealth};

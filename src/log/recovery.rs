@@ -34,7 +34,7 @@ pub struct Recovered {
 }
 
 /// Open a segment file for reading and positional writing.
-fn open_rw(path: &Path) -> Result<File, LogError> {
+pub fn open_rw(path: &Path) -> Result<File, LogError> {
     OpenOptions::new()
         .read(true)
         .write(true)

@@ -208,6 +208,14 @@ fn valid_frame_after(buf: &[u8], from: usize) -> bool {
     })
 }
 
+/// Ask the kernel to drop the file's clean cached pages (best effort), so that the next reads come
+/// from the disk: a recovery re-verifies what is on disk, not what the page cache still holds.
+pub fn drop_cached_pages(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an advisory call on a valid, owned descriptor; no memory is passed.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
 /// Read `len` bytes at `pos` of a segment file.
 pub fn read_at(file: &File, path: &Path, pos: u64, len: usize) -> Result<Vec<u8>, LogError> {
     let mut buf = vec![0u8; len];
@@ -258,11 +266,44 @@ impl ReadCursor {
 }
 
 impl Segment {
+    /// What a reader needs to read this segment from offset `from` on without the store's lock:
+    /// the file handle, the visible bounds and the index entry to start from.
+    pub fn view(&self, from: u64) -> SegmentView {
+        SegmentView {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            end: self.end,
+            len: self.len,
+            start: self.index.lookup(from, self.base),
+        }
+    }
+}
+
+/// A reader's snapshot of one segment, taken under the store's lock and read without it. The
+/// handle keeps the file readable even if retention deletes it meanwhile (an unlinked file's data
+/// stays until its last descriptor closes); bytes below `len` change in place only through
+/// suffix truncation or recovery, which the store detects and the read retries (see
+/// `LogState::rewrites`).
+#[derive(Debug, Clone)]
+pub struct SegmentView {
+    /// The file path, for errors.
+    pub path: PathBuf,
+    /// The open handle.
+    pub file: Arc<File>,
+    /// One past the last visible record when the snapshot was taken.
+    pub end: u64,
+    /// Bytes of visible records when the snapshot was taken.
+    pub len: u64,
+    /// `(offset, position)` of the index entry at or before the first wanted offset.
+    pub start: (u64, u64),
+}
+
+impl SegmentView {
     /// Append this segment's records from `cursor.next` on, within the cursor's limits. Every frame
     /// is CRC-checked; a bad one is reported as corruption with its byte position.
     pub fn read_into(&self, cursor: &mut ReadCursor) -> Result<(), LogError> {
         let seg_end = self.end.min(cursor.end);
-        let (mut off, mut pos) = self.index.lookup(cursor.next, self.base);
+        let (mut off, mut pos) = self.start;
         let corrupt = |position: u64, reason: String| LogError::Corrupt {
             file: self.path.clone(),
             position,

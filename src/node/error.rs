@@ -123,6 +123,7 @@ impl IntoResponse for ApiError {
                 body["last_seq"] = json!(last_seq);
             }
             ApiError::Log(LogError::SequenceOverflow { .. }) => body["code"] = json!("sequence_overflow"),
+            ApiError::Log(LogError::Poisoned { .. }) => body["code"] = json!("log_recovering"),
             ApiError::UnknownProducer(_) => body["code"] = json!("unknown_producer"),
             _ => {}
         }
@@ -186,7 +187,8 @@ mod tests {
     }
 
     /// A gap is a retriable 409 naming the expected sequence; a stale retry a 409 of its own
-    /// code; an overflowing sequence a 400; an unknown producer a 404, all with a JSON `code`.
+    /// code; an overflowing sequence a 400; a poisoned log a 503; an unknown producer a 404, all
+    /// with a JSON `code`.
     #[tokio::test]
     async fn producer_errors_carry_codes() {
         let (status, body) = json_of(ApiError::Log(LogError::OutOfOrderSequence {
@@ -222,6 +224,15 @@ mod tests {
         assert!(
             body["error"].as_str().is_some_and(|e| e.contains("overflows")),
             "{body}"
+        );
+        let (status, body) = json_of(ApiError::Log(LogError::Poisoned {
+            reason: "sync failed".into(),
+        }))
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("log_recovering")),
+            "a poisoned log is a retriable 503: {body}"
         );
         let (status, body) = json_of(ApiError::UnknownProducer("p".into())).await;
         assert_eq!(

@@ -1,7 +1,8 @@
 //! Test hook behind the hidden `--fault-file` flag: while the file names an errno (`ENOSPC`, `EIO`
 //! or a number), every segment write of the node's log fails with it, as on a full or failing
-//! disk; remove the file (or empty it) and writes work again. Black-box tests use it to make a
-//! running node's disk fail without root or a real full filesystem.
+//! disk; `sync:<errno>` makes every `fdatasync` fail instead (writes succeed); remove the file (or
+//! empty it) and the disk works again. Black-box tests use it to make a running node's disk fail
+//! without root or a real full filesystem.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -10,9 +11,26 @@ use crate::{log::FaultInjector, shutdown::CancellationToken};
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The errno a fault file's content names: `ENOSPC`, `EIO`, `EROFS` or a decimal number; `None`
-/// for an empty file or anything else.
-pub fn parse_errno(content: &str) -> Option<i32> {
+/// What a fault file arms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every segment write fails with this errno.
+    Writes(i32),
+    /// Every `fdatasync` fails with this errno.
+    Syncs(i32),
+}
+
+/// The fault a fault file's content names: an errno (`ENOSPC`, `EIO`, `EROFS` or a decimal
+/// number) for writes, `sync:<errno>` for syncs; `None` for an empty file or anything else.
+pub fn parse_fault(content: &str) -> Option<Fault> {
+    match content.trim().strip_prefix("sync:") {
+        Some(errno) => parse_errno(errno).map(Fault::Syncs),
+        None => parse_errno(content).map(Fault::Writes),
+    }
+}
+
+/// The errno `content` names: `ENOSPC`, `EIO`, `EROFS` or a decimal number.
+fn parse_errno(content: &str) -> Option<i32> {
     match content.trim() {
         "ENOSPC" => Some(libc::ENOSPC),
         "EIO" => Some(libc::EIO),
@@ -26,22 +44,24 @@ pub async fn run(path: PathBuf, faults: FaultInjector, shutdown: CancellationTok
     tracing::warn!(file = %path.display(), "test fault injection is on (--fault-file)");
     let mut armed = None;
     loop {
-        let errno = tokio::fs::read_to_string(&path)
+        let fault = tokio::fs::read_to_string(&path)
             .await
             .ok()
-            .and_then(|content| parse_errno(&content));
-        if errno != armed {
-            match errno {
-                Some(errno) => {
+            .and_then(|content| parse_fault(&content));
+        if fault != armed {
+            faults.clear();
+            match fault {
+                Some(Fault::Writes(errno)) => {
                     tracing::warn!(errno, "fault file: every log write now fails");
                     faults.fail_writes(errno);
                 }
-                None => {
-                    tracing::warn!("fault file: log writes work again");
-                    faults.clear();
+                Some(Fault::Syncs(errno)) => {
+                    tracing::warn!(errno, "fault file: every log sync now fails");
+                    faults.fail_syncs_until_clear(errno);
                 }
+                None => tracing::warn!("fault file: the log's disk works again"),
             }
-            armed = errno;
+            armed = fault;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -54,14 +74,17 @@ pub async fn run(path: PathBuf, faults: FaultInjector, shutdown: CancellationTok
 mod tests {
     use super::*;
 
-    /// Names and numbers arm a fault; empty or unknown content clears it.
+    /// Names and numbers arm a write fault, `sync:` a sync fault; empty or unknown content
+    /// clears it.
     #[test]
     fn errno_names() {
-        assert_eq!(parse_errno("ENOSPC\n"), Some(libc::ENOSPC));
-        assert_eq!(parse_errno("EIO"), Some(libc::EIO));
-        assert_eq!(parse_errno("5"), Some(5));
-        assert_eq!(parse_errno(""), None);
-        assert_eq!(parse_errno("0"), None);
-        assert_eq!(parse_errno("full"), None);
+        assert_eq!(parse_fault("ENOSPC\n"), Some(Fault::Writes(libc::ENOSPC)));
+        assert_eq!(parse_fault("EIO"), Some(Fault::Writes(libc::EIO)));
+        assert_eq!(parse_fault("5"), Some(Fault::Writes(5)));
+        assert_eq!(parse_fault("sync:EIO\n"), Some(Fault::Syncs(libc::EIO)));
+        assert_eq!(parse_fault(""), None);
+        assert_eq!(parse_fault("0"), None);
+        assert_eq!(parse_fault("full"), None);
+        assert_eq!(parse_fault("sync:"), None);
     }
 }

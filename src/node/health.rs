@@ -1,6 +1,7 @@
 //! Whether this node can take a write right now, decided in one place: [`admit`] is the predicate
 //! both the write path and `/readyz` use, and [`LogHealth`] tracks whether the local log can
-//! append (failed writes and syncs, a periodic probe of the data directory, a stopped writer). The
+//! append (failed writes and syncs, the store's poisoned state, a periodic probe of the data
+//! directory, a stopped writer). The
 //! Consul check (`/consul-check`) fails while the log cannot append, so Consul invalidates a sick
 //! leader's session and a healthy node takes over; the node comes back by itself once a probe
 //! passes. See `docs/election.md`.
@@ -17,7 +18,7 @@ use parking_lot::Mutex;
 
 use crate::{
     election::{LeaderState, NotLeader},
-    log::{FaultInjector, LogError, LogStore},
+    log::{FaultInjector, LogError, LogStore, WriteHealth},
     shutdown::CancellationToken,
 };
 
@@ -84,11 +85,10 @@ pub fn admit(state: &LeaderState, now: Instant, log: &LogFacts) -> Result<u64, R
 /// The tracked facts behind [`LogHealth`]; pure, so the rules are unit-tested.
 #[derive(Debug, Default)]
 struct Tracker {
-    /// The last failure a write or a probe saw, until a later probe passes.
+    /// The last failure a write, the store or a probe saw, until a later probe passes.
     failure: Option<String>,
-    /// The store's own "writable" flag is false, but a probe passed since it turned false: the
-    /// flag only turns true again with a successful append, which needs admission first.
-    flag_excused: bool,
+    /// The store's failure count last looked at ([`WriteHealth::failures`]).
+    seen_failures: u64,
     /// Bumped on every failure, so that a probe that started before it cannot clear it.
     generation: u64,
     /// The log's writer has stopped: nothing but a restart helps (liveness fails).
@@ -98,28 +98,39 @@ struct Tracker {
 impl Tracker {
     fn failed(&mut self, reason: String, writer_gone: bool) {
         self.failure = Some(reason);
-        self.flag_excused = false;
         self.generation += 1;
         self.writer_gone |= writer_gone;
     }
 
-    /// A probe that started at `generation` passed; `writable` is the store's flag now.
-    fn probe_passed(&mut self, generation: u64, writable: bool) {
-        if generation == self.generation && !self.writer_gone {
-            self.failure = None;
-            self.flag_excused = !writable;
+    /// Takes in the store's write health: a failure the store had since the last look counts
+    /// like a failed append (held until a probe passes), even if the store recovered meanwhile
+    /// (e.g. a failed background sync under `interval`, which no append reports).
+    fn observe(&mut self, store: &WriteHealth) {
+        if store.failures > self.seen_failures {
+            self.seen_failures = store.failures;
+            let reason = store.last_failure.as_deref().unwrap_or("a write or sync failed");
+            self.failed(format!("the log's write or sync failed: {reason}"), false);
         }
     }
 
-    fn problem(&mut self, writable: bool) -> Option<String> {
-        if writable {
-            self.flag_excused = false;
+    /// A probe that started at `generation` passed.
+    fn probe_passed(&mut self, generation: u64) {
+        if generation == self.generation && !self.writer_gone {
+            self.failure = None;
         }
+    }
+
+    /// The problem now: a held failure, else the store's own poisoned state (it refuses appends
+    /// until its tail is re-verified, which it retries by itself; no append is needed for that).
+    fn problem(&mut self, store: &WriteHealth) -> Option<String> {
+        self.observe(store);
         if let Some(failure) = &self.failure {
             return Some(failure.clone());
         }
-        (!writable && !self.flag_excused)
-            .then(|| "the log's last write or sync failed; waiting for a probe to pass".to_string())
+        store
+            .poisoned
+            .as_ref()
+            .map(|reason| format!("the log is re-verifying its tail and refuses appends: {reason}"))
     }
 }
 
@@ -146,7 +157,7 @@ impl LogHealth {
 
     /// Why the log cannot append right now; `None` when it can.
     pub fn problem(&self) -> Option<String> {
-        self.tracker.lock().problem(self.store.is_writable())
+        self.tracker.lock().problem(&self.store.write_health())
     }
 
     /// What [`admit`] needs.
@@ -177,13 +188,14 @@ impl LogHealth {
     /// # Errors
     /// The probe's failure, as the log would report it.
     pub async fn probe(&self) -> Result<(), LogError> {
-        let generation = self.tracker.lock().generation;
+        let generation = {
+            let mut tracker = self.tracker.lock();
+            tracker.observe(&self.store.write_health());
+            tracker.generation
+        };
         let result = self.probe_once().await;
         match &result {
-            Ok(()) => self
-                .tracker
-                .lock()
-                .probe_passed(generation, self.store.is_writable()),
+            Ok(()) => self.tracker.lock().probe_passed(generation),
             Err(err) => self.tracker.lock().failed(err.to_string(), false),
         }
         result
@@ -334,34 +346,108 @@ mod tests {
         ));
     }
 
-    /// A failure holds until a probe passes; the store's false flag is excused only by a probe
-    /// that passed after it turned false, and a probe older than the last failure clears nothing.
+    /// A failure holds until a probe passes, and a probe older than the last failure clears
+    /// nothing; a poisoned store is a problem for as long as it is poisoned, whatever the probe
+    /// says; a store failure noticed late (already recovered) counts until the next probe.
     #[test]
     fn tracker_rules() {
+        let healthy = WriteHealth::default();
         let mut t = Tracker::default();
-        assert_eq!(t.problem(true), None);
-        assert!(t.problem(false).is_some(), "the store's flag alone is a problem");
+        assert_eq!(t.problem(&healthy), None);
         let before = t.generation;
         t.failed("disk full".into(), false);
-        assert_eq!(t.problem(false).as_deref(), Some("disk full"));
-        t.probe_passed(before, false);
+        assert_eq!(t.problem(&healthy).as_deref(), Some("disk full"));
+        t.probe_passed(before);
         assert!(
-            t.problem(false).is_some(),
+            t.problem(&healthy).is_some(),
             "a probe from before the failure clears nothing"
         );
-        t.probe_passed(t.generation, false);
-        assert_eq!(t.problem(false), None, "a passing probe excuses the stale flag");
-        assert_eq!(t.problem(true), None);
+        t.probe_passed(t.generation);
+        assert_eq!(t.problem(&healthy), None);
+
+        let poisoned = WriteHealth {
+            poisoned: Some("sync failed".into()),
+            failures: 1,
+            last_failure: Some("sync failed".into()),
+        };
+        assert!(t.problem(&poisoned).unwrap().contains("sync failed"));
+        t.probe_passed(t.generation);
         assert!(
-            t.problem(false).is_some(),
-            "once the flag was true again, turning false is a new failure"
+            t.problem(&poisoned).unwrap().contains("re-verifying"),
+            "a passing probe does not excuse a poisoned store"
         );
-        t.failed("log store closed".into(), true);
-        t.probe_passed(t.generation, true);
+        let recovered = WriteHealth {
+            poisoned: None,
+            ..poisoned.clone()
+        };
+        assert_eq!(t.problem(&recovered), None, "the store recovered by itself");
+        let unseen = WriteHealth {
+            failures: 2,
+            ..recovered
+        };
         assert!(
-            t.writer_gone && t.problem(true).is_some(),
+            t.problem(&unseen).is_some(),
+            "a failure recovered from before anyone looked still counts"
+        );
+        t.probe_passed(t.generation);
+        assert_eq!(t.problem(&unseen), None, "until a probe passes");
+
+        t.failed("log store closed".into(), true);
+        t.probe_passed(t.generation);
+        assert!(
+            t.writer_gone && t.problem(&healthy).is_some(),
             "a stopped writer never recovers"
         );
+    }
+
+    /// Waits (bounded) until `cond` holds; false if it never did.
+    async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// A failed sync poisons the store: the health reports it (so readiness and `/consul-check`
+    /// fail) even though the disk probe passes, for as long as the store cannot re-verify its tail;
+    /// once the store recovers by itself and a probe passes, the node is healthy again.
+    #[tokio::test]
+    async fn poisoned_store_fails_health_until_it_recovers_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultInjector::new();
+        let mut cfg = crate::log::LogConfig::new(dir.path());
+        cfg.fault_injector = Some(faults.clone());
+        let store = LogStore::open(cfg).await.unwrap();
+        let health = LogHealth::new(store.clone(), Some(faults.clone()));
+        store.append(1, None, vec!["a".into()]).await.unwrap();
+        assert_eq!(health.problem(), None);
+
+        faults.fail_syncs_until_clear(libc::EIO);
+        let err = store.append(1, None, vec!["b".into()]).await.unwrap_err();
+        health.append_failed(&err);
+        health.probe().await.unwrap();
+        let problem = health.problem().expect("poisoned");
+        assert!(problem.contains("re-verifying"), "{problem}");
+        let now = Instant::now();
+        let leader = leader(1, now);
+        assert!(
+            admit(&leader, now, &health.facts()).is_err(),
+            "not ready while poisoned"
+        );
+
+        faults.clear();
+        assert!(
+            eventually(|| store.is_writable()).await,
+            "the store recovers by itself"
+        );
+        health.probe().await.unwrap();
+        assert_eq!(health.problem(), None);
+        assert_eq!(admit(&leader, now, &health.facts()), Ok(1));
+        assert_eq!(store.append(1, None, vec!["c".into()]).await.unwrap().first(), 1);
     }
 
     /// The probe passes on a writable directory, fails while a write fault is injected, and the

@@ -121,7 +121,7 @@ pub struct NodeConfig {
     #[arg(long, env = "SIMPLELOGGERS_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub retention_interval: Duration,
     /// Test hook: while this file names an errno (ENOSPC, EIO, a number), every log write fails
-    /// with it. Never set in production.
+    /// with it; `sync:<errno>` fails every log sync instead. Never set in production.
     #[arg(long, env = "SIMPLELOGGERS_FAULT_FILE", hide = true)]
     pub fault_file: Option<PathBuf>,
     /// Consul and the election key.

@@ -1,7 +1,8 @@
 //! Writer-thread maintenance of the segment files: rolling to a new segment (sealing the old one
-//! with its index and a producer/term snapshot), deleting old segments for retention, and
-//! truncating a suffix (rewriting a cut batch's markers so recovery keeps its prefix); and of the
-//! epoch cache that follows all three (`epochs.checkpoint`).
+//! with its index and a producer/term snapshot), deleting old segments for retention, truncating
+//! a suffix (rewriting a cut batch's markers so recovery keeps its prefix), and recovering a
+//! poisoned store's active segment (reopen, cut to the durable end, re-verify from disk); and of
+//! the epoch cache that follows them (`epochs.checkpoint`).
 
 use std::{fs, os::unix::fs::FileExt, sync::Arc};
 
@@ -13,7 +14,7 @@ use crate::log::{
     error::LogError,
     index::{self, SegmentMeta, SegmentSnapshot, SparseIndex},
     record, recovery,
-    segment::{self, FrameInfo, ScanMode, Segment},
+    segment::{self, drop_cached_pages, FrameInfo, ScanMode, Segment},
 };
 
 impl Writer {
@@ -45,11 +46,7 @@ impl Writer {
     /// Seal the active segment (sync it, persist its index) and start a new one at the current
     /// end, with a the last term and the producers the sealed segment changed; then apply retention.
     pub(super) fn roll(&mut self) -> Result<(), LogError> {
-        self.st
-            .active
-            .sync_data()
-            .map_err(|e| LogError::io("sync segment", &self.st.active_path, e))?;
-        self.st.dirty = false;
+        self.sync()?;
         let dir = self.shared.config.dir.clone();
         let (meta, base) = {
             let state = self.shared.state.read();
@@ -96,7 +93,8 @@ impl Writer {
         self.st.active = file;
         self.st.active_path = path;
         self.st.written_len = 0;
-        self.st.needs_repair = false;
+        self.st.synced_len = 0;
+        self.st.synced_end = base;
         tracing::debug!(base, "rolled to a new segment");
         self.retention();
         Ok(())
@@ -163,6 +161,8 @@ impl Writer {
                 start: state.start,
             });
         }
+        // Readers reading without the lock discard what they read from here on.
+        state.rewrites += 1;
         let k = state
             .segments
             .partition_point(|s| s.base <= from)
@@ -192,14 +192,15 @@ impl Writer {
             }
         }
         let in_seg = last_term.filter(|&(_, o)| o >= seg.base);
-        let removed: Vec<Segment> = state.segments.drain(k + 1..).collect();
-        let seg = &mut state.segments[k];
         seg.file
             .set_len(position)
             .map_err(|e| LogError::io("truncate segment", &seg.path, e))?;
         seg.file
             .sync_all()
             .map_err(|e| LogError::io("sync segment", &seg.path, e))?;
+        // Only now, so that a failed truncation leaves every segment in the state and can be redone.
+        let removed: Vec<Segment> = state.segments.drain(k + 1..).collect();
+        let seg = &mut state.segments[k];
         seg.len = position;
         seg.end = from;
         seg.index.truncate(from);
@@ -230,9 +231,112 @@ impl Writer {
         self.st.written_len = position;
         self.st.next_offset = from;
         self.st.last_term = last_term;
-        self.st.needs_repair = false;
+        self.st.synced_len = position;
+        self.st.synced_end = from;
         self.shared.visible.send_replace(from);
         tracing::warn!(from, "log truncated");
+        Ok(())
+    }
+
+    /// Recovery of a poisoned store: reopen the active segment through a fresh descriptor (the
+    /// failed one's error state is not trusted), cut it to `len` bytes (offset `end`: what was
+    /// durable, see `Repair::Tail`), make the cut durable, and re-verify from disk (cached pages
+    /// dropped first) that every frame up to there passes its CRC and that the last batch ends
+    /// exactly there. Records past `end` that were visible (acknowledged under `interval` or
+    /// `never`, but their sync failed) are dropped from the visible log first; the producer table
+    /// and last term are rebuilt without them and the next flush reports them.
+    ///
+    /// # Errors
+    /// I/O errors (the store stays poisoned and retries); [`LogError::Corrupt`] when data that was
+    /// durable does not verify (the store stays poisoned: nothing is appended after damage).
+    pub(super) fn recover_tail(&mut self, len: u64, end: u64) -> Result<(), LogError> {
+        let dir = self.shared.config.dir.clone();
+        let path = self.st.active_path.clone();
+        let file = Arc::new(recovery::open_rw(&path)?);
+        let (base, visible_end) = {
+            let mut state = self.shared.state.write();
+            let visible_end = state.end;
+            let seg = state.segments.last_mut().ok_or(LogError::Closed)?;
+            seg.file = file.clone();
+            let base = seg.base;
+            if end < visible_end {
+                seg.len = len;
+                seg.end = end;
+                seg.index.truncate(end);
+                state.end = end;
+                state.rewrites += 1;
+            }
+            (base, visible_end)
+        };
+        if end < visible_end {
+            self.shared.visible.send_replace(end);
+        }
+        file.set_len(len)
+            .map_err(|e| LogError::io("cut the tail back to the durable end", &path, e))?;
+        if let Some(e) = self.injected_sync_error(false) {
+            return Err(LogError::io("sync the recovered segment", &path, e));
+        }
+        file.sync_all()
+            .map_err(|e| LogError::io("sync the recovered segment", &path, e))?;
+        drop_cached_pages(&file);
+        let bytes = segment::read_at(&file, &path, 0, len as usize)?;
+        // Producers and last term are rebuilt only when records are dropped (otherwise the
+        // in-memory ones are exactly those of the verified prefix).
+        let dropped = end < self.st.next_offset;
+        let mut rebuilt = if dropped {
+            let state = self.shared.state.read();
+            let k = state.segments.len() - 1;
+            let expiry = self.shared.config.producer_id_expiry;
+            Some(recovery::state_before(&dir, &state.segments[..k], base, expiry)?)
+        } else {
+            None
+        };
+        let mut in_seg = None;
+        let scan = segment::scan(&path, &bytes, base, ScanMode::Strict, |batch| {
+            if let Some((producers, last_term)) = &mut rebuilt {
+                recovery::apply_batch(producers, batch);
+                if let Some(f) = batch.last() {
+                    *last_term = Some((f.term, f.offset));
+                    in_seg = *last_term;
+                }
+            }
+        })?;
+        if scan.end != end || scan.good_len != len {
+            return Err(LogError::Corrupt {
+                file: path,
+                position: scan.good_len,
+                reason: format!(
+                    "re-verified segment ends at offset {} (byte {}), but offset {end} (byte {len}) was durable",
+                    scan.end, scan.good_len
+                ),
+            });
+        }
+        if let Some((producers, last_term)) = rebuilt {
+            tracing::error!(
+                from = end,
+                to = self.st.next_offset,
+                "acknowledged records were dropped: their sync failed"
+            );
+            self.lost = Some(match self.lost {
+                Some((from, to)) => (from.min(end), to.max(self.st.next_offset)),
+                None => (end, self.st.next_offset),
+            });
+            {
+                let mut state = self.shared.state.write();
+                state.last_term = last_term;
+                if let Some(seg) = state.segments.last_mut() {
+                    seg.last_term = in_seg;
+                }
+            }
+            *self.shared.producers.lock() = producers;
+            self.st.last_term = last_term;
+        }
+        self.st.active = file;
+        self.st.written_len = len;
+        self.st.synced_len = len;
+        self.st.synced_end = end;
+        self.st.next_offset = end;
+        self.st.dirty = false;
         Ok(())
     }
 }

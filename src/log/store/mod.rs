@@ -1,8 +1,9 @@
 //! [`LogStore`]: the cheap-`Clone` handle the node uses, and the state it shares with the writer
-//! thread (visible log shape, producer table, the command queue). Reads run here, on the blocking
-//! pool, against the visible prefix only. Every mutation is a `Command` to the single writer:
-//! `writer` group-commits appends and rolls back a failed write; `maintenance` rolls segments,
-//! enforces retention and truncates a suffix.
+//! thread (visible log shape, producer table, write health, the command queue). Reads run here, on
+//! the blocking pool, against the visible prefix only, holding no lock across disk reads. Every
+//! mutation is a `Command` to the single writer: `writer` group-commits appends and poisons the
+//! store on a failed write or sync; `maintenance` rolls segments, enforces retention, truncates a
+//! suffix and recovers a poisoned store.
 
 mod maintenance;
 mod writer;
@@ -29,7 +30,7 @@ use super::{
     producer::{ProducerBatch, Producers},
     record::Record,
     recovery,
-    segment::{ReadCursor, Segment},
+    segment::{ReadCursor, Segment, SegmentView},
 };
 
 /// What an append did.
@@ -60,6 +61,9 @@ impl AppendOutcome {
     }
 }
 
+/// Lock-free attempts of a read that races with in-place rewrites before it holds the lock.
+const LOCK_FREE_READ_ATTEMPTS: usize = 3;
+
 /// The visible (acknowledged) shape of the log, shared by readers and the writer.
 #[derive(Debug)]
 struct LogState {
@@ -71,6 +75,25 @@ struct LogState {
     end: u64,
     /// `(term, offset)` of the last visible record (or the last before the retained log).
     last_term: Option<(u64, u64)>,
+    /// Bumped (under the write lock, before the bytes change) whenever visible bytes of a segment
+    /// are changed in place: suffix truncation, or recovery dropping records whose sync failed.
+    /// Readers read without the lock and discard a read during which this changed. Appends only
+    /// add bytes past the visible end and retention only unlinks files, so neither bumps it.
+    rewrites: u64,
+}
+
+/// Whether the store can take appends, for readiness and the Consul check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteHealth {
+    /// Why appends are refused right now: a write or sync failed and the active segment's tail is
+    /// not yet re-verified from disk (the writer retries by itself, backing off). `None`: appends
+    /// are accepted.
+    pub poisoned: Option<String>,
+    /// How many times the store has been poisoned since it was opened, so a watcher notices a
+    /// failure that was recovered from before it looked.
+    pub failures: u64,
+    /// The most recent failure, kept after recovery.
+    pub last_failure: Option<String>,
 }
 
 /// State shared between the handles and the writer thread.
@@ -78,9 +101,9 @@ struct LogState {
 struct Shared {
     /// The configuration the store was opened with.
     config: LogConfig,
-    /// Visible log shape. Readers hold the read lock while reading files so that truncation and
-    /// retention (write lock) never pull a file from under them; the writer takes the write lock
-    /// only briefly per group.
+    /// Visible log shape. Readers hold the read lock only to snapshot what they need (segment
+    /// handles, bounds; see `read_blocking`), never across disk reads; the writer takes the write
+    /// lock only briefly per group.
     state: RwLock<LogState>,
     /// Producer table, updated when a batch is admitted and rolled back if its write fails.
     producers: Mutex<Producers>,
@@ -90,8 +113,8 @@ struct Shared {
     epochs: Mutex<EpochCache>,
     /// Visible end offset, for tailing readers.
     visible: watch::Sender<u64>,
-    /// False after a failed write or sync, until a write succeeds again (readiness).
-    writable: AtomicBool,
+    /// Poisoned or not, and the failure history (written by the writer only).
+    health: Mutex<WriteHealth>,
     /// Set once the writer has stopped (after `close`).
     closed: AtomicBool,
     /// The exclusive `flock` on `<dir>/LOCK`, released when the last user of the store is gone.
@@ -147,6 +170,10 @@ enum Command {
     Flush {
         reply: oneshot::Sender<Result<(), LogError>>,
     },
+    /// If poisoned, try the recovery now.
+    Recover {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
     /// Final sync, then stop.
     Close {
         reply: oneshot::Sender<Result<(), LogError>>,
@@ -171,6 +198,7 @@ impl std::fmt::Debug for Command {
             Command::Truncate { .. } => "Truncate",
             Command::Retention { .. } => "Retention",
             Command::Flush { .. } => "Flush",
+            Command::Recover { .. } => "Recover",
             Command::Close { .. } => "Close",
         })
     }
@@ -225,11 +253,12 @@ impl LogStore {
                 start,
                 end,
                 last_term: rec.last_term,
+                rewrites: 0,
             }),
             producers: Mutex::new(rec.producers),
             epochs: Mutex::new(rec.epochs),
             visible,
-            writable: AtomicBool::new(true),
+            health: Mutex::new(WriteHealth::default()),
             closed: AtomicBool::new(false),
             _lock: lock,
         });
@@ -265,7 +294,9 @@ impl LogStore {
     /// [`LogError::EmptyBatch`], [`LogError::RecordTooLarge`], [`LogError::StaleTerm`] (term below
     /// the log's last term), [`LogError::OutOfOrderSequence`] (a gap: retriable),
     /// [`LogError::StaleSequence`], [`LogError::SequenceOverflow`], [`LogError::DiskFull`]/
-    /// [`LogError::Io`] (nothing was stored), [`LogError::Closed`].
+    /// [`LogError::Io`] (nothing was stored; the store is then poisoned),
+    /// [`LogError::Poisoned`] (refused: a failed write or sync is not yet recovered from),
+    /// [`LogError::Closed`].
     pub async fn append(
         &self,
         term: u64,
@@ -397,10 +428,13 @@ impl LogStore {
         self.inner.shared.producers.lock().last_seq(producer_id, now_ms())
     }
 
-    /// `fdatasync` everything written so far (useful under `interval`/`never`).
+    /// `fdatasync` everything written so far (useful under `interval`/`never`). `Ok` means every
+    /// record acknowledged before the call is durable.
     ///
     /// # Errors
-    /// I/O errors from the sync; [`LogError::Closed`].
+    /// I/O errors from the sync (the store is then poisoned); [`LogError::Poisoned`] while a
+    /// failed write or sync is not recovered from; [`LogError::NotDurable`] (once) when a recovery
+    /// dropped acknowledged records whose sync had failed since the last flush; [`LogError::Closed`].
     pub async fn flush(&self) -> Result<(), LogError> {
         self.send(|reply| Command::Flush { reply })?
             .await
@@ -410,7 +444,7 @@ impl LogStore {
     /// Final sync and stop the writer; other clones then get [`LogError::Closed`] on writes.
     ///
     /// # Errors
-    /// I/O errors from the final sync.
+    /// As [`flush`](Self::flush), for the final sync.
     pub async fn close(self) -> Result<(), LogError> {
         let res = match self.send(|reply| Command::Close { reply }) {
             Ok(rx) => rx.await.unwrap_or(Err(LogError::Closed)),
@@ -426,9 +460,27 @@ impl LogStore {
         res
     }
 
-    /// False after a failed write or sync until an append succeeds again (for readiness).
+    /// If the store is poisoned (a failed write or sync), try to recover now instead of waiting
+    /// for the writer's own retry: reopen the active segment, cut it to the durable end and
+    /// re-verify it from disk. `Ok` when the store accepts appends afterwards.
+    ///
+    /// # Errors
+    /// Why the recovery failed (the store stays poisoned); [`LogError::Closed`].
+    pub async fn recover(&self) -> Result<(), LogError> {
+        self.send(|reply| Command::Recover { reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// False while the store is poisoned: a write or sync failed and appends are refused until
+    /// the tail is re-verified (which the writer retries by itself). For readiness.
     pub fn is_writable(&self) -> bool {
-        self.inner.shared.writable.load(Ordering::Acquire)
+        self.inner.shared.health.lock().poisoned.is_none()
+    }
+
+    /// Poisoned or not, and how often it was (see [`WriteHealth`]).
+    pub fn write_health(&self) -> WriteHealth {
+        self.inner.shared.health.lock().clone()
     }
 
     /// The directory this store lives in.
@@ -443,40 +495,115 @@ impl LogStore {
 }
 
 impl Shared {
+    /// Serve a read without holding the state lock across disk reads, so that a long replay never
+    /// delays the writer publishing a group. Each segment is read from a [`SegmentView`] taken under
+    /// the lock; a read that raced with an in-place rewrite (truncation, recovery) is discarded and
+    /// retried, and the last attempt holds the read lock throughout (it cannot race).
     fn read_blocking(
         &self,
         from: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, LogError> {
+        for _ in 0..LOCK_FREE_READ_ATTEMPTS {
+            if let Some(records) = self.read_unlocked(from, max_records, max_bytes)? {
+                return Ok(records);
+            }
+        }
         let state = self.state.read();
-        if from < state.start {
+        let Some(mut cursor) = state.cursor(from, max_records, max_bytes)? else {
+            return Ok(Vec::new());
+        };
+        while let Some(view) = state.view(cursor.next) {
+            let before = cursor.next;
+            view.read_into(&mut cursor)?;
+            if cursor.full() || view.end >= state.end || cursor.next == before {
+                break;
+            }
+        }
+        Ok(cursor.out)
+    }
+
+    /// One attempt of a lock-free read; `None` when the log was rewritten in place meanwhile.
+    fn read_unlocked(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Record>>, LogError> {
+        let (rewrites, cursor) = {
+            let state = self.state.read();
+            (state.rewrites, state.cursor(from, max_records, max_bytes)?)
+        };
+        let Some(mut cursor) = cursor else {
+            return Ok(Some(Vec::new()));
+        };
+        loop {
+            let view = {
+                let state = self.state.read();
+                if state.rewrites != rewrites {
+                    return Ok(None);
+                }
+                // Retention removed what comes next: what was read is still the log's prefix.
+                if cursor.next < state.start {
+                    break;
+                }
+                state.view(cursor.next)
+            };
+            let Some(view) = view else { break };
+            if let Some(faults) = &self.config.fault_injector {
+                faults.before_read();
+            }
+            let before = cursor.next;
+            let read = view.read_into(&mut cursor);
+            if self.state.read().rewrites != rewrites {
+                return Ok(None); // what was read (or the error) may mix old and new bytes
+            }
+            read?;
+            if cursor.full() || view.end >= cursor.end || cursor.next == before {
+                break;
+            }
+        }
+        Ok(Some(cursor.out))
+    }
+}
+
+impl LogState {
+    /// A read cursor from `from` up to the visible end; `None` when there is nothing to read.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetTrimmed`] when `from` is below the first retained offset.
+    fn cursor(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<ReadCursor>, LogError> {
+        if from < self.start {
             return Err(LogError::OffsetTrimmed {
                 offset: from,
-                start: state.start,
+                start: self.start,
             });
         }
-        let mut cursor = ReadCursor {
+        if max_records == 0 || from >= self.end {
+            return Ok(None);
+        }
+        Ok(Some(ReadCursor {
             next: from,
-            end: state.end,
+            end: self.end,
             max_records,
             max_bytes,
             bytes: 0,
             out: Vec::new(),
-        };
-        if max_records == 0 || from >= state.end {
-            return Ok(cursor.out);
-        }
-        let first = state
+        }))
+    }
+
+    /// A snapshot of the segment holding `offset`, positioned for reading it.
+    fn view(&self, offset: u64) -> Option<SegmentView> {
+        let k = self
             .segments
-            .partition_point(|s| s.base <= from)
-            .saturating_sub(1);
-        for seg in &state.segments[first..] {
-            if cursor.full() {
-                break;
-            }
-            seg.read_into(&mut cursor)?;
-        }
-        Ok(cursor.out)
+            .partition_point(|s| s.base <= offset)
+            .checked_sub(1)?;
+        self.segments.get(k).map(|s| s.view(offset))
     }
 }

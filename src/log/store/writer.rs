@@ -1,7 +1,11 @@
 //! The single writer thread and its sync thread: admits appends into a group (one write and one
 //! `fdatasync` for everything queued), pipelines the next group's write with the current group's
-//! sync under `always`, publishes durable groups to readers, and rolls back a failed write or sync
-//! so the log stays consistent. Roll, retention and truncation live in `maintenance`.
+//! sync under `always`, publishes durable groups to readers, and rolls back a failed write or sync.
+//! A failed write or sync poisons the store: appends are refused until the active segment has
+//! been reopened and its tail re-verified from disk (`maintenance::recover_tail`), because after a
+//! failed `fdatasync` the kernel may have dropped the dirty pages and a retried sync can falsely
+//! succeed (PostgreSQL's "fsyncgate"). Roll, retention, truncation and recovery live in
+//! `maintenance`.
 
 use std::{
     fs::File,
@@ -32,6 +36,11 @@ const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// How long the writer polls for the next append before sleeping (see `Writer::recv_soon`).
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
+/// A poisoned store retries its recovery by itself after this long, doubling per failed attempt
+/// up to [`RECOVERY_RETRY_MAX`] (a re-verification reads the active segment from disk).
+const RECOVERY_RETRY_MIN: Duration = Duration::from_millis(100);
+/// See [`RECOVERY_RETRY_MIN`].
+const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Writer-thread view of the active segment and the not-yet-visible tail.
 #[derive(Debug)]
@@ -50,8 +59,11 @@ pub(super) struct WriterState {
     pub(super) dirty: bool,
     /// When the last sync happened (interval mode).
     last_sync: Instant,
-    /// A failed write could not be cut back; do it before the next write.
-    pub(super) needs_repair: bool,
+    /// Bytes of the active segment covered by the last successful sync (or found on disk at open):
+    /// the most a recovery after a failed sync may keep.
+    pub(super) synced_len: u64,
+    /// The offset at `synced_len`.
+    pub(super) synced_end: u64,
 }
 
 impl WriterState {
@@ -65,7 +77,8 @@ impl WriterState {
             last_term,
             dirty: false,
             last_sync: Instant::now(),
-            needs_repair: false,
+            synced_len: active.len,
+            synced_end: active.end,
         }
     }
 }
@@ -111,6 +124,50 @@ struct Inflight {
     done: mpsc::Receiver<std::io::Result<()>>,
 }
 
+/// What a recovery must restore before the store accepts appends again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Repair {
+    /// Keep the active segment up to `len` bytes (offset `end`) and re-verify it from disk: the
+    /// last synced position after a failed sync, the rolled-back written position after a failed
+    /// write (whose earlier bytes the recovery's own sync then makes durable).
+    Tail {
+        /// Bytes to keep.
+        len: u64,
+        /// The offset at `len`.
+        end: u64,
+    },
+    /// A suffix truncation failed midway: redo it (it rescans and rewrites what it keeps).
+    Truncate {
+        /// The truncation point.
+        from: u64,
+    },
+}
+
+/// Why the store refuses appends, and how it gets out of that state.
+#[derive(Debug)]
+struct Poison {
+    /// What recovery must restore.
+    repair: Repair,
+    /// The failure that poisoned the store.
+    failure: String,
+    /// Why the last recovery attempt failed, if one did.
+    recovery_error: Option<String>,
+    /// Failed recovery attempts so far (for the backoff).
+    attempts: u32,
+    /// When the writer retries the recovery by itself.
+    retry_at: Instant,
+}
+
+impl Poison {
+    /// The reason quoted in refusals and in the store's write health.
+    fn reason(&self) -> String {
+        match &self.recovery_error {
+            Some(e) => format!("{}; recovery failed: {e}", self.failure),
+            None => self.failure.clone(),
+        }
+    }
+}
+
 /// A request to the sync thread: sync this file, report here.
 type SyncJob = (Arc<File>, mpsc::SyncSender<std::io::Result<()>>);
 
@@ -147,6 +204,8 @@ pub(super) fn spawn(
         part: Part::default(),
         inflight: None,
         syncer,
+        poison: None,
+        lost: None,
     };
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
@@ -169,6 +228,11 @@ pub(super) struct Writer {
     inflight: Option<Inflight>,
     /// Queue to the sync thread.
     syncer: mpsc::Sender<SyncJob>,
+    /// Set after a failed write or sync until the tail is re-verified: appends are refused.
+    poison: Option<Poison>,
+    /// Offsets `from .. to` that were acknowledged (visible) but dropped by a recovery because
+    /// their sync failed; the next flush or close reports them instead of claiming success.
+    pub(super) lost: Option<(u64, u64)>,
 }
 
 impl Writer {
@@ -178,7 +242,21 @@ impl Writer {
 
     fn run(&mut self) {
         loop {
+            if self.poison.as_ref().is_some_and(|p| Instant::now() >= p.retry_at) {
+                let _ = self.try_recover();
+            }
             let cmd = match self.config().durability {
+                // Poisoned: nothing to sync or settle; wait for work or for the next recovery.
+                _ if self.poison.is_some() => {
+                    let wait = self.poison.as_ref().map_or(Duration::ZERO, |p| {
+                        p.retry_at.saturating_duration_since(Instant::now())
+                    });
+                    match self.rx.recv_timeout(wait) {
+                        Ok(cmd) => cmd,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
                 Durability::Interval(every) if self.st.dirty => {
                     let wait = every.saturating_sub(self.st.last_sync.elapsed());
                     match self.rx.recv_timeout(wait) {
@@ -223,7 +301,7 @@ impl Writer {
                 }
             }
         }
-        if self.drain().is_ok() && self.st.dirty {
+        if self.drain().is_ok() && self.st.dirty && self.poison.is_none() {
             let _ = self.sync();
         }
     }
@@ -262,17 +340,29 @@ impl Writer {
                 reply,
             } => self.admit(term, producer, payloads, reply),
             Command::Truncate { from, reply } => {
-                let _ = reply.send(self.drain().and_then(|()| self.truncate(from)));
+                let res = self
+                    .recover_now()
+                    .and_then(|()| self.drain())
+                    .and_then(|()| self.truncate(from));
+                if let Err(e) = &res {
+                    if e.is_disk_full() || matches!(e, LogError::Io { .. }) {
+                        self.poison(e, Repair::Truncate { from });
+                    }
+                }
+                let _ = reply.send(res);
             }
             Command::Retention { reply } => {
                 let _ = self.drain();
                 let _ = reply.send(Ok(self.retention()));
             }
             Command::Flush { reply } => {
-                let _ = reply.send(self.drain().and_then(|()| self.sync()));
+                let _ = reply.send(self.flush());
+            }
+            Command::Recover { reply } => {
+                let _ = reply.send(self.recover_now());
             }
             Command::Close { reply } => {
-                let _ = reply.send(self.drain().and_then(|()| self.sync()));
+                let _ = reply.send(self.flush());
                 // Wake tailing readers so that `wait_for` can report the store as closed.
                 self.shared.closed.store(true, Ordering::Release);
                 self.shared.visible.send_modify(|_| {});
@@ -289,6 +379,14 @@ impl Writer {
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
     ) {
+        // A poisoned store retries its recovery first when due (at once after the failure).
+        if self.poison.as_ref().is_some_and(|p| Instant::now() >= p.retry_at) {
+            let _ = self.try_recover();
+        }
+        if let Some(p) = &self.poison {
+            let _ = reply.send(Err(LogError::Poisoned { reason: p.reason() }));
+            return;
+        }
         if let Some((last_term, _)) = self.st.last_term {
             if term < last_term {
                 let _ = reply.send(Err(LogError::StaleTerm { term, last_term }));
@@ -321,7 +419,8 @@ impl Writer {
         if used > 0 && used + batch_len > self.config().segment_bytes {
             if let Err(e) = self.drain().and_then(|()| self.roll()) {
                 tracing::error!(error = %e, "segment roll failed");
-                self.shared.writable.store(false, Ordering::Release);
+                let synced = self.synced();
+                self.poison(&e, synced);
                 let _ = reply.send(Err(e));
                 return;
             }
@@ -436,13 +535,7 @@ impl Writer {
             return;
         }
         let (tx, done) = mpsc::sync_channel(1);
-        match self
-            .shared
-            .config
-            .fault_injector
-            .as_ref()
-            .and_then(|f| f.sync_error())
-        {
+        match self.injected_sync_error(true) {
             Some(e) => {
                 let _ = tx.send(Err(e));
             }
@@ -468,6 +561,8 @@ impl Writer {
         match res {
             Ok(()) => {
                 self.st.last_sync = Instant::now();
+                self.st.synced_len = inflight.part.len_after;
+                self.st.synced_end = inflight.part.next_after;
                 self.publish(inflight.part);
                 Ok(())
             }
@@ -506,7 +601,6 @@ impl Writer {
             state.end = end;
             state.last_term = part.last_term_after;
         }
-        self.shared.writable.store(true, Ordering::Release);
         self.shared.visible.send_replace(end);
         for (reply, outcome) in part.replies {
             let _ = reply.send(Ok(outcome));
@@ -514,10 +608,11 @@ impl Writer {
     }
 
     /// Roll back failed parts (newest first): restore the producer table and offsets, cut the
-    /// file back to where the oldest one started, and fail every reply.
+    /// file back to where the oldest one started, poison the store (recovery keeps that
+    /// position: under `always` it is the last synced one, since a part is only visible once
+    /// synced) and fail every reply.
     fn fail_parts(&mut self, parts: Vec<Part>, e: LogError) {
         tracing::error!(error = %e, "append failed; rolling back to the last good position");
-        self.shared.writable.store(false, Ordering::Release);
         let mut replies = Vec::new();
         let mut cut_to = self.st.written_len;
         for part in parts {
@@ -535,6 +630,11 @@ impl Writer {
         }
         self.st.written_len = cut_to;
         self.cut_back();
+        let keep = Repair::Tail {
+            len: cut_to,
+            end: self.st.next_offset,
+        };
+        self.poison(&e, keep);
         for (reply, _) in replies {
             let _ = reply.send(Err(e.duplicate()));
         }
@@ -543,13 +643,6 @@ impl Writer {
     /// Write encoded bytes at position `at` of the active segment (no sync).
     fn write_part(&mut self, buf: &[u8], at: u64) -> Result<(), LogError> {
         let path = &self.st.active_path;
-        if self.st.needs_repair {
-            self.st
-                .active
-                .set_len(self.st.written_len)
-                .map_err(|e| LogError::io("truncate segment", path, e))?;
-            self.st.needs_repair = false;
-        }
         if let Some(e) = self
             .shared
             .config
@@ -567,23 +660,30 @@ impl Writer {
             .map_err(|e| LogError::io("write segment", path, e))
     }
 
-    /// After a failed write or sync: remove whatever part of it reached the file.
+    /// After a failed write or sync: remove whatever part of it reached the file at once (the
+    /// recovery cuts again through a fresh descriptor; this only keeps the file tidy meanwhile).
     fn cut_back(&mut self) {
         if let Err(e) = self.st.active.set_len(self.st.written_len) {
-            tracing::error!(error = %e, "could not cut a failed write back; will retry before the next write");
-            self.st.needs_repair = true;
+            tracing::error!(error = %e, "could not cut a failed write back; the recovery will");
         }
     }
 
-    fn sync(&mut self) -> Result<(), LogError> {
+    /// The injected sync failure, if one is armed (tests). When the injector says the pages are
+    /// lost with it and `lose_pages` is set, the bytes written since the last good sync are zeroed
+    /// first, as they would read back after the kernel dropped them.
+    pub(super) fn injected_sync_error(&self, lose_pages: bool) -> Option<std::io::Error> {
+        let (e, lost) = self.shared.config.fault_injector.as_ref()?.sync_failure()?;
+        if lost && lose_pages && self.st.written_len > self.st.synced_len {
+            let zeros = vec![0u8; (self.st.written_len - self.st.synced_len) as usize];
+            let _ = self.st.active.write_all_at(&zeros, self.st.synced_len);
+        }
+        Some(e)
+    }
+
+    /// `fdatasync` what is written; on success that is the new durable position.
+    pub(super) fn sync(&mut self) -> Result<(), LogError> {
         let path = &self.st.active_path;
-        if let Some(e) = self
-            .shared
-            .config
-            .fault_injector
-            .as_ref()
-            .and_then(|f| f.sync_error())
-        {
+        if let Some(e) = self.injected_sync_error(true) {
             return Err(LogError::io("sync segment", path, e));
         }
         self.st
@@ -592,18 +692,125 @@ impl Writer {
             .map_err(|e| LogError::io("sync segment", path, e))?;
         self.st.dirty = false;
         self.st.last_sync = Instant::now();
+        self.st.synced_len = self.st.written_len;
+        self.st.synced_end = self.st.next_offset;
         Ok(())
     }
 
-    /// The `interval` timer fired: sync what is written. Records are already acknowledged, so a
-    /// failure can only be reported (and readiness dropped) until a later sync succeeds.
+    /// What a recovery after a failed sync keeps: the last synced position.
+    fn synced(&self) -> Repair {
+        Repair::Tail {
+            len: self.st.synced_len,
+            end: self.st.synced_end,
+        }
+    }
+
+    /// `flush` and `close`: make everything acknowledged durable, or say why it is not. Never
+    /// claims success while poisoned, nor for records a recovery dropped since the last flush.
+    fn flush(&mut self) -> Result<(), LogError> {
+        if let Some(p) = &self.poison {
+            return Err(LogError::Poisoned { reason: p.reason() });
+        }
+        self.drain()?;
+        if let Err(e) = self.sync() {
+            let synced = self.synced();
+            self.poison(&e, synced);
+            return Err(e);
+        }
+        match self.lost.take() {
+            Some((from, to)) => Err(LogError::NotDurable { from, to }),
+            None => Ok(()),
+        }
+    }
+
+    /// The `interval` timer fired: sync what is written. Records are already acknowledged and
+    /// visible; if the sync fails, those written since the last good sync cannot be trusted to be
+    /// on disk (nor can a retried sync be trusted), so the store is poisoned and the recovery
+    /// drops them; the next flush reports them lost.
     fn background_sync(&mut self) {
-        match self.sync() {
-            Ok(()) => {}
+        if self.poison.is_some() {
+            return;
+        }
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "background sync failed");
+            self.st.last_sync = Instant::now();
+            let synced = self.synced();
+            self.poison(&e, synced);
+        }
+    }
+
+    /// Enter (or stay in) the poisoned state after `e`; `repair` is what recovery restores. A
+    /// second failure while poisoned only makes the repair more conservative.
+    pub(super) fn poison(&mut self, e: &LogError, repair: Repair) {
+        let reason = e.to_string();
+        if let Some(p) = &mut self.poison {
+            if let (Repair::Tail { len, .. }, Repair::Tail { len: new, .. }) = (p.repair, repair) {
+                if new < len {
+                    p.repair = repair;
+                }
+            }
+            return;
+        }
+        tracing::error!(error = %e, ?repair, "log store poisoned: appends are refused until the tail is re-verified from disk");
+        self.poison = Some(Poison {
+            repair,
+            failure: reason.clone(),
+            recovery_error: None,
+            attempts: 0,
+            retry_at: Instant::now(),
+        });
+        let mut health = self.shared.health.lock();
+        health.poisoned = Some(reason.clone());
+        health.failures += 1;
+        health.last_failure = Some(reason);
+    }
+
+    /// If poisoned, try the recovery now (whatever the backoff says).
+    fn recover_now(&mut self) -> Result<(), LogError> {
+        if self.poison.is_none() {
+            return Ok(());
+        }
+        self.try_recover()
+    }
+
+    /// One recovery attempt; on success the store accepts appends again, on failure it retries
+    /// later (backing off) and a tail repair falls back to the last synced position.
+    fn try_recover(&mut self) -> Result<(), LogError> {
+        let Some(repair) = self.poison.as_ref().map(|p| p.repair) else {
+            return Ok(());
+        };
+        let res = match repair {
+            Repair::Tail { len, end } => self.recover_tail(len, end),
+            Repair::Truncate { from } => self.truncate(from),
+        };
+        let synced = self.synced();
+        let Some(p) = &mut self.poison else {
+            return res;
+        };
+        match res {
+            Ok(()) => {
+                tracing::info!(
+                    ?repair,
+                    "log store recovered: tail re-verified from disk, accepting appends"
+                );
+                self.poison = None;
+                self.shared.health.lock().poisoned = None;
+                Ok(())
+            }
             Err(e) => {
-                tracing::error!(error = %e, "background sync failed");
-                self.shared.writable.store(false, Ordering::Release);
-                self.st.last_sync = Instant::now();
+                p.attempts += 1;
+                let delay = RECOVERY_RETRY_MIN
+                    .saturating_mul(1 << p.attempts.min(10).saturating_sub(1))
+                    .min(RECOVERY_RETRY_MAX);
+                p.retry_at = Instant::now() + delay;
+                if let Repair::Tail { .. } = p.repair {
+                    // What the recovery's own sync was to make durable is not trusted either.
+                    p.repair = synced;
+                }
+                tracing::warn!(error = %e, retry_in = ?delay, "log store recovery failed");
+                p.recovery_error = Some(e.to_string());
+                self.shared.health.lock().poisoned = Some(p.reason());
+                Err(e)
             }
         }
     }
