@@ -34,8 +34,6 @@ const MAX_PRODUCER_ID: usize = 128;
 /// batches over several connections, so they often arrive slightly out of order; waiting here
 /// costs the batch a group commit instead of a round trip and a resend.
 pub const OUT_OF_ORDER_WAIT: Duration = Duration::from_millis(100);
-/// How often a waiting out-of-order batch looks whether its producer has moved on.
-const OUT_OF_ORDER_POLL: Duration = Duration::from_millis(1);
 
 /// The answer to a single-message write.
 #[derive(Debug, Serialize)]
@@ -299,13 +297,18 @@ async fn append_in_order(
     }
 }
 
-/// Waits until the producer's last sequence differs from `before`, or `deadline`.
+/// Waits until the producer's last sequence differs from `before`, or `deadline`. Wakes on the
+/// store's visible-end watch (the earlier batch becoming visible moves the sequence) instead of
+/// polling.
 async fn moved_on(store: &LogStore, producer_id: &str, before: Option<u64>, deadline: tokio::time::Instant) {
-    while tokio::time::Instant::now() < deadline {
-        if store.producer_last_seq(producer_id) != before {
-            return;
+    // Subscribe before checking, so an append between the check and the wait still wakes us.
+    let mut visible = store.subscribe();
+    while store.producer_last_seq(producer_id) == before {
+        match tokio::time::timeout_at(deadline, visible.changed()).await {
+            Ok(Ok(())) => {}
+            // Past the deadline, or the store is closing: let the caller answer.
+            Ok(Err(_)) | Err(_) => return,
         }
-        tokio::time::sleep(OUT_OF_ORDER_POLL).await;
     }
 }
 
