@@ -1,7 +1,8 @@
 //! The flag groups shared by subcommands, each flag declared once with its environment fallback
 //! and a default taken from the constant the library uses: [`ClusterArgs`] (Consul and the
 //! election key: every subcommand that talks to Consul), [`ServiceArgs`] (the nodes' Consul
-//! service: `node`, `status`) and [`ElectionArgs`] (the election's timing: `node`).
+//! service: `node`, `status`), [`ElectionArgs`] (the election's timing: `node`) and
+//! [`ReplicationArgs`] (replicas, acks, the in-sync set: `node`).
 
 use std::time::Duration;
 
@@ -123,6 +124,97 @@ impl ElectionArgs {
     }
 }
 
+/// When a write is acknowledged (`--acks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Acks {
+    /// Once the high watermark passes it: every in-sync replica stored it durably.
+    #[default]
+    All,
+    /// Once durable on the leader alone. Can lose acknowledged writes on failover.
+    Leader,
+}
+
+/// `--replica-lag-max` unless given: how long a follower may stay behind the leader's log end
+/// before it leaves the in-sync set.
+pub const DEFAULT_REPLICA_LAG_MAX: Duration = Duration::from_secs(2);
+
+/// Replication (`node` only): how many replicas the cluster has, when a write is acknowledged,
+/// and how the in-sync set is kept. `docs/replication.md` is the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Replication")]
+pub struct ReplicationArgs {
+    /// How many nodes the cluster has (each holds a full copy of the log).
+    #[arg(long, env = "SIMPLELOGGERS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub replicas: u32,
+    /// When a write is acknowledged: `all` (every in-sync replica has it durably) or `leader`
+    /// (durable on the leader alone: can lose acknowledged writes on failover).
+    #[arg(long, env = "SIMPLELOGGERS_ACKS", value_enum, default_value = "all")]
+    pub acks: Acks,
+    /// Fewest in-sync replicas (the leader included) with which writes are accepted (default: a
+    /// majority of --replicas).
+    #[arg(long, env = "SIMPLELOGGERS_MIN_INSYNC", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub min_insync: Option<u32>,
+    /// A follower that has not caught up to the leader's log end for this long leaves the
+    /// in-sync set.
+    #[arg(
+        long,
+        env = "SIMPLELOGGERS_REPLICA_LAG_MAX",
+        default_value = flag_default(DEFAULT_REPLICA_LAG_MAX),
+        value_parser = humantime::parse_duration
+    )]
+    pub replica_lag_max: Duration,
+    /// Shared secret every request to the internal replication endpoint must carry (as
+    /// `Authorization: Bearer ...`); unset: the endpoint is open.
+    #[arg(long, env = "SIMPLELOGGERS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// After Consul lost its state, let the most complete node that reported lead without waiting
+    /// for every replica. Can lose acknowledged messages; for an operator, on purpose.
+    #[arg(long, env = "SIMPLELOGGERS_UNCLEAN_LEADER_ELECTION")]
+    pub unclean_leader_election: bool,
+}
+
+impl Default for ReplicationArgs {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            acks: Acks::All,
+            min_insync: None,
+            replica_lag_max: DEFAULT_REPLICA_LAG_MAX,
+            cluster_secret: None,
+            unclean_leader_election: false,
+        }
+    }
+}
+
+impl ReplicationArgs {
+    /// `--min-insync`, or a majority of `--replicas`.
+    pub fn min_insync(&self) -> u32 {
+        self.min_insync.unwrap_or(self.replicas / 2 + 1)
+    }
+
+    /// Checks the flags against each other; the message names the flag.
+    ///
+    /// # Errors
+    /// `--min-insync` above `--replicas`, a zero `--replica-lag-max`, an empty secret.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min_insync() > self.replicas {
+            return Err(format!(
+                "--min-insync ({}) must not exceed --replicas ({})",
+                self.min_insync(),
+                self.replicas
+            ));
+        }
+        if self.replica_lag_max.is_zero() {
+            return Err("--replica-lag-max must be positive".into());
+        }
+        if self.cluster_secret.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err("--cluster-secret must not be empty (leave it unset instead)".into());
+        }
+        Ok(())
+    }
+}
+
 /// A duration as a flag default, spelled the way `humantime` parses it back (`10s`, `500ms`).
 fn flag_default(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
@@ -215,12 +307,18 @@ mod tests {
             }
             // A heading carries over to the flags declared after a group: groups go last, and
             // no other flag may end up under the Consul or Election heading.
-            let shared: Vec<&Arg> = cluster.iter().chain(&service).chain(&election).collect();
+            let replication = group::<ReplicationArgs>();
+            let shared: Vec<&Arg> = cluster
+                .iter()
+                .chain(&service)
+                .chain(&election)
+                .chain(&replication)
+                .collect();
             for arg in cmd.get_arguments() {
                 if !shared.iter().any(|g| g.get_id() == arg.get_id()) {
                     let heading = arg.get_help_heading();
                     assert!(
-                        !matches!(heading, Some("Consul" | "Election")),
+                        !matches!(heading, Some("Consul" | "Election" | "Replication")),
                         "{name}: {:?} under {heading:?}",
                         arg.get_long()
                     );

@@ -83,6 +83,11 @@ pub struct LogConfig {
     pub producer_id_expiry: Duration,
     /// Test hook: inject write/sync failures into the segment I/O path. `None` in production.
     pub fault_injector: Option<FaultInjector>,
+    /// Whether replication moves the high watermark ([`LogStore::set_high_watermark`]); `false`
+    /// (the default): it follows the durable end, as for a lone node.
+    ///
+    /// [`LogStore::set_high_watermark`]: super::LogStore::set_high_watermark
+    pub replicated: bool,
 }
 
 impl LogConfig {
@@ -99,6 +104,7 @@ impl LogConfig {
             retention_age: None,
             producer_id_expiry: super::producer::DEFAULT_PRODUCER_ID_EXPIRY,
             fault_injector: None,
+            replicated: false,
         }
     }
 }

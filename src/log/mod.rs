@@ -36,4 +36,4 @@ pub use error::LogError;
 pub use fault::FaultInjector;
 pub use producer::{ProducerBatch, DEFAULT_PRODUCER_ID_EXPIRY, PRODUCER_WINDOW};
 pub use record::{ProducerSeq, Record};
-pub use store::{AppendOutcome, LogStore, WriteHealth};
+pub use store::{AppendOutcome, FrameChunk, LogStore, WriteHealth};

@@ -48,7 +48,7 @@ pub use write::{
 use crate::{
     consul::ConsulClient,
     election::{ElectionConfig, Elector, Role},
-    flags::{ClusterArgs, ElectionArgs, ServiceArgs},
+    flags::{ClusterArgs, ElectionArgs, ReplicationArgs, ServiceArgs},
     log::{Durability, FaultInjector, LogConfig, LogStore},
     metrics::{method_label, HttpLabels, Metrics},
     shutdown::CancellationToken,
@@ -136,6 +136,9 @@ pub struct NodeConfig {
     /// Timeouts and caps of the HTTP server.
     #[command(flatten)]
     pub http_limits: HttpLimits,
+    /// Replicas, acks and the in-sync set.
+    #[command(flatten)]
+    pub replication: ReplicationArgs,
 }
 
 /// The settings after defaults and derivations, shared by the handlers.
@@ -278,6 +281,7 @@ pub async fn run(
     election.election_key = config.cluster.election_key.clone();
     config.election.apply_to(&mut election);
     election.validate().map_err(NodeError::Config)?;
+    config.replication.validate().map_err(NodeError::Config)?;
 
     let mut log = LogConfig::new(&config.data_dir);
     log.durability = config.durability;

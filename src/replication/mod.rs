@@ -6,7 +6,9 @@
 //! # Layout
 //! - [`truncation`]: truncation by epoch (KIP-101/279): given the follower's epoch cache and the
 //!   leader's answer to "where does my last term end", truncate, ask again, fetch, or refuse.
+//! - [`isr`]: the ISR, term and report keys in Consul and the transactions that change them.
 
+pub mod isr;
 pub mod truncation;
 
 pub use truncation::{decide, first_step, Decision, FollowerLog, Refusal};

@@ -492,6 +492,93 @@ impl LogStore {
     pub fn segment_count(&self) -> usize {
         self.inner.shared.state.read().segments.len()
     }
+    // ---- Replication (issue 11). Interface agreed for the parallel branches; `log-repl`
+    // ---- implements it (until then these panic and nothing calls them).
+
+    /// Raw frames of whole batches from `from` (which must be a batch start, as every fetch
+    /// offset is), at most `max_bytes` but at least one batch when any exists, up to the durable
+    /// log end (records above the high watermark included: followers need them). Control
+    /// records are included. What the leader answers a fetch with.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetTrimmed`] below the first retained offset; [`LogError::Corrupt`].
+    pub async fn read_frames(&self, from: u64, max_bytes: usize) -> Result<FrameChunk, LogError> {
+        let _ = (from, max_bytes);
+        todo!("log-repl: read_frames")
+    }
+
+    /// Appends frames fetched from the leader as they are (offsets, terms, timestamps, producer
+    /// ids and sequences, batch boundaries, control records): `bytes` must start at this log's end
+    /// and hold whole batches with dense offsets and terms not below the log's last term. Term
+    /// changes go to the epoch cache, producer batches to the producer table. Durable on return
+    /// whatever `--durability` says (a fetch from N promises everything below N is durable);
+    /// returns the new log end.
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] for frames that fail their CRC or do not fit (nothing is written),
+    /// I/O errors (the store is then poisoned), [`LogError::Closed`].
+    pub async fn append_frames(&self, bytes: Bytes) -> Result<u64, LogError> {
+        let _ = bytes;
+        todo!("log-repl: append_frames")
+    }
+
+    /// A new leader's first record: a term-start control record (no payload, skipped by reads)
+    /// for `term`, durable on return; returns its offset. The high watermark moves in a term
+    /// only past this record (`docs/replication.md`, commit).
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub async fn begin_term(&self, term: u64) -> Result<u64, LogError> {
+        let _ = term;
+        todo!("log-repl: begin_term")
+    }
+
+    /// One past the last durable record: the log end a follower reports and the leader counts.
+    /// At or above [`high_watermark`](Self::high_watermark).
+    pub fn durable_end(&self) -> u64 {
+        todo!("log-repl: durable_end")
+    }
+
+    /// A watch of [`durable_end`](Self::durable_end).
+    pub fn subscribe_durable(&self) -> watch::Receiver<u64> {
+        todo!("log-repl: subscribe_durable")
+    }
+
+    /// One past the last committed record. Reads ([`read`](Self::read),
+    /// [`subscribe`](Self::subscribe), [`wait_for`](Self::wait_for)) stop here. With
+    /// `LogConfig::replicated` false it follows the durable end by itself.
+    pub fn high_watermark(&self) -> u64 {
+        todo!("log-repl: high_watermark")
+    }
+
+    /// Moves the high watermark up to `hw` (capped at the durable end; never down: a lower value
+    /// is ignored), persisting it in `hw.checkpoint` before readers see it. Returns the HW now
+    /// exposed.
+    ///
+    /// # Errors
+    /// I/O errors writing the checkpoint (the HW then stays where it was).
+    pub async fn set_high_watermark(&self, hw: u64) -> Result<u64, LogError> {
+        let _ = hw;
+        todo!("log-repl: set_high_watermark")
+    }
+
+    /// This log's incarnation, `<uuid>:<boot>`: a UUID created with the data directory and a
+    /// counter raised on every open. A node that comes back with an empty volume (or restarted)
+    /// is a new ISR member (KIP-903).
+    pub fn incarnation(&self) -> String {
+        todo!("log-repl: incarnation")
+    }
+}
+
+/// Whole batches of raw frames, as [`LogStore::read_frames`] returns them.
+#[derive(Debug, Clone)]
+pub struct FrameChunk {
+    /// Offset of the first frame.
+    pub first: u64,
+    /// One past the last frame (`first` when empty).
+    pub end: u64,
+    /// The frames, byte for byte as stored.
+    pub bytes: Bytes,
 }
 
 impl Shared {
