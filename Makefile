@@ -49,6 +49,9 @@ bench-memory: bench-ingest ## node VmRSS idle and under load (measured by bench-
 bench-failover: ## leader SIGKILL/SIGTERM -> first ack from the new leader, 3 nodes, default timings (TRIALS=20)
 	$(CARGO) bench --locked --bench failover
 
+bench-replication: ## 3 nodes acks=all vs 1 node acks=leader (1/16/64 conns, NDJSON batches), follower catch-up MiB/s (BENCH_CATCHUP_BYTES, default 1 GiB)
+	$(CARGO) bench --locked --bench replication
+
 chart-test: ## chart, image and kind-script tests, no cluster: Helm render + lint (Go SDK), kubernetes-validate, semantics, Consul flags, hadolint, build context, shellcheck, fake-tool script runs
 	@$(VENV)/bin/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \

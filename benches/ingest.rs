@@ -9,26 +9,20 @@ mod support;
 
 use std::{
     net::SocketAddr,
-    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{
-    client::conn::http1::SendRequest,
-    header::{CONTENT_TYPE, HOST},
-    Request,
-};
-use hyper_util::rt::TokioIo;
 use simpleloggers::local_cluster::{eventually, ClusterOptions, LocalCluster, LocalProcess, ProcessSpec};
-use support::{cpu_time, mib, proc_status_kib, quantile, BIN};
-use tokio::net::TcpStream;
+use support::{
+    load::{fdatasync_rate, load, WARMUP},
+    mib, proc_status_kib, BIN,
+};
 
 /// Set in the environment of the child process that serves the HTTP ceiling.
 const CEILING_ENV: &str = "SIMPLELOGGERS_BENCH_CEILING";
@@ -40,8 +34,6 @@ const BATCH_SENDERS: [usize; 2] = [4, 16];
 const BATCH_MESSAGES: usize = 1000;
 /// Bytes per message.
 const MESSAGE_BYTES: usize = 100;
-/// Discarded start of every phase (connections open, caches warm).
-const WARMUP: Duration = Duration::from_millis(500);
 /// How often the node's VmRSS is sampled under load.
 const RSS_EVERY: Duration = Duration::from_millis(20);
 /// Targets of issue 4.
@@ -80,152 +72,6 @@ fn ceiling_server() -> anyhow::Result<()> {
     })
 }
 
-/// One load phase's figures.
-struct Load {
-    /// Requests completed inside the measured window.
-    requests: u64,
-    /// Length of the measured window.
-    window: Duration,
-    /// Latency of each of those requests, sorted (microseconds).
-    latencies_us: Vec<u32>,
-    /// Failed requests (non-200 or connection error), over the whole phase.
-    errors: u64,
-    /// CPU the server process used in the window.
-    server_cpu: Duration,
-    /// CPU this (client) process used in the window.
-    client_cpu: Duration,
-}
-
-impl Load {
-    fn per_second(&self) -> f64 {
-        self.requests as f64 / self.window.as_secs_f64()
-    }
-
-    fn p(&self, q: f64) -> f64 {
-        quantile(&self.latencies_us, q).map_or(f64::NAN, |us| f64::from(us) / 1000.0)
-    }
-
-    /// Server CPU microseconds per request.
-    fn server_us_per_request(&self) -> f64 {
-        self.server_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
-    }
-
-    fn client_us_per_request(&self) -> f64 {
-        self.client_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection (each load task owns exactly one).
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-/// `POST /api/v1/log` on `conn`; fails unless the answer is 200 (the body is read in full so
-/// the connection can carry the next request).
-async fn post(
-    conn: &mut SendRequest<Full<Bytes>>,
-    host: &str,
-    content_type: &'static str,
-    body: Bytes,
-) -> anyhow::Result<()> {
-    conn.ready().await?;
-    let request = Request::post("/api/v1/log")
-        .header(HOST, host)
-        .header(CONTENT_TYPE, content_type)
-        .body(Full::new(body))?;
-    let response = conn.send_request(request).await?;
-    let status = response.status();
-    let answer = response.into_body().collect().await?.to_bytes();
-    if status != 200 {
-        bail!("{status}: {}", String::from_utf8_lossy(&answer));
-    }
-    Ok(())
-}
-
-/// `conns` tasks, each on its own connection, POST `body` back to back for `WARMUP + window`;
-/// requests completing inside the window are counted.
-async fn load(
-    server: &LocalProcess,
-    conns: usize,
-    window: Duration,
-    content_type: &'static str,
-    body: Bytes,
-) -> anyhow::Result<Load> {
-    let addr = server.addr().context("the server never started")?;
-    let pid = server.pid().context("the server is not running")?;
-    let host = addr.to_string();
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut conns_ready = Vec::new();
-    for _ in 0..conns {
-        conns_ready.push(connect(addr).await?);
-    }
-    let start = Instant::now() + Duration::from_millis(20);
-    let measure_from = start + WARMUP;
-    let end = measure_from + window;
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut conn in conns_ready {
-        let (host, body, errors) = (host.clone(), body.clone(), errors.clone());
-        tasks.spawn(async move {
-            tokio::time::sleep_until(start.into()).await;
-            let mut latencies = Vec::new();
-            loop {
-                let sent = Instant::now();
-                if sent >= end {
-                    break;
-                }
-                match post(&mut conn, &host, content_type, body.clone()).await {
-                    Ok(()) => {
-                        let done = Instant::now();
-                        if done >= measure_from && done <= end {
-                            let us = (done - sent).as_micros();
-                            latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
-                        }
-                    }
-                    Err(err) => {
-                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                            eprintln!("request failed: {err:#}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        if let Ok(fresh) = connect(addr).await {
-                            conn = fresh;
-                        }
-                    }
-                }
-            }
-            latencies
-        });
-    }
-    // CPU of both processes over exactly the measured window.
-    let me = std::process::id();
-    tokio::time::sleep_until(measure_from.into()).await;
-    let cpu0 = (cpu_time(pid), cpu_time(me));
-    tokio::time::sleep_until(end.into()).await;
-    let cpu1 = (cpu_time(pid), cpu_time(me));
-    let mut latencies_us = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        latencies_us.extend(joined.context("load task")?);
-    }
-    latencies_us.sort_unstable();
-    let diff = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => Duration::ZERO,
-    };
-    Ok(Load {
-        requests: latencies_us.len() as u64,
-        window,
-        latencies_us,
-        errors: errors.load(Ordering::Relaxed),
-        server_cpu: diff(cpu0.0, cpu1.0),
-        client_cpu: diff(cpu0.1, cpu1.1),
-    })
-}
-
 /// Samples VmRSS of `pid` every [`RSS_EVERY`] until dropped; the peak is read with
 /// [`RssSampler::peak_kib`].
 struct RssSampler {
@@ -260,23 +106,12 @@ impl Drop for RssSampler {
     }
 }
 
-/// `write(100 B)` + `fdatasync` in a loop for `budget` (at most 20 000 times): the disk's
-/// single-writer sync rate right now, which bounds one connection under `always`.
-fn fdatasync_rate(dir: &Path, budget: Duration) -> anyhow::Result<f64> {
-    use std::io::Write;
-    let path = dir.join("fsync-probe.bin");
-    let mut f = std::fs::File::create(&path)?;
-    let start = Instant::now();
-    let mut n = 0u32;
-    while n < 20_000 && start.elapsed() < budget {
-        f.write_all(&[7u8; MESSAGE_BYTES])?;
-        f.sync_data()?;
-        n += 1;
-    }
-    let rate = f64::from(n) / start.elapsed().as_secs_f64();
-    drop(f);
-    std::fs::remove_file(path)?;
-    Ok(rate)
+fn addr(server: &LocalProcess) -> anyhow::Result<SocketAddr> {
+    server.addr().context("the server never started")
+}
+
+fn pids(server: &LocalProcess) -> anyhow::Result<[u32; 1]> {
+    Ok([server.pid().context("the server is not running")?])
 }
 
 fn met(ok: bool) -> &'static str {
@@ -330,15 +165,31 @@ async fn run(window: Duration) -> anyhow::Result<()> {
 
     let single = Bytes::from(format!("{:0>width$}", "bench message", width = MESSAGE_BYTES));
     assert_eq!(single.len(), MESSAGE_BYTES);
-    let fsync_before = fdatasync_rate(dir.path(), Duration::from_secs(1))?;
+    let fsync_before = fdatasync_rate(dir.path(), Duration::from_secs(1), MESSAGE_BYTES)?;
     println!("disk: write(100 B) + fdatasync, one writer: {fsync_before:.0}/s");
     let rss = RssSampler::start(node_pid);
     let mut rows = Vec::new();
     let mut errors = 0;
     for conns in LEVELS {
         // Node and ceiling back to back at each level, so both see the same background load.
-        let n = load(node, conns, window, "text/plain", single.clone()).await?;
-        let c = load(&ceiling, conns, window, "text/plain", single.clone()).await?;
+        let n = load(
+            addr(node)?,
+            &pids(node)?,
+            conns,
+            window,
+            "text/plain",
+            single.clone(),
+        )
+        .await?;
+        let c = load(
+            addr(&ceiling)?,
+            &pids(&ceiling)?,
+            conns,
+            window,
+            "text/plain",
+            single.clone(),
+        )
+        .await?;
         println!(
             "{conns:>3} conns: node {:>8.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors) | ceiling {:>8.0}/s p50 {:.2} ms p99 {:.2} ms | ratio {:.2}",
             n.per_second(),
@@ -359,8 +210,24 @@ async fn run(window: Duration) -> anyhow::Result<()> {
     let batch = Bytes::from(line.repeat(BATCH_MESSAGES));
     let mut batch_rows = Vec::new();
     for senders in BATCH_SENDERS {
-        let b = load(node, senders, window, "application/x-ndjson", batch.clone()).await?;
-        let c = load(&ceiling, senders, window, "application/x-ndjson", batch.clone()).await?;
+        let b = load(
+            addr(node)?,
+            &pids(node)?,
+            senders,
+            window,
+            "application/x-ndjson",
+            batch.clone(),
+        )
+        .await?;
+        let c = load(
+            addr(&ceiling)?,
+            &pids(&ceiling)?,
+            senders,
+            window,
+            "application/x-ndjson",
+            batch.clone(),
+        )
+        .await?;
         println!(
             "batches: {senders} senders x {BATCH_MESSAGES} messages ({} KiB bodies): node {:.0} messages/s (p50 {:.2} ms, p99 {:.2} ms, {} errors) | ceiling {:.0} messages/s",
             batch.len() / 1024,
@@ -376,7 +243,7 @@ async fn run(window: Duration) -> anyhow::Result<()> {
     let peak_kib = rss.peak_kib();
     drop(rss);
     let hwm_kib = proc_status_kib(node_pid, "VmHWM").unwrap_or(0);
-    let fsync_after = fdatasync_rate(dir.path(), Duration::from_secs(1))?;
+    let fsync_after = fdatasync_rate(dir.path(), Duration::from_secs(1), MESSAGE_BYTES)?;
     println!("disk: write(100 B) + fdatasync, one writer: {fsync_after:.0}/s");
 
     // Diagnostic (not a target): the same node with `--durability never`, to split the gap to
@@ -399,7 +266,15 @@ async fn run(window: Duration) -> anyhow::Result<()> {
         .context("the durability=never node did not become leader within 30 s")?;
     let mut never_rows = Vec::new();
     for conns in [1, 64] {
-        let n = load(cluster.node(never), conns, window, "text/plain", single.clone()).await?;
+        let n = load(
+            addr(cluster.node(never))?,
+            &pids(cluster.node(never))?,
+            conns,
+            window,
+            "text/plain",
+            single.clone(),
+        )
+        .await?;
         println!(
             "durability never, {conns:>3} conns: {:>8.0}/s p50 {:.2} ms p99 {:.2} ms, node CPU {:.0} µs/msg",
             n.per_second(),

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::{path::Path, time::Duration};
 
 use anyhow::Context;
