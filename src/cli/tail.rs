@@ -1,8 +1,9 @@
 //! `simpleloggers tail`: finds the leader through Consul and prints its messages one per line;
 //! with `--follow` it keeps streaming (`/api/v1/log/stream`, decoded by the `sse-stream` crate)
-//! and, when leadership moves, rediscovers the leader and resumes there.
+//! and, when leadership moves, rediscovers the leader and resumes there after the last offset it
+//! printed (the log is replicated: offsets are the same on every node).
 
-use std::{collections::HashMap, io::Write, time::Duration};
+use std::{io::Write, time::Duration};
 
 use futures::StreamExt;
 use serde::Deserialize;
@@ -27,12 +28,10 @@ const EXCERPT_CHARS: usize = 200;
 #[command(
     after_help = "Output: one line per message, OFFSET<TAB>TERM<TAB>MESSAGE (newlines in a message \
 are printed as \\n; a message that is not UTF-8 as base64:<data>).\n\n\
-Offsets are per node: each node has its own log, and a new leader's log holds what was written to \
-it (until replication lands, it does not hold the old leader's messages). With --follow, tail \
-therefore resumes after a failover as follows: on a node it has followed before, after the last \
-offset it printed from that node; on a node it has not followed yet, at --from (default 0: \
-everything that node retains). Nothing is printed twice and nothing the new leader holds is \
-skipped. An event that cannot be interpreted is reported on stderr with its id and data."
+Every node holds the same replicated log (offsets are the same on every node) and serves it up to \
+its high watermark, so nothing printed can later disappear. With --follow, tail resumes after a \
+failover on the new leader after the last offset it printed: nothing is printed twice and nothing \
+is skipped. An event that cannot be interpreted is reported on stderr with its id and data."
 )]
 pub struct TailConfig {
     /// First offset to print (default: the oldest the leader retains).
@@ -205,8 +204,8 @@ async fn follow(
         .connect_timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| ConsulError::Config(format!("cannot build the HTTP client: {e}")))?;
-    // Next offset to print, per node: offsets are per node (see the help text).
-    let mut positions: HashMap<String, u64> = HashMap::new();
+    // Next offset to print: offsets are the same on every node (the log is replicated).
+    let mut next: Option<u64> = None;
     let mut printed = 0;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -220,7 +219,7 @@ async fn follow(
             }
         };
         let name = leader.record.name.clone();
-        let from = positions.get(&name).copied().or(config.from).unwrap_or(0);
+        let from = next.or(config.from).unwrap_or(0);
         let url = format!("{}/api/v1/log/stream?from={from}", leader.record.url());
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return Ok(printed),
@@ -267,7 +266,7 @@ async fn follow(
                 event = events.next() => match event {
                     Some(Ok(event)) => match interpret(&event) {
                         StreamItem::Entry(entry) => {
-                            positions.insert(name.clone(), entry.offset + 1);
+                            next = Some(entry.offset + 1);
                             writeln!(out, "{}", entry.line())?;
                             out.flush()?;
                             printed += 1;
@@ -277,7 +276,7 @@ async fn follow(
                         StreamItem::Problem(problem) => {
                             // Reported, not printed: a reconnect resumes after it, not at it.
                             if let Some(offset) = event.id.as_deref().and_then(|id| id.parse::<u64>().ok()) {
-                                positions.insert(name.clone(), offset + 1);
+                                next = Some(offset + 1);
                             }
                             eprintln!("tail: {name}: {problem}");
                         }
