@@ -4,7 +4,10 @@
 //! the new leader after the old one is SIGKILLed, with the change in its timeline, and recovers by
 //! itself when the node it is viewed through restarts (a restarted port-forward). The final
 //! render is saved as `target/dashboard.png` (`docs/dashboard.png`, the README's, with
-//! `SIMPLELOGGERS_UPDATE_SCREENSHOT=1`). Skips (with a message) without Chromium.
+//! `SIMPLELOGGERS_UPDATE_SCREENSHOT=1`). A second page, served the dashboard's own assets with a
+//! cluster view built from sample `/api/v1/status` answers that carry `replication`, shows the
+//! HW, the ISR with each member's lag, the election case and why writes and a truncation are
+//! refused, as seen through a follower. Skips (with a message) without Chromium.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -15,9 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::{Arc, Mutex};
+
+use axum::{extract::State, http::header, response::IntoResponse, routing::get, Json, Router};
 use base64::Engine;
 use cluster::Cluster;
 use serde_json::{json, Value};
+use simpleloggers::cli::{replication, ClusterView, LeaderSummary, Member};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -192,9 +199,8 @@ async fn write_some(c: &Cluster, node: usize, what: &str) {
     }
 }
 
-/// One open page follows the leader across a SIGKILL; the screenshot is saved.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_follows_the_leader() {
+/// Whether Chromium and chromedriver are installed; without them the tests skip (never on CI).
+fn have_browser() -> bool {
     if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -203,6 +209,15 @@ async fn dashboard_follows_the_leader() {
         eprintln!(
             "SKIPPED: {CHROMIUM} or {CHROMEDRIVER} not found (`make browser-deps` as root installs them)"
         );
+        return false;
+    }
+    true
+}
+
+/// One open page follows the leader across a SIGKILL; the screenshot is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_follows_the_leader() {
+    if !have_browser() {
         return;
     }
     let mut c = Cluster::start(3, &[]).await;
@@ -302,4 +317,268 @@ async fn dashboard_follows_the_leader() {
         std::fs::create_dir_all(dir).expect("create the screenshot's directory");
     }
     std::fs::write(&target, png).unwrap_or_else(|e| panic!("save {}: {e}", target.display()));
+}
+
+/// What a node answers on `/api/v1/status`, with `replication` when given.
+fn node_status(name: &str, role: &str, end: u64, replication: Option<Value>) -> Value {
+    let mut s = json!({
+        "name": name, "address": format!("{name}:3000"), "role": role, "ready": role == "leader",
+        "leader": null, "term": 4, "lease_remaining_ms": null, "reason": "sample",
+        "role_since": "2025-01-01T00:00:00Z", "transitions": 1, "log_end_offset": end,
+        "log_start_offset": 0, "consul_reachable": true, "session": format!("session-{name}"),
+    });
+    if let Some(r) = replication {
+        s["replication"] = r;
+    }
+    s
+}
+
+/// The body of `/api/v1/cluster` built as a node builds it, from these members' status answers
+/// (`None`: unreachable), observed through `observed_by`.
+fn cluster_answer(observed_by: &str, statuses: Vec<(&str, Option<Value>)>) -> Value {
+    let leader = LeaderSummary {
+        name: "n0".into(),
+        address: "n0:3000".into(),
+        since: "2025-01-01T00:00:00Z".into(),
+        term: 4,
+        session: "session-n0".into(),
+    };
+    let mut members: Vec<Member> = statuses
+        .into_iter()
+        .map(|(name, status)| {
+            let mut m = Member::registered(name, &format!("{name}:3000"), name, "passing");
+            if let Some(s) = status {
+                m.absorb_status(&s, Some(&leader)).expect("a valid status");
+            }
+            m
+        })
+        .collect();
+    replication::annotate(&mut members);
+    let view = ClusterView {
+        service: "simpleloggers".into(),
+        leader: Some(leader),
+        members,
+        observed_at_ms: 1,
+    };
+    let mut answer = serde_json::to_value(view).unwrap();
+    answer["observed_by"] = json!(observed_by);
+    answer
+}
+
+fn follower_report(hw: u64, end: u64, case: Value, truncation: Value) -> Value {
+    json!({"replicas": 3, "min_insync": 2, "acks": "all", "high_watermark": hw, "log_end": end,
+           "log_start": 0, "case": case, "isr": ["n0", "n1"], "members": [], "leader": "n0",
+           "writes_refused": null, "truncation_refused": truncation})
+}
+
+/// A leader refusing writes with n1 in the ISR (lag 5) and n2 out (lag 300), n2 having refused
+/// a truncation; seen through n1.
+fn troubled_cluster() -> Value {
+    let leader = json!({"replicas": 3, "min_insync": 2, "acks": "all", "high_watermark": 123,
+        "log_end": 425, "log_start": 0, "case": "normal", "isr": ["n0", "n1"], "leader": "n0",
+        "members": [
+            {"name": "n1", "incarnation": "i1", "log_end": 420, "lag_records": 5, "in_isr": true,
+             "caught_up_ms_ago": 12},
+            {"name": "n2", "incarnation": "i2", "log_end": 125, "lag_records": 300, "in_isr": false,
+             "caught_up_ms_ago": 4200}],
+        "writes_refused": "not_enough_replicas: 1 in sync, --min-insync 2", "truncation_refused": null});
+    let truncation =
+        json!({"divergence": 100, "high_watermark": 123, "reason": "committed records would go"});
+    cluster_answer(
+        "n1",
+        vec![
+            ("n0", Some(node_status("n0", "leader", 425, Some(leader)))),
+            (
+                "n1",
+                Some(node_status(
+                    "n1",
+                    "follower",
+                    420,
+                    Some(follower_report(120, 420, json!("normal"), Value::Null)),
+                )),
+            ),
+            (
+                "n2",
+                Some(node_status(
+                    "n2",
+                    "follower",
+                    125,
+                    Some(follower_report(123, 125, json!("not_in_isr"), truncation)),
+                )),
+            ),
+        ],
+    )
+}
+
+/// The leader gone; n1 waits after Consul lost its state, its own report is all there is.
+fn leaderless_cluster() -> Value {
+    let waiting = json!({"state_loss_waiting": {"reported": 2, "missing": ["n0"]}});
+    cluster_answer(
+        "n1",
+        vec![
+            ("n0", None),
+            (
+                "n1",
+                Some(node_status(
+                    "n1",
+                    "follower",
+                    420,
+                    Some(follower_report(118, 420, waiting, Value::Null)),
+                )),
+            ),
+        ],
+    )
+}
+
+/// Serves the dashboard's own files (the ones the binary embeds) with `/api/v1/cluster` and
+/// `/api/v1/status` answering what `view` holds; the live tail finds no stream (404).
+async fn serve_dashboard(view: Arc<Mutex<Value>>) -> (String, tokio::task::JoinHandle<()>) {
+    const INDEX: &str = include_str!("../assets/dashboard/index.html");
+    const APP: &str = include_str!("../assets/dashboard/app.js");
+    const STYLE: &str = include_str!("../assets/dashboard/style.css");
+    let app = Router::new()
+        .route("/", get(|| async { axum::response::Html(INDEX) }))
+        .route(
+            "/assets/app.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], APP) }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE) }),
+        )
+        .route(
+            "/api/v1/cluster",
+            get(|State(v): State<Arc<Mutex<Value>>>| async move { Json(v.lock().unwrap().clone()) }),
+        )
+        .route(
+            "/api/v1/status",
+            get(|| async { Json(node_status("n1", "follower", 420, None)).into_response() }),
+        )
+        .with_state(view);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, task)
+}
+
+/// Through a follower's page: the HW, election case and refused writes of the leader's report,
+/// the ISR with each member's lag and time since caught up, the out-of-ISR member, the refused
+/// truncation with its divergence point and HW, and the HW/LAG/ISR/CASE columns; then, with the
+/// leader gone, the follower's own report and its waiting case, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_replication() {
+    if !have_browser() {
+        return;
+    }
+    let view = Arc::new(Mutex::new(troubled_cluster()));
+    let (url, server) = serve_dashboard(view.clone()).await;
+    let browser = Browser::start().await;
+    browser.open(&format!("{url}/")).await;
+    let within = Duration::from_secs(20);
+    browser.wait_text("repl-hw", "123", within).await;
+    browser.wait_text("observed-by", "n1", within).await;
+    assert_eq!(
+        browser.text("repl-source").await.as_deref(),
+        Some("(as n0 reports)")
+    );
+    assert_eq!(browser.text("repl-case").await.as_deref(), Some("normal"));
+    assert_eq!(
+        browser.text("repl-writes").await.as_deref(),
+        Some("refused: not_enough_replicas: 1 in sync, --min-insync 2")
+    );
+    for (id, wanted) in [
+        ("repl-replicas", "3"),
+        ("repl-min-insync", "2"),
+        ("repl-acks", "all"),
+    ] {
+        assert_eq!(browser.text(id).await.as_deref(), Some(wanted), "#{id}");
+    }
+    let lines = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect()
+    };
+    let list = |id: &'static str| {
+        let browser = &browser;
+        async move {
+            let script =
+                "return Array.from(document.getElementById(arguments[0]).children, (e) => e.textContent);";
+            browser
+                .command(
+                    reqwest::Method::POST,
+                    "/execute/sync",
+                    json!({"script": script, "args": [id]}),
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        lines(list("repl-isr").await),
+        [
+            "n0 leader",
+            "n1 lag 5 (12ms)",
+            "n2 out of the ISR, lag 300 (4.2s)"
+        ]
+    );
+    assert_eq!(
+        lines(list("repl-alerts").await),
+        [
+            "n0: writes refused: not_enough_replicas: 1 in sync, --min-insync 2",
+            "n2: truncation refused: diverged at 100, below the high watermark 123: committed records would go",
+        ]
+    );
+    let script = "return Array.from(document.querySelectorAll('#members-body tr'), (tr) => Array.from(tr.children, (td) => td.textContent).slice(0, 9));";
+    let rows = browser
+        .command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+        .await;
+    assert_eq!(
+        rows,
+        json!([
+            ["n0", "leader", "true", "4", "425", "123", "-", "yes", "normal"],
+            ["n1", "follower", "false", "4", "420", "120", "5 (12ms)", "yes", "normal"],
+            [
+                "n2",
+                "follower",
+                "false",
+                "4",
+                "125",
+                "123",
+                "300 (4.2s)",
+                "no",
+                "not_in_isr"
+            ],
+        ])
+    );
+
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-replication.png");
+    std::fs::write(&shot, png).unwrap_or_else(|e| panic!("save {}: {e}", shot.display()));
+
+    // The leader goes away: the page, still viewed through n1, falls back to n1's own report.
+    *view.lock().unwrap() = leaderless_cluster();
+    browser.wait_text("repl-hw", "118", within).await;
+    assert_eq!(
+        browser.text("repl-source").await.as_deref(),
+        Some("(as n1 reports)")
+    );
+    assert_eq!(
+        browser.text("repl-case").await.as_deref(),
+        Some("state_loss_waiting (2 reported, missing n0)")
+    );
+    assert_eq!(browser.text("repl-writes").await.as_deref(), Some("accepted"));
+    assert_eq!(lines(list("repl-isr").await), ["n0 leader, unreachable", "n1"]);
+    assert_eq!(
+        lines(list("repl-alerts").await),
+        ["n1: election case state_loss_waiting (2 reported, missing n0)"]
+    );
+    server.abort();
 }

@@ -1,6 +1,8 @@
 // simpleloggers dashboard: polls api/v1/cluster every second (with back-off while the node is
 // unreachable, e.g. a restarted port-forward) and follows this node's log through EventSource
-// on api/v1/log/stream, which reconnects by itself and resumes with Last-Event-ID.
+// on api/v1/log/stream, which reconnects by itself and resumes with Last-Event-ID. Replication
+// (HW, ISR with each member's lag, election case, refused writes and truncations) comes from
+// the members' own reports in the same view, so a follower's page shows it too.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -44,13 +46,130 @@ function cell(row, value, cls) {
   row.appendChild(td);
 }
 
+// Milliseconds as people read them: 12ms, 3.2s, 2m5s.
+function shortMs(ms) {
+  if (ms < 1000) return ms + "ms";
+  if (ms < 60000) return (ms / 1000).toFixed(1) + "s";
+  return Math.floor(ms / 60000) + "m" + Math.floor((ms % 60000) / 1000) + "s";
+}
+
+// An election case's name: "normal", or the tag of a case with details, in either JSON spelling
+// ({"state_loss_waiting": {...}} or {"case": "state_loss_waiting", ...}).
+function caseName(c) {
+  if (c === null || c === undefined) return null;
+  if (typeof c === "string") return c;
+  if (typeof c !== "object") return null;
+  for (const k of ["case", "kind", "type"]) if (typeof c[k] === "string") return c[k];
+  const keys = Object.keys(c);
+  return keys.length === 1 ? keys[0] : null;
+}
+
+// The details of a case that has some, in words ("2 reported, missing n2"), else null.
+function caseDetail(c) {
+  if (c === null || typeof c !== "object") return null;
+  const keys = Object.keys(c);
+  const details = keys.length === 1 && c[keys[0]] && typeof c[keys[0]] === "object" && !Array.isArray(c[keys[0]]) ? c[keys[0]] : c;
+  const rank = (k) => { const i = ["reported", "missing"].indexOf(k); return i < 0 ? 2 : i; };
+  const parts = Object.keys(details)
+    .filter((k) => !["case", "kind", "type"].includes(k))
+    .sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0))
+    .map((k) => {
+      const v = details[k];
+      if (Array.isArray(v)) return k + " " + (v.length ? v.join(",") : "none");
+      return typeof v === "number" ? v + " " + k : k + " " + v;
+    });
+  return parts.length ? parts.join(", ") : null;
+}
+
+function caseText(c) {
+  const name = caseName(c);
+  const detail = caseDetail(c);
+  return name === null ? null : detail ? name + " (" + detail + ")" : name;
+}
+
+// "5 (12ms)": records behind the leader's log end, and time since it was last caught up.
+function lagText(p) {
+  if (!p || p.lag_records === null || p.lag_records === undefined) return null;
+  return p.caught_up_ms_ago === null || p.caught_up_ms_ago === undefined
+    ? String(p.lag_records)
+    : p.lag_records + " (" + shortMs(p.caught_up_ms_ago) + ")";
+}
+
+// The member whose replication report speaks for the cluster: the lock holder's, else a
+// leader's, else the node this page is viewed through, else any that reports one.
+function authority(view) {
+  const reporting = view.members.filter((m) => m.replication);
+  return reporting.find((m) => m.holds_lock)
+    || reporting.find((m) => m.role === "leader")
+    || reporting.find((m) => m.name === view.observed_by)
+    || reporting[0]
+    || null;
+}
+
+function setText(id, value, cls) {
+  const el = $(id);
+  el.textContent = text(value);
+  el.className = cls || "";
+}
+
+function renderReplication(view) {
+  const source = authority(view);
+  const isr = $("repl-isr");
+  const alerts = $("repl-alerts");
+  isr.replaceChildren();
+  alerts.replaceChildren();
+  if (!source) {
+    $("repl-source").textContent = "(no node reports replication)";
+    for (const id of ["repl-hw", "repl-case", "repl-writes", "repl-replicas", "repl-min-insync", "repl-acks"]) setText(id, null);
+    return;
+  }
+  const r = source.replication;
+  $("repl-source").textContent = "(as " + source.name + " reports)";
+  setText("repl-hw", r.high_watermark);
+  setText("repl-case", caseText(r.case), caseName(r.case) === "normal" ? "ok" : "warn");
+  setText("repl-writes", r.writes_refused ? "refused: " + r.writes_refused : "accepted", r.writes_refused ? "bad" : "ok");
+  setText("repl-replicas", r.replicas);
+  setText("repl-min-insync", r.min_insync);
+  setText("repl-acks", r.acks);
+  const names = Array.isArray(r.isr) ? r.isr : [];
+  const byName = new Map(view.members.map((m) => [m.name, m]));
+  const line = (name, inIsr) => {
+    const m = byName.get(name);
+    const li = document.createElement("li");
+    li.dataset.name = name;
+    const parts = inIsr ? [] : ["out of the ISR"];
+    if (name === r.leader) parts.push("leader");
+    else if (m && lagText(m.follower_progress) !== null) parts.push("lag " + lagText(m.follower_progress));
+    if (m && !m.reachable) parts.push("unreachable");
+    li.textContent = parts.length ? name + " " + parts.join(", ") : name;
+    li.className = inIsr ? "ok" : "bad";
+    isr.appendChild(li);
+  };
+  for (const name of names) line(name, true);
+  for (const m of view.members) if (!names.includes(m.name)) line(m.name, false);
+  for (const m of view.members) {
+    const mr = m.replication;
+    if (!mr) continue;
+    const alert = (words) => {
+      const li = document.createElement("li");
+      li.dataset.name = m.name;
+      li.textContent = m.name + ": " + words;
+      alerts.appendChild(li);
+    };
+    if (mr.writes_refused) alert("writes refused: " + mr.writes_refused);
+    const t = mr.truncation_refused;
+    if (t) alert("truncation refused: diverged at " + text(t.divergence) + ", below the high watermark " + text(t.high_watermark) + (t.reason ? ": " + t.reason : ""));
+    if (caseDetail(mr.case)) alert("election case " + caseText(mr.case));
+  }
+}
+
 function renderMembers(view) {
   const body = $("members-body");
   body.replaceChildren();
   if (view.members.length === 0) {
     const tr = document.createElement("tr");
     cell(tr, "no instances registered in Consul", "muted");
-    tr.firstChild.colSpan = 8;
+    tr.firstChild.colSpan = 12;
     body.appendChild(tr);
   }
   for (const m of view.members) {
@@ -62,6 +181,11 @@ function renderMembers(view) {
     cell(tr, m.ready, m.ready ? "ok" : "");
     cell(tr, m.term);
     cell(tr, m.log_end_offset);
+    cell(tr, m.replication ? m.replication.high_watermark : null);
+    cell(tr, lagText(m.follower_progress));
+    cell(tr, m.in_isr === null || m.in_isr === undefined ? null : m.in_isr ? "yes" : "no", m.in_isr === false ? "bad" : "");
+    const c = m.replication ? caseName(m.replication.case) : null;
+    cell(tr, c, c && c !== "normal" ? "warn" : "");
     cell(tr, m.consul_check, "check-" + m.consul_check);
     cell(tr, m.session ? m.session.slice(0, 8) + (m.holds_lock ? " (lock)" : "") : null);
     cell(tr, m.address);
@@ -145,6 +269,7 @@ async function poll() {
       $("observed-by").textContent = view.observed_by;
       $("service").textContent = "(Consul service " + view.service + ")";
       renderLeader(view);
+      renderReplication(view);
       renderMembers(view);
       sampleRate(view);
       pollOk = true;

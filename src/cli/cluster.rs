@@ -1,12 +1,14 @@
 //! The cluster as an operator sees it: the service's instances from Consul's health endpoint,
 //! the leader from the election key, and each member's own `/api/v1/status` fetched concurrently
-//! with a short timeout. Shared by `simpleloggers status` and the node's `/api/v1/cluster`, so
-//! the CLI and the dashboard never disagree.
+//! with a short timeout, replication included ([`super::replication`]). Shared by `simpleloggers
+//! status` and the node's `/api/v1/cluster`, so the CLI and the dashboard never disagree.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use super::replication::{self, FollowerProgress, ReplicationStatus};
 use crate::{
     consul::{ConsulClient, ConsulError, QueryOptions, ServiceEntry},
     discovery::leader_from_kv,
@@ -41,7 +43,7 @@ pub struct LeaderSummary {
 }
 
 /// One registered instance and what it says about itself.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Member {
     /// Node name (the instance's `node_name` meta, else its service id).
     pub name: String,
@@ -70,6 +72,68 @@ pub struct Member {
     pub holds_lock: bool,
     /// Since when it has its role (RFC 3339).
     pub role_since: Option<String>,
+    /// Its own replication report (`replication` in its `/api/v1/status`); `None` when
+    /// unreachable or when the node predates replication.
+    #[serde(default)]
+    pub replication: Option<ReplicationStatus>,
+    /// Whether it is in the ISR Consul holds, as the leader (else any node) reports it; `None`
+    /// when no node reports replication.
+    #[serde(default)]
+    pub in_isr: Option<bool>,
+    /// The leader's view of this member's progress (log end, lag, time since caught up); `None`
+    /// for the leader itself and when the leader does not report it.
+    #[serde(default)]
+    pub follower_progress: Option<FollowerProgress>,
+}
+
+impl Member {
+    /// An instance as Consul lists it, before its own status is asked for (so: unreachable).
+    pub fn registered(name: &str, address: &str, service_id: &str, consul_check: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            address: address.to_string(),
+            service_id: service_id.to_string(),
+            consul_check: consul_check.to_string(),
+            reachable: false,
+            error: None,
+            role: None,
+            ready: None,
+            term: None,
+            log_end_offset: None,
+            session: None,
+            holds_lock: false,
+            role_since: None,
+            replication: None,
+            in_isr: None,
+            follower_progress: None,
+        }
+    }
+
+    /// Takes in what the member's `/api/v1/status` answered (the JSON body): it is reachable,
+    /// with that role, term, log end, session and replication report; it holds the lock when its
+    /// session is `leader`'s.
+    ///
+    /// # Errors
+    /// The body lacks a field every node reports (name, role, ready, term, log end).
+    pub fn absorb_status(
+        &mut self,
+        status: &Value,
+        leader: Option<&LeaderSummary>,
+    ) -> Result<(), serde_json::Error> {
+        let parsed = NodeStatus::deserialize(status)?;
+        self.reachable = true;
+        self.error = None;
+        self.name = parsed.name;
+        self.role = Some(parsed.role);
+        self.ready = Some(parsed.ready);
+        self.term = Some(parsed.term);
+        self.log_end_offset = Some(parsed.log_end_offset);
+        self.holds_lock = leader.is_some_and(|l| parsed.session.as_deref() == Some(l.session.as_str()));
+        self.session = parsed.session;
+        self.role_since = parsed.role_since;
+        self.replication = replication::from_status(status);
+        Ok(())
+    }
 }
 
 /// What a node's `/api/v1/status` answers (the fields this view uses).
@@ -115,6 +179,7 @@ pub async fn collect(
         .map(|entry| member(http, entry, timeout, leader.as_ref()));
     let mut members = futures::future::join_all(fetches).await;
     members.sort_by(|a, b| a.name.cmp(&b.name));
+    replication::annotate(&mut members);
     Ok(ClusterView {
         service: service.to_string(),
         leader,
@@ -147,26 +212,13 @@ async fn member(
     leader: Option<&LeaderSummary>,
 ) -> Member {
     let address = instance_address(entry);
-    let mut m = Member {
-        name: entry
-            .service
-            .meta
-            .get("node_name")
-            .cloned()
-            .unwrap_or_else(|| entry.service.id.clone()),
-        address: address.clone(),
-        service_id: entry.service.id.clone(),
-        consul_check: entry.aggregated_status().as_str().to_string(),
-        reachable: false,
-        error: None,
-        role: None,
-        ready: None,
-        term: None,
-        log_end_offset: None,
-        session: None,
-        holds_lock: false,
-        role_since: None,
-    };
+    let name = entry.service.meta.get("node_name").unwrap_or(&entry.service.id);
+    let mut m = Member::registered(
+        name,
+        &address,
+        &entry.service.id,
+        entry.aggregated_status().as_str(),
+    );
     let fetched = async {
         let resp = http
             .get(format!("http://{address}/api/v1/status"))
@@ -174,20 +226,14 @@ async fn member(
             .send()
             .await?
             .error_for_status()?;
-        resp.json::<NodeStatus>().await
+        resp.json::<Value>().await
     }
     .await;
     match fetched {
         Ok(status) => {
-            m.reachable = true;
-            m.name = status.name;
-            m.role = Some(status.role);
-            m.ready = Some(status.ready);
-            m.term = Some(status.term);
-            m.log_end_offset = Some(status.log_end_offset);
-            m.holds_lock = leader.is_some_and(|l| status.session.as_deref() == Some(l.session.as_str()));
-            m.session = status.session;
-            m.role_since = status.role_since;
+            if let Err(err) = m.absorb_status(&status, leader) {
+                m.error = Some(format!("unreadable /api/v1/status: {err}"));
+            }
         }
         Err(err) => {
             m.error = Some(if err.is_timeout() {
@@ -200,7 +246,8 @@ async fn member(
     m
 }
 
-/// Renders the view like `kubectl get`: a header and one aligned row per member.
+/// Renders the view like `kubectl get`: a header and one aligned row per member. HW, LAG, ISR
+/// and CASE come from the replication reports (`-` where no node reports one).
 pub fn render_table(view: &ClusterView) -> String {
     let header = [
         "NAME",
@@ -208,12 +255,16 @@ pub fn render_table(view: &ClusterView) -> String {
         "READY",
         "TERM",
         "LOG-END",
+        "HW",
+        "LAG",
+        "ISR",
+        "CASE",
         "CONSUL-CHECK",
         "SESSION",
         "ADDRESS",
     ];
     let dash = || "-".to_string();
-    let rows: Vec<[String; 8]> = view
+    let rows: Vec<[String; 12]> = view
         .members
         .iter()
         .map(|m| {
@@ -225,12 +276,17 @@ pub fn render_table(view: &ClusterView) -> String {
                     short
                 }
             });
+            let [hw, lag, isr, case] = replication::cells(m);
             [
                 m.name.clone(),
                 m.role.clone().unwrap_or_else(|| "unreachable".into()),
                 m.ready.map_or_else(dash, |r| r.to_string()),
                 m.term.map_or_else(dash, |t| t.to_string()),
                 m.log_end_offset.map_or_else(dash, |o| o.to_string()),
+                hw,
+                lag,
+                isr,
+                case,
                 m.consul_check.clone(),
                 session,
                 m.address.clone(),
@@ -267,19 +323,19 @@ mod tests {
 
     fn member(name: &str, role: Option<&str>) -> Member {
         Member {
-            name: name.into(),
-            address: "127.0.0.1:3000".into(),
-            service_id: format!("simpleloggers-{name}"),
-            consul_check: "passing".into(),
             reachable: role.is_some(),
-            error: None,
             role: role.map(str::to_string),
             ready: role.map(|r| r == "leader"),
             term: role.map(|_| 3),
             log_end_offset: role.map(|_| 42),
             session: role.map(|_| "0123456789abcdef".to_string()),
             holds_lock: role == Some("leader"),
-            role_since: None,
+            ..Member::registered(
+                name,
+                "127.0.0.1:3000",
+                &format!("simpleloggers-{name}"),
+                "passing",
+            )
         }
     }
 

@@ -3,9 +3,11 @@
 //! view they share with the node's dashboard API.
 
 pub mod cluster;
+pub mod replication;
 pub mod status;
 pub mod tail;
 
 pub use cluster::{ClusterView, LeaderSummary, Member};
+pub use replication::ReplicationStatus;
 pub use status::{Output, StatusConfig};
 pub use tail::TailConfig;

@@ -1,6 +1,7 @@
 //! The dashboard every node serves at `/` (static HTML, CSS and JS embedded in the binary: no
 //! CDN, no build step) and the `/api/v1/cluster` JSON it polls, which is the same member list
-//! `simpleloggers status` prints, cached briefly so that many open dashboards fan out to Consul
+//! `simpleloggers status` prints (replication reports included, so a follower's page shows the
+//! HW, ISR, lag and refusals too), cached briefly so that many open dashboards fan out to Consul
 //! and the peers at most twice a second.
 
 use std::{
@@ -135,5 +136,40 @@ mod tests {
         }
         assert!(INDEX_HTML.contains("assets/app.js") && INDEX_HTML.contains("assets/style.css"));
         assert!(APP_JS.contains("api/v1/cluster") && APP_JS.contains("api/v1/log/stream"));
+    }
+
+    /// Every element the script looks up by id (`$("...")` or `setText("...")`, the replication
+    /// card's included) exists in the page, so no panel silently stays empty.
+    #[test]
+    fn script_ids_exist_in_the_page() {
+        let mut ids: Vec<&str> = Vec::new();
+        for call in ["$(\"", "setText(\""] {
+            ids.extend(
+                APP_JS
+                    .split(call)
+                    .skip(1)
+                    .filter_map(|rest| rest.split('"').next()),
+            );
+        }
+        assert!(ids.contains(&"members-body"), "{ids:?}");
+        for id in [
+            "repl-hw",
+            "repl-case",
+            "repl-writes",
+            "repl-isr",
+            "repl-alerts",
+            "repl-source",
+            "repl-replicas",
+            "repl-min-insync",
+            "repl-acks",
+        ] {
+            assert!(ids.contains(&id), "the script never fills #{id}");
+        }
+        for id in ids {
+            assert!(
+                INDEX_HTML.contains(&format!("id=\"{id}\"")),
+                "the script uses #{id}, which the page lacks"
+            );
+        }
     }
 }

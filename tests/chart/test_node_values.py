@@ -19,6 +19,7 @@ from conftest import CHART, ROOT, VALUE_SETS, container, env_of, node_sts, parse
 # One sample per row of the README table: (value, what the variable must then say). Each differs
 # from what the defaults render, so every case can fail.
 SAMPLES: dict[str, tuple[Any, str]] = {
+    "node.replicas": (5, "5"),
     "node.port": (4000, "0.0.0.0:4000"),
     "node.dataDir": ("/data/log", "/data/log"),
     "node.durability": ("interval:50", "interval:50"),
@@ -33,6 +34,9 @@ SAMPLES: dict[str, tuple[Any, str]] = {
     "node.logFormat": ("text", "text"),
     "node.logLevel": ("debug,hyper=info", "debug,hyper=info"),
     "node.leaderDrivenRollout": (False, "off"),
+    "node.replication.acks": ("leader", "leader"),
+    "node.replication.minInsync": (2, "2"),
+    "node.replication.replicaLagMax": ("5s", "5s"),
     "node.log.segmentBytes": ("16MiB", "16MiB"),
     "node.retention.bytes": ("10Gi", "10Gi"),
     "node.retention.age": ("7d", "7d"),
@@ -47,6 +51,9 @@ SAMPLES: dict[str, tuple[Any, str]] = {
 
 # The values the chart leaves to the binary while empty: value -> variable.
 OPTIONAL: dict[str, str] = {
+    "node.replication.acks": "SIMPLELOGGERS_ACKS",
+    "node.replication.minInsync": "SIMPLELOGGERS_MIN_INSYNC",
+    "node.replication.replicaLagMax": "SIMPLELOGGERS_REPLICA_LAG_MAX",
     "node.log.segmentBytes": "SIMPLELOGGERS_SEGMENT_BYTES",
     "node.retention.bytes": "SIMPLELOGGERS_RETENTION_BYTES",
     "node.retention.age": "SIMPLELOGGERS_RETENTION_AGE",
@@ -187,7 +194,8 @@ def _cases(paths: list[str], samples: list[Any]) -> list[Any]:
 
 
 SIZES = ["node.log.segmentBytes", "node.retention.bytes"]
-DURATIONS = ["node.retention.age", "node.retention.interval", "node.producerIdExpiry",
+DURATIONS = ["node.replication.replicaLagMax", "node.retention.age", "node.retention.interval",
+             "node.producerIdExpiry",
              "node.http.headerTimeout", "node.http.idleTimeout", "node.http.bodyTimeout"]
 COUNTS = ["node.http.maxConnections", "node.http.maxConcurrentRequests"]
 

@@ -157,6 +157,10 @@ http://127.0.0.1:8500
 simpleloggers.validate: fails rendering on contradictory values that the schema cannot express.
 */}}
 {{- define "simpleloggers.validate" -}}
+{{- $minInsync := .Values.node.replication.minInsync -}}
+{{- if and $minInsync (gt (int $minInsync) (int .Values.node.replicas)) -}}
+{{- fail (printf "node.replication.minInsync (%d) must not exceed node.replicas (%d): the leader would refuse every write" (int $minInsync) (int .Values.node.replicas)) -}}
+{{- end -}}
 {{- if not .Values.consul.server.enabled -}}
 {{- if and (not .Values.consul.agent.enabled) (not .Values.consul.external.address) -}}
 {{- fail "consul.server.enabled=false and consul.agent.enabled=false: set consul.external.address" -}}
@@ -401,4 +405,39 @@ and, with an agent token, the token Secret and the in-memory dir the agent's ACL
   emptyDir:
     medium: Memory
 {{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.clusterSecretCreated: true (non-empty) when the chart generates the cluster secret's
+Secret: node.replication.clusterSecret.create and no existingSecret.
+*/}}
+{{- define "simpleloggers.clusterSecretCreated" -}}
+{{- if and .Values.node.replication.clusterSecret.create (not .Values.node.replication.clusterSecret.existingSecret) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.clusterSecretName: the Secret the nodes read SIMPLELOGGERS_CLUSTER_SECRET from:
+node.replication.clusterSecret.existingSecret, else the generated <fullname>-cluster-secret, else
+empty (no secret: the internal replication endpoint is open).
+*/}}
+{{- define "simpleloggers.clusterSecretName" -}}
+{{- if .Values.node.replication.clusterSecret.existingSecret -}}
+{{- .Values.node.replication.clusterSecret.existingSecret -}}
+{{- else if include "simpleloggers.clusterSecretCreated" . -}}
+{{- printf "%s-cluster-secret" (include "simpleloggers.fullname" . | trunc 48 | trimSuffix "-") -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.existingClusterSecret: the base64 value under .key of the Secret .name in
+.namespace as the cluster holds it now (`lookup`), or empty when there is no such Secret or key
+(a first install, or `helm template`, which cannot look up). Takes a dict: namespace, name, key.
+*/}}
+{{- define "simpleloggers.existingClusterSecret" -}}
+{{- $secret := lookup "v1" "Secret" .namespace .name -}}
+{{- if and $secret (hasKey $secret "data") (hasKey $secret.data .key) -}}
+{{- index $secret.data .key -}}
+{{- end -}}
 {{- end -}}
