@@ -81,7 +81,14 @@ impl HwCheckpoint {
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok((HwCheckpoint { path, file: None, seq: 0 }, None));
+                return Ok((
+                    HwCheckpoint {
+                        path,
+                        file: None,
+                        seq: 0,
+                    },
+                    None,
+                ));
             }
             Err(e) => return Err(LogError::io("open high watermark checkpoint", &path, e)),
         };
@@ -90,7 +97,10 @@ impl HwCheckpoint {
             let at = slot_position(seq) as usize;
             bytes.get(at..).and_then(decode)
         };
-        let newest = [slot(0), slot(1)].into_iter().flatten().max_by_key(|&(seq, _)| seq);
+        let newest = [slot(0), slot(1)]
+            .into_iter()
+            .flatten()
+            .max_by_key(|&(seq, _)| seq);
         if newest.is_none() {
             tracing::warn!(path = %path.display(), "high watermark checkpoint damaged; starting from 0");
         }
@@ -144,7 +154,8 @@ pub fn store(file: Option<Arc<File>>, path: &Path, seq: u64, hw: u64) -> Result<
         .truncate(true)
         .open(&tmp)
         .map_err(io("create high watermark checkpoint"))?;
-    f.set_len(SLOT_STRIDE * 2).map_err(io("size high watermark checkpoint"))?;
+    f.set_len(SLOT_STRIDE * 2)
+        .map_err(io("size high watermark checkpoint"))?;
     f.write_all_at(&slot, slot_position(seq))
         .map_err(io("write high watermark checkpoint"))?;
     f.sync_all().map_err(io("sync high watermark checkpoint"))?;
@@ -157,11 +168,10 @@ pub fn store(file: Option<Arc<File>>, path: &Path, seq: u64, hw: u64) -> Result<
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, ck: &mut HwCheckpoint, hw: u64) {
+    fn write(ck: &mut HwCheckpoint, hw: u64) {
         let (file, path, seq) = ck.next_write();
         let f = store(file, &path, seq, hw).expect("store");
         ck.stored(f, seq);
-        let _ = dir;
     }
 
     /// Values round-trip through alternating slots; the newest valid slot wins.
@@ -171,11 +181,14 @@ mod tests {
         let (mut ck, hw) = HwCheckpoint::load(dir.path()).expect("load");
         assert_eq!(hw, None);
         for v in [3u64, 9, 20] {
-            write(dir.path(), &mut ck, v);
+            write(&mut ck, v);
             let (_, back) = HwCheckpoint::load(dir.path()).expect("load");
             assert_eq!(back, Some(v));
         }
-        assert_eq!(fs::metadata(dir.path().join(HW_FILE)).expect("stat").len(), 2 * SLOT_STRIDE);
+        assert_eq!(
+            fs::metadata(dir.path().join(HW_FILE)).expect("stat").len(),
+            2 * SLOT_STRIDE
+        );
     }
 
     /// A torn (damaged) newest slot falls back to the previous value, which was the last one
@@ -184,8 +197,8 @@ mod tests {
     fn torn_slot_falls_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut ck, _) = HwCheckpoint::load(dir.path()).expect("load");
-        write(dir.path(), &mut ck, 5);
-        write(dir.path(), &mut ck, 8); // seq 2, slot 0
+        write(&mut ck, 5);
+        write(&mut ck, 8); // seq 2, slot 0
         let path = dir.path().join(HW_FILE);
         let mut bytes = fs::read(&path).expect("read");
         bytes[20] ^= 0xff; // inside slot 0's hw
@@ -199,7 +212,7 @@ mod tests {
         assert!(!dir.path().join(HW_TMP).exists());
         // Writing again after total damage still yields a loadable newest value.
         let mut ck = ck;
-        write(dir.path(), &mut ck, 11);
+        write(&mut ck, 11);
         assert_eq!(HwCheckpoint::load(dir.path()).expect("load").1, Some(11));
     }
 }
