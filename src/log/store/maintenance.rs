@@ -171,6 +171,10 @@ impl Writer {
                 hw: state.hw_reserved,
             });
         }
+        // The records from `from` on are going: they no longer count as durable (so the HW cannot
+        // move past `from`, nor `read_frames` serve them, even if this truncation fails midway
+        // and is redone by the recovery).
+        state.durable = state.durable.min(from);
         // Readers reading without the lock discard what they read from here on.
         state.rewrites += 1;
         let k = state
