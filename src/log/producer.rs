@@ -326,6 +326,40 @@ impl Producers {
         }
     }
 
+    /// Rolls the table back to a log truncated at `from`: every producer with a batch at or past
+    /// `from` takes its history from `rebuilt` (the table rebuilt from the kept log: its window as
+    /// of `from`, including batches the dropped ones had pushed out of the window, and the kept
+    /// prefix of a cut batch), or is removed when the kept log has none; the others are unchanged.
+    pub fn roll_back(&mut self, from: u64, rebuilt: &Producers) {
+        let affected: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, h)| {
+                h.back()
+                    .is_some_and(|b| b.first_offset.saturating_add(b.last_seq - b.first_seq) >= from)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in affected {
+            match rebuilt.map.get(&id) {
+                Some(h) => {
+                    self.map.insert(id, h.clone());
+                }
+                None => {
+                    self.map.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Every producer's history, sorted by id (tests compare tables with it).
+    #[cfg(test)]
+    pub fn histories(&self) -> Vec<(String, History)> {
+        let mut v: Vec<_> = self.map.iter().map(|(k, h)| (k.clone(), h.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Forgets every producer idle longer than the expiry; returns how many.
     pub fn purge(&mut self, now_ms: u64) -> usize {
         self.last_purge_ms = now_ms;
@@ -536,5 +570,34 @@ mod tests {
         let prior = p.record("a", 4, 1, 4, NOW);
         p.restore("a", prior);
         assert_eq!(p.last_seq("a", NOW), Some(3));
+    }
+
+    /// Rolling back after a truncation: a producer with a dropped batch takes its rebuilt window
+    /// (older batches pushed out come back), one only in the dropped part is removed, and one the
+    /// rebuild does not know but with nothing dropped (e.g. its segments went to retention) keeps
+    /// its history.
+    #[test]
+    fn roll_back_restores_affected_producers_only() {
+        let mut live = table();
+        live.record("old", 0, 1, 0, NOW);
+        for i in 0..12u64 {
+            live.record("a", i, 1, 10 + i, NOW);
+        }
+        live.record("gone", 0, 2, 30, NOW);
+        let mut rebuilt = table();
+        for i in 0..5u64 {
+            rebuilt.record("a", i, 1, 10 + i, NOW);
+        }
+        live.roll_back(15, &rebuilt);
+        let h = live.histories();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].0, "a");
+        assert_eq!(h[0].1, rebuilt.histories()[0].1);
+        assert_eq!(h[1].0, "old");
+        assert_eq!(live.check("a", 5, 1, None, NOW), SeqCheck::New);
+        assert_eq!(
+            live.check("a", 0, 1, None, NOW),
+            SeqCheck::Duplicate { first: 10, count: 1 }
+        );
     }
 }
