@@ -7,7 +7,10 @@
 //! - [`truncation`]: truncation by epoch (KIP-101/279): given the follower's epoch cache and the
 //!   leader's answer to "where does my last term end", truncate, ask again, fetch, or refuse.
 //! - [`isr`]: the ISR, term and report keys in Consul and the transactions that change them.
+//! - [`bootstrap`]: who may contend (normal, cluster start, Consul state loss, unclean, not in
+//!   the ISR), as a pure function of one read of those keys.
 
+pub mod bootstrap;
 pub mod isr;
 pub mod truncation;
 
