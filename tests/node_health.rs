@@ -53,7 +53,12 @@ async fn leader_that_cannot_write_hands_over_and_recovers() {
     let sick = c.wait_leader(WAIT).await;
     let healthy = 1 - sick;
     // Until repl-core: the follower joins the ISR so that it may be elected.
-    widen::widen_isr(c.consul_client(), simpleloggers::discovery::DEFAULT_ELECTION_KEY, 2).await;
+    widen::widen_isr(
+        c.consul_client(),
+        simpleloggers::discovery::DEFAULT_ELECTION_KEY,
+        2,
+    )
+    .await;
     let fault = c.fault_file(sick).expect("fault files were asked for");
     assert_eq!(write(&c, sick, "before").await.0, 200);
 
@@ -249,7 +254,11 @@ async fn reset_consul_never_ready_while_refusing_writes() {
     })
     .await
     .expect("the node leads again in a term above its log's");
-    assert_eq!(ack["term"].as_u64(), Some(4), "one above the log's last term: {ack}");
+    assert_eq!(
+        ack["term"].as_u64(),
+        Some(4),
+        "one above the log's last term: {ack}"
+    );
     let holder = c.lock_holder().await.expect("held");
     assert_eq!(
         (holder.term, holder.record.term),

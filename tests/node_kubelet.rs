@@ -144,7 +144,12 @@ async fn never_two_ready_nodes() {
     // data directory, so the incarnations stay), so any may be elected.
     {
         let c = cluster.read().await;
-        widen::widen_isr(c.consul_client(), simpleloggers::discovery::DEFAULT_ELECTION_KEY, 3).await;
+        widen::widen_isr(
+            c.consul_client(),
+            simpleloggers::discovery::DEFAULT_ELECTION_KEY,
+            3,
+        )
+        .await;
     }
     for round in 0..2 {
         // Crash: SIGKILL the leader, wait for a successor, bring the node back.

@@ -16,7 +16,10 @@ pub async fn widen_isr(consul: &ConsulClient, election_key: &str, nodes: usize) 
     let keys = ReplicationKeys::new(election_key);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        assert!(Instant::now() < deadline, "the ISR could not be widened to {nodes} nodes");
+        assert!(
+            Instant::now() < deadline,
+            "the ISR could not be widened to {nodes} nodes"
+        );
         let reports = read_reports(consul, election_key).await.unwrap_or_default();
         let (pair, _) = consul
             .kv_get(&keys.isr, &QueryOptions::default())
