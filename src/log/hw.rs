@@ -168,11 +168,10 @@ pub fn store(file: Option<Arc<File>>, path: &Path, seq: u64, hw: u64) -> Result<
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, ck: &mut HwCheckpoint, hw: u64) {
+    fn write(ck: &mut HwCheckpoint, hw: u64) {
         let (file, path, seq) = ck.next_write();
         let f = store(file, &path, seq, hw).expect("store");
         ck.stored(f, seq);
-        let _ = dir;
     }
 
     /// Values round-trip through alternating slots; the newest valid slot wins.
@@ -182,7 +181,7 @@ mod tests {
         let (mut ck, hw) = HwCheckpoint::load(dir.path()).expect("load");
         assert_eq!(hw, None);
         for v in [3u64, 9, 20] {
-            write(dir.path(), &mut ck, v);
+            write(&mut ck, v);
             let (_, back) = HwCheckpoint::load(dir.path()).expect("load");
             assert_eq!(back, Some(v));
         }
@@ -198,8 +197,8 @@ mod tests {
     fn torn_slot_falls_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut ck, _) = HwCheckpoint::load(dir.path()).expect("load");
-        write(dir.path(), &mut ck, 5);
-        write(dir.path(), &mut ck, 8); // seq 2, slot 0
+        write(&mut ck, 5);
+        write(&mut ck, 8); // seq 2, slot 0
         let path = dir.path().join(HW_FILE);
         let mut bytes = fs::read(&path).expect("read");
         bytes[20] ^= 0xff; // inside slot 0's hw
@@ -213,7 +212,7 @@ mod tests {
         assert!(!dir.path().join(HW_TMP).exists());
         // Writing again after total damage still yields a loadable newest value.
         let mut ck = ck;
-        write(dir.path(), &mut ck, 11);
+        write(&mut ck, 11);
         assert_eq!(HwCheckpoint::load(dir.path()).expect("load").1, Some(11));
     }
 }

@@ -571,4 +571,33 @@ mod tests {
         p.restore("a", prior);
         assert_eq!(p.last_seq("a", NOW), Some(3));
     }
+
+    /// Rolling back after a truncation: a producer with a dropped batch takes its rebuilt window
+    /// (older batches pushed out come back), one only in the dropped part is removed, and one the
+    /// rebuild does not know but with nothing dropped (e.g. its segments went to retention) keeps
+    /// its history.
+    #[test]
+    fn roll_back_restores_affected_producers_only() {
+        let mut live = table();
+        live.record("old", 0, 1, 0, NOW);
+        for i in 0..12u64 {
+            live.record("a", i, 1, 10 + i, NOW);
+        }
+        live.record("gone", 0, 2, 30, NOW);
+        let mut rebuilt = table();
+        for i in 0..5u64 {
+            rebuilt.record("a", i, 1, 10 + i, NOW);
+        }
+        live.roll_back(15, &rebuilt);
+        let h = live.histories();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].0, "a");
+        assert_eq!(h[0].1, rebuilt.histories()[0].1);
+        assert_eq!(h[1].0, "old");
+        assert_eq!(live.check("a", 5, 1, None, NOW), SeqCheck::New);
+        assert_eq!(
+            live.check("a", 0, 1, None, NOW),
+            SeqCheck::Duplicate { first: 10, count: 1 }
+        );
+    }
 }

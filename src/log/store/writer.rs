@@ -604,23 +604,6 @@ impl Writer {
                 return;
             }
         }
-        // Every new term, persisted before any of its records is written.
-        let mut cache = self.shared.epochs.lock().clone();
-        let mut term = self.st.last_term.map(|(t, _)| t);
-        let mut changed = false;
-        for b in &frames.batches {
-            if term.is_none_or(|t| b.term > t) {
-                changed |= cache.record(b.term, b.first);
-                term = Some(b.term);
-            }
-        }
-        if changed {
-            if let Err(e) = crate::log::epochs::save(&self.shared.config.dir, &cache) {
-                let _ = reply.send(Err(e));
-                return;
-            }
-            *self.shared.epochs.lock() = cache;
-        }
         let mut k = 0;
         let mut index = frames.index.iter().peekable();
         while k < frames.batches.len() {
@@ -642,6 +625,24 @@ impl Writer {
                 run += 1;
             }
             let batches = &frames.batches[k..run];
+            // Every new term of the run, persisted before any of its records is written (after
+            // the roll: retention on a roll cuts the cache to the log).
+            let mut cache = self.shared.epochs.lock().clone();
+            let mut term = self.st.last_term.map(|(t, _)| t);
+            let mut changed = false;
+            for b in batches {
+                if term.is_none_or(|t| b.term > t) {
+                    changed |= cache.record(b.term, b.first);
+                    term = Some(b.term);
+                }
+            }
+            if changed {
+                if let Err(e) = crate::log::epochs::save(&self.shared.config.dir, &cache) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                *self.shared.epochs.lock() = cache;
+            }
             let start = batches[0].range.start;
             let stop = batches[run - k - 1].range.end;
             // Encoded appends of this part go first, then the received bytes, unchanged.
