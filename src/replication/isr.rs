@@ -288,7 +288,7 @@ impl IsrHandle {
 
     /// Replaces the ISR with `state`, in one transaction that checks that `session` holds the
     /// election key and that the ISR key is still at `expected_index`. Returns the key as written
-    /// (and publishes it to every [`subscribe`](Self::subscribe)r at once).
+    /// (and publishes it on [`subscribe`](Self::subscribe) at once).
     ///
     /// # Errors
     /// [`IsrError::NotLeader`] (the transaction's session check failed: a deposed leader cannot
