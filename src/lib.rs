@@ -6,7 +6,8 @@
 //! - [`consul`]: typed Consul HTTP client (KV, sessions, agent, health, txn, blocking watches).
 //! - [`demo`]: `simpleloggers demo`: the whole system on one machine, verified at the end.
 //! - [`discovery`]: the leader record under the election key, and a watch that follows it.
-//! - [`election`]: the Elector: Consul session + KV lock + lease; publishes the LeaderState.
+//! - [`election`]: the Elector: Consul session, one contend transaction (ISR check, lock, term key),
+//!   lease, reports; publishes the LeaderState.
 //! - [`flags`]: the flag groups shared by subcommands (Consul, election key, election timing).
 //! - [`k8s`]: best-effort Kubernetes integration: LogCluster CRD and status, pod role label,
 //!   leadership Events, leader-driven rolling update.
@@ -17,7 +18,7 @@
 //! - [`producer`]: the producer: finds the leader, batches messages and sends them with retries
 //!   that never duplicate (idempotency headers) or drop silently (a summary of every outcome).
 //! - [`replication`]: replication between nodes (`docs/replication.md`); so far the follower's
-//!   truncation-by-epoch rule.
+//!   truncation-by-epoch rule, the ISR/term/report keys and who may contend for the lock.
 //! - [`shutdown`]: cancellation plumbing shared by every long-running task.
 //! - [`telemetry`]: tracing subscriber set-up.
 

@@ -3,10 +3,18 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "election_support/widen.rs"]
+mod widen;
 
 use std::time::Duration;
 
 use cluster::{eventually, Cluster};
+use simpleloggers::discovery::DEFAULT_ELECTION_KEY;
+
+/// Until repl-core adds caught-up followers to the ISR: every node joins it, so any may be elected.
+async fn all_in_isr(cluster: &Cluster) {
+    widen::widen_isr(cluster.consul_client(), DEFAULT_ELECTION_KEY, cluster.len()).await;
+}
 
 /// Exactly one of three nodes becomes leader; only it is ready and accepts writes; followers
 /// answer writes 503 with the leader's address in a header and in the JSON body.
@@ -68,6 +76,7 @@ async fn one_leader_and_followers_redirect() {
 async fn crash_fails_over_after_lock_delay() {
     let mut cluster = Cluster::start(3, &[]).await;
     let old = cluster.wait_leader(Duration::from_secs(20)).await;
+    all_in_isr(&cluster).await;
     let old_term = cluster.lock_holder().await.unwrap().term;
     cluster.node_mut(old).kill().await;
     // check interval 250 ms + lock-delay 1 s + margin; the bound is generous for loaded machines.
@@ -85,6 +94,7 @@ async fn crash_fails_over_after_lock_delay() {
 async fn graceful_stop_hands_over_without_lock_delay() {
     let mut cluster = Cluster::start(3, &["--lock-delay", "30s", "--session-ttl", "30s"]).await;
     let old = cluster.wait_leader(Duration::from_secs(20)).await;
+    all_in_isr(&cluster).await;
     cluster.terminate(old).await;
     let new = cluster.wait_leader(Duration::from_secs(10)).await;
     assert_ne!(new, old);
@@ -98,6 +108,7 @@ async fn graceful_stop_hands_over_without_lock_delay() {
 async fn paused_leader_accepts_nothing_after_its_lease() {
     let cluster = Cluster::start(3, &[]).await;
     let old = cluster.wait_leader(Duration::from_secs(20)).await;
+    all_in_isr(&cluster).await;
     let old_url = cluster.url(old);
     cluster.node(old).pause().await.unwrap();
     // A write sent to the stopped leader waits in its accept queue.

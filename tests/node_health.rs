@@ -6,6 +6,8 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "election_support/widen.rs"]
+mod widen;
 
 use std::time::Duration;
 
@@ -50,6 +52,13 @@ async fn leader_that_cannot_write_hands_over_and_recovers() {
     let mut c = Cluster::start_with(ClusterOptions::fast(BIN).nodes(2).fault_files()).await;
     let sick = c.wait_leader(WAIT).await;
     let healthy = 1 - sick;
+    // Until repl-core: the follower joins the ISR so that it may be elected.
+    widen::widen_isr(
+        c.consul_client(),
+        simpleloggers::discovery::DEFAULT_ELECTION_KEY,
+        2,
+    )
+    .await;
     let fault = c.fault_file(sick).expect("fault files were asked for");
     assert_eq!(write(&c, sick, "before").await.0, 200);
 
@@ -200,9 +209,10 @@ async fn failed_sync_poisons_the_log_until_it_recovers_by_itself() {
     assert_eq!(get(&c, 0, "/consul-check").await.0, 200);
 }
 
-/// After Consul's state is lost, `LockIndex` restarts at 1, below the terms already in the log.
-/// The node never becomes Ready in a term its log would refuse: it gives such locks back until
-/// the term is above the log's, and then it is Ready and accepts writes in that term.
+/// After Consul's state is lost, the term key and the ISR key are gone (and `LockIndex` restarts at
+/// 1, below the terms already in the log). The node never becomes Ready in a term its log would
+/// refuse: it sees a state loss (its report shows records), and, being the only replica, leads in
+/// the term above every reported one, which the term key then holds.
 #[tokio::test]
 async fn reset_consul_never_ready_while_refusing_writes() {
     let mut c = Cluster::start(1, &[]).await;
@@ -219,7 +229,7 @@ async fn reset_consul_never_ready_while_refusing_writes() {
 
     // Only what the node logs from here on counts below.
     let log_before = c.node(0).log_text().len();
-    // Restarted on its address, the dev Consul keeps no state: `LockIndex` starts again at 1.
+    // Restarted on its address, the dev Consul keeps no state: no term key, no ISR key.
     let consul = c.consul_mut();
     consul.kill().await;
     consul
@@ -244,17 +254,22 @@ async fn reset_consul_never_ready_while_refusing_writes() {
     })
     .await
     .expect("the node leads again in a term above its log's");
-    let lock_index = c.lock_holder().await.expect("held").term;
     assert_eq!(
         ack["term"].as_u64(),
-        Some(lock_index),
-        "the term is still the LockIndex"
+        Some(4),
+        "one above the log's last term: {ack}"
+    );
+    let holder = c.lock_holder().await.expect("held");
+    assert_eq!(
+        (holder.term, holder.record.term),
+        (4, Some(4)),
+        "followers and producers read the leader's term from its record"
     );
     assert!(
         c.node(0)
             .log_text()
             .get(log_before..)
-            .is_some_and(|since| since.contains("giving it back")),
-        "the node says why it gave locks back"
+            .is_some_and(|since| since.contains("state_loss")),
+        "the node says it was elected after a state loss"
     );
 }

@@ -179,11 +179,13 @@ mod tests {
     fn state(role: Role, lease: Option<Duration>, now: Instant) -> LeaderState {
         LeaderState {
             role,
+            case: crate::election::ElectionCase::Normal,
             term: 7,
             leader: Some(LeaderRecord {
                 name: "n1".into(),
                 address: "a:1".into(),
                 since: String::new(),
+                term: None,
             }),
             lease_until: lease.map(|d| now + d),
             session: Some("s".into()),
