@@ -218,9 +218,13 @@ struct Published {
 }
 
 impl Published {
-    fn publish(&self, value: Option<IsrRecord>, at: u64) {
+    /// Publishes `value` read at Consul index `at`, unless a fresher value was published (a
+    /// committed [`IsrHandle::change`] racing a blocking query that answered before it). With
+    /// `reset`, Consul's index went backwards (its state was lost and restarted): every index seen
+    /// before is meaningless, so the value is published and the index restarts from `at`.
+    fn publish_at(&self, value: Option<IsrRecord>, at: u64, reset: bool) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if at < *seen {
+        if at < *seen && !reset {
             return;
         }
         *seen = at;
@@ -326,7 +330,7 @@ impl IsrHandle {
                         message: "the committed ISR change returned no entry for the ISR key".into(),
                     })?;
                 let record = IsrRecord { state, index };
-                self.published.publish(Some(record.clone()), index);
+                self.published.publish_at(Some(record.clone()), index, false);
                 Ok(record)
             }
             TxnOutcome::RolledBack(errors) => {
@@ -345,6 +349,9 @@ impl IsrHandle {
 /// Follows the ISR key with blocking queries and publishes each change.
 async fn follow(handle: IsrHandle, stop: CancellationToken) {
     let mut watcher = Watcher::new(WATCH_WAIT).consistent();
+    // The watcher's index after its previous answer: one going backwards means Consul lost its
+    // state (a restarted dev Consul, a cluster rebuilt without a snapshot).
+    let mut previous = 0;
     loop {
         let fetched = tokio::select! {
             _ = stop.cancelled() => return,
@@ -354,14 +361,26 @@ async fn follow(handle: IsrHandle, stop: CancellationToken) {
                 async move { consul.kv_get(&key, &opts).await }
             }) => fetched,
         };
+        let at = watcher.index();
+        let reset = at < previous;
+        if reset {
+            tracing::info!(
+                from = previous,
+                to = at,
+                "Consul's index went backwards: following the ISR key afresh"
+            );
+        }
         match fetched {
-            Ok(pair) => match IsrRecord::from_kv(pair.as_ref()) {
-                Ok(record) => handle.published.publish(record, watcher.index()),
-                Err(err) => {
-                    tracing::warn!(%err, key = %handle.keys.isr, "the ISR key holds no ISR; treated as absent (and nobody may contend)");
-                    handle.published.publish(None, watcher.index());
+            Ok(pair) => {
+                previous = at;
+                match IsrRecord::from_kv(pair.as_ref()) {
+                    Ok(record) => handle.published.publish_at(record, at, reset),
+                    Err(err) => {
+                        tracing::warn!(%err, key = %handle.keys.isr, "the ISR key holds no ISR; treated as absent (and nobody may contend)");
+                        handle.published.publish_at(None, at, reset);
+                    }
                 }
-            },
+            }
             Err(err) => tracing::debug!(%err, "watch of the ISR key failed; retrying"),
         }
     }
@@ -370,6 +389,35 @@ async fn follow(handle: IsrHandle, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value read at a lower index than one already published is a stale answer and dropped,
+    /// unless Consul's index went backwards (state loss): then it replaces the old value.
+    #[test]
+    fn published_values_follow_a_consul_reset() {
+        let (tx, rx) = watch::channel(None);
+        let published = Published {
+            tx,
+            seen: Mutex::new(0),
+        };
+        let record = |leader: &str, index| IsrRecord {
+            state: IsrState {
+                term: 1,
+                leader: leader.into(),
+                members: vec![member(leader)],
+            },
+            index,
+        };
+        published.publish_at(Some(record("n0", 34)), 34, false);
+        published.publish_at(Some(record("n1", 5)), 5, false);
+        assert_eq!(
+            rx.borrow().as_ref().map(|r| r.state.leader.clone()),
+            Some("n0".into())
+        );
+        published.publish_at(Some(record("n1", 5)), 5, true);
+        assert_eq!(rx.borrow().as_ref().map(|r| r.index), Some(5));
+        published.publish_at(Some(record("n2", 6)), 6, false);
+        assert_eq!(rx.borrow().as_ref().map(|r| r.index), Some(6));
+    }
 
     fn member(name: &str) -> Member {
         Member {
