@@ -411,6 +411,19 @@ impl LogStore {
             .map_err(|_| LogError::Closed)?
     }
 
+    /// Empties the log and makes `start` its first (and next) offset: every segment, the epoch
+    /// cache and the producer table are dropped, the high watermark becomes `start`. For a
+    /// follower whose position is not in the leader's log (below the leader's first retained
+    /// offset, or diverging before its own): it then fetches from `start`. Durable on return.
+    ///
+    /// # Errors
+    /// [`LogError::BelowHighWatermark`] when records below the high watermark would be dropped
+    /// (`start` below it); I/O errors; [`LogError::Closed`].
+    pub async fn reset(&self, start: u64) -> Result<(), LogError> {
+        let _ = start;
+        todo!("repl-core: LogStore::reset, once log-repl's store is merged")
+    }
+
     /// Delete whole old segments per `retention_bytes` / `retention_age` (never the active one);
     /// also runs on every segment roll. Returns the new first retained offset.
     ///
