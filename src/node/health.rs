@@ -309,11 +309,13 @@ mod tests {
     fn leader(term: u64, now: Instant) -> LeaderState {
         LeaderState {
             role: Role::Leader,
+            case: crate::election::ElectionCase::Normal,
             term,
             leader: Some(LeaderRecord {
                 name: "n1".into(),
                 address: "a:1".into(),
                 since: String::new(),
+                term: None,
             }),
             lease_until: Some(now + Duration::from_secs(1)),
             session: Some("s".into()),

@@ -47,7 +47,7 @@ pub use write::{
 
 use crate::{
     consul::ConsulClient,
-    election::{ElectionConfig, Elector, Role},
+    election::{ElectionConfig, Elector, ReplicaSetup, Role},
     flags::{ClusterArgs, ElectionArgs, ReplicationArgs, ServiceArgs},
     log::{Durability, FaultInjector, LogConfig, LogStore},
     metrics::{method_label, HttpLabels, Metrics},
@@ -330,16 +330,20 @@ pub async fn run(
         client: consul.clone(),
         service: config.service.service_name.clone(),
     };
-    // A term not above the log's last term is refused at acquisition (see docs/election.md).
-    let fence = store.clone();
-    let elector = Elector::start_fenced(consul.clone(), election, move || {
-        fence.last_term().map(|(term, _)| term)
-    });
+    // Terms come from the term key, above the log's last term (see docs/election.md); who may
+    // contend follows the ISR key and the nodes' reports (docs/replication.md).
+    let replica = ReplicaSetup {
+        replicas: config.replication.replicas,
+        min_insync: config.replication.min_insync(),
+        unclean_leader_election: config.replication.unclean_leader_election,
+        local: std::sync::Arc::new(store.clone()),
+    };
+    let elector = Elector::start_replicated(consul.clone(), election, replica);
     let replication = Replication::new(
         ReplicationSettings::new(&name, &config.replication),
         store.clone(),
         metrics.clone(),
-        None,
+        Some(elector.isr()),
     );
     let client = ReplicationClient::new(
         config.replication.cluster_secret.clone(),

@@ -197,8 +197,7 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
 
 /// The election case as the election publishes it, for the status.
 fn election_case(state: &LeaderState) -> serde_json::Value {
-    let _ = state;
-    serde_json::Value::Null
+    serde_json::to_value(&state.case).unwrap_or(serde_json::Value::Null)
 }
 
 #[cfg(test)]
@@ -211,11 +210,13 @@ mod tests {
     fn state(role: Role, lease: Option<Duration>, now: Instant) -> LeaderState {
         LeaderState {
             role,
+            case: crate::election::ElectionCase::Normal,
             term: 7,
             leader: Some(LeaderRecord {
                 name: "n1".into(),
                 address: "a:1".into(),
                 since: String::new(),
+                term: None,
             }),
             lease_until: lease.map(|d| now + d),
             session: Some("s".into()),

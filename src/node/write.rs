@@ -366,13 +366,21 @@ async fn append_in_order(
 }
 
 /// Waits until the producer's last sequence differs from `before`, or `deadline`. Wakes on the
-/// store's visible-end watch (the earlier batch becoming visible moves the sequence) instead of
-/// polling.
+/// store's durable-end watch (the earlier batch being stored moves the sequence; `subscribe`
+/// follows the high watermark, which may lag the store) and on the visible end (which moves
+/// first under `interval`/`never` without replication) instead of polling.
 async fn moved_on(store: &LogStore, producer_id: &str, before: Option<u64>, deadline: tokio::time::Instant) {
     // Subscribe before checking, so an append between the check and the wait still wakes us.
+    let mut stored = store.subscribe_durable();
     let mut visible = store.subscribe();
     while store.producer_last_seq(producer_id) == before {
-        match tokio::time::timeout_at(deadline, visible.changed()).await {
+        let changed = async {
+            tokio::select! {
+                r = stored.changed() => r,
+                r = visible.changed() => r,
+            }
+        };
+        match tokio::time::timeout_at(deadline, changed).await {
             Ok(Ok(())) => {}
             // Past the deadline, or the store is closing: let the caller answer.
             Ok(Err(_)) | Err(_) => return,

@@ -6,6 +6,8 @@
 //! - [`truncation`]: truncation by epoch (KIP-101/279): given the follower's epoch cache and the
 //!   leader's answer to "where does my last term end", truncate, ask again, fetch, or refuse.
 //! - [`isr`]: the ISR, term and report keys in Consul and the transactions that change them.
+//! - [`bootstrap`]: who may contend (normal, cluster start, Consul state loss, unclean, not in
+//!   the ISR), as a pure function of one read of those keys.
 //! - [`protocol`]: the internal endpoint's queries, headers and refusals, and the follower's client.
 //! - [`leader`]: follower progress, the HW, ISR shrink/expand and write admission (pure
 //!   decisions), and the loop that applies them while this node leads.
@@ -13,6 +15,7 @@
 //! - [`http`]: the internal endpoint's handlers (secret check, end-offset, fetch).
 //! - [`state`]: [`Replication`], the node's shared replication state.
 
+pub mod bootstrap;
 pub mod follower;
 pub mod http;
 pub mod isr;
