@@ -156,7 +156,9 @@ async fn follow(
         }
         repl.set_truncation_refused(None);
         match fetch_loop(repl, client, leader, seen_term, backoff).await {
-            Resync::Again => continue,
+            // A leader that keeps answering `diverged` to a log the rule found a prefix must not
+            // make this a hot loop: the back-off grows until a fetch succeeds.
+            Resync::Again => tokio::time::sleep(backoff.next_delay()).await,
             Resync::Stop(ended) => return ended,
         }
     }
@@ -200,21 +202,15 @@ async fn check_log(repl: &Replication, client: &ReplicationClient, addr: &str) -
                     .to_string(),
                 }))
             }
-            Decision::Refuse(Refusal::BeforeLogStart {
-                divergence,
-                log_start,
-            }) => {
-                // Every retained record differs from the leader's (none is committed: the rule
-                // refuses below the HW first): empty the log; the fetch from 0 learns the
-                // leader's first offset (offset_trimmed) if it is not 0.
-                tracing::warn!(
+            Decision::Refuse(refusal @ Refusal::BeforeLogStart { divergence, .. }) => {
+                // Every retained record differs from the leader's. Retention keeps what is not
+                // committed, so this means the log is not what the HW says: fail-stop, never
+                // delete on an inconsistency (NATS, pitfall 13); an operator empties the volume.
+                return Err(Ended::Refused(TruncationRefused {
                     divergence,
-                    log_start,
-                    "the log diverges before its first offset: emptying it"
-                );
-                store.reset(0).await?;
-                repl.metrics().replication_truncations.inc();
-                return Ok(());
+                    high_watermark: store.high_watermark(),
+                    reason: refusal.to_string(),
+                }));
             }
             Decision::Refuse(refusal @ Refusal::AnswerAboveQuestion { .. }) => {
                 return Err(Ended::Retry(refusal.to_string()));

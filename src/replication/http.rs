@@ -116,18 +116,22 @@ async fn end_offset(
 ///
 /// # Errors
 /// [`FetchRefusal::OffsetTrimmed`] below the first retained offset, or for an empty follower
-/// log anywhere but at it; [`FetchRefusal::Diverged`] with the leader's answer otherwise.
+/// log neither at it nor at a committed offset; [`FetchRefusal::Diverged`] with the leader's answer otherwise.
 pub fn check_fetch(
     from: u64,
     last_term: Option<u64>,
     log_start: u64,
+    high_watermark: u64,
     lookup: impl FnOnce(u64) -> Option<(u64, u64)>,
 ) -> Result<(), FetchRefusal> {
     if from < log_start {
         return Err(FetchRefusal::OffsetTrimmed { log_start });
     }
     match last_term {
-        None if from == log_start => Ok(()),
+        // An empty log (never held a record, or emptied to start where a leader's log started):
+        // at the leader's start, or at a committed offset, which was a batch boundary of every
+        // in-sync log (an earlier leader's first retained offset).
+        None if from == log_start || from <= high_watermark => Ok(()),
         None => Err(FetchRefusal::OffsetTrimmed { log_start }),
         Some(term) => match lookup(term) {
             Some((found, end)) if found == term && from <= end => Ok(()),
@@ -154,9 +158,13 @@ async fn fetch(
         return Err(FetchRefusal::StaleTerm { term }.into());
     }
     let store = repl.store();
-    check_fetch(query.from, query.last_term, store.start_offset(), |t| {
-        store.end_offset_for(t)
-    })?;
+    check_fetch(
+        query.from,
+        query.last_term,
+        store.start_offset(),
+        store.high_watermark(),
+        |t| store.end_offset_for(t),
+    )?;
     // Subscribe before recording the progress: the HW move it causes must wake this poll.
     let mut hw_rx = store.subscribe();
     let mut durable_rx = store.subscribe_durable();
@@ -232,11 +240,11 @@ mod tests {
             1 | 2 => Some((1, 10)),
             _ => Some((3, 20)),
         };
-        assert_eq!(check_fetch(7, Some(1), 0, lookup), Ok(()));
-        assert_eq!(check_fetch(10, Some(1), 0, lookup), Ok(()));
-        assert_eq!(check_fetch(20, Some(3), 0, lookup), Ok(()));
+        assert_eq!(check_fetch(7, Some(1), 0, 0, lookup), Ok(()));
+        assert_eq!(check_fetch(10, Some(1), 0, 0, lookup), Ok(()));
+        assert_eq!(check_fetch(20, Some(3), 0, 0, lookup), Ok(()));
         assert_eq!(
-            check_fetch(12, Some(1), 0, lookup),
+            check_fetch(12, Some(1), 0, 0, lookup),
             Err(FetchRefusal::Diverged {
                 term: Some(1),
                 end: 10
@@ -244,7 +252,7 @@ mod tests {
             "the follower holds term-1 records the leader does not"
         );
         assert_eq!(
-            check_fetch(12, Some(2), 0, lookup),
+            check_fetch(12, Some(2), 0, 0, lookup),
             Err(FetchRefusal::Diverged {
                 term: Some(1),
                 end: 10

@@ -200,6 +200,11 @@ enum Command {
         from: u64,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
+    /// Empty the log; `start` becomes its first offset.
+    Reset {
+        start: u64,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
     /// Delete old segments per the retention settings.
     Retention {
         reply: oneshot::Sender<Result<u64, LogError>>,
@@ -236,6 +241,7 @@ impl std::fmt::Debug for Command {
             Command::AppendFrames { .. } => "AppendFrames",
             Command::BeginTerm { .. } => "BeginTerm",
             Command::Truncate { .. } => "Truncate",
+            Command::Reset { .. } => "Reset",
             Command::Retention { .. } => "Retention",
             Command::Flush { .. } => "Flush",
             Command::Recover { .. } => "Recover",
@@ -488,8 +494,9 @@ impl LogStore {
     /// [`LogError::BelowHighWatermark`] when records below the high watermark would be dropped
     /// (`start` below it); I/O errors; [`LogError::Closed`].
     pub async fn reset(&self, start: u64) -> Result<(), LogError> {
-        let _ = start;
-        todo!("repl-core: LogStore::reset, once log-repl's store is merged")
+        self.send(|reply| Command::Reset { start, reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
     }
 
     /// Delete whole old segments per `retention_bytes` / `retention_age` (never the active one);
