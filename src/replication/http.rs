@@ -259,22 +259,28 @@ mod tests {
             }),
             "a term the leader never had"
         );
-        assert_eq!(check_fetch(0, None, 0, lookup), Ok(()));
+        assert_eq!(check_fetch(0, None, 0, 0, lookup), Ok(()));
         assert_eq!(
-            check_fetch(5, None, 0, lookup),
-            Err(FetchRefusal::OffsetTrimmed { log_start: 0 })
+            check_fetch(5, None, 0, 4, lookup),
+            Err(FetchRefusal::OffsetTrimmed { log_start: 0 }),
+            "an empty log above the HW: where the leader's log has no known boundary"
         );
         assert_eq!(
-            check_fetch(5, None, 5, lookup),
+            check_fetch(5, None, 0, 5, lookup),
+            Ok(()),
+            "an emptied log at a committed offset"
+        );
+        assert_eq!(
+            check_fetch(5, None, 5, 5, lookup),
             Ok(()),
             "an emptied log at the leader's start"
         );
         assert_eq!(
-            check_fetch(3, Some(1), 5, lookup),
+            check_fetch(3, Some(1), 5, 9, lookup),
             Err(FetchRefusal::OffsetTrimmed { log_start: 5 })
         );
         assert_eq!(
-            check_fetch(3, Some(1), 0, |_| None),
+            check_fetch(3, Some(1), 0, 9, |_| None),
             Err(FetchRefusal::Diverged { term: None, end: 0 })
         );
     }

@@ -275,7 +275,8 @@ impl Writer {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| LogError::io("create segment", &tmp, e))?;
-        file.sync_all().map_err(|e| LogError::io("sync segment", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| LogError::io("sync segment", &tmp, e))?;
         let removed: Vec<Segment> = {
             let mut state = self.shared.state.write();
             // Readers reading without the lock discard what they read from here on.
