@@ -299,9 +299,10 @@ pub async fn run(
     log.segment_bytes = config.segment_bytes;
     log.retention_bytes = config.retention_bytes;
     log.retention_age = config.retention_age;
-    // The high watermark is moved by replication (the leader's ISR, a follower's leader), even
-    // for a lone node, so that every node exposes records the same way.
-    log.replicated = true;
+    // With replicas the high watermark is moved by replication (the leader's ISR, a follower's
+    // leader). A lone node (--replicas 1) keeps the log's own rule, HW = log end: the same
+    // commit point without a checkpoint write per group, and its reads as they always were.
+    log.replicated = config.replication.replicas > 1;
     let faults = config.fault_file.as_ref().map(|_| FaultInjector::new());
     log.fault_injector = faults.clone();
     let store = LogStore::open(log).await.map_err(|source| NodeError::Log {

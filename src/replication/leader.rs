@@ -131,8 +131,9 @@ pub struct View<'a> {
     pub leader_end: u64,
     /// The high watermark now.
     pub hw: u64,
-    /// Offset of this term's term-start record.
-    pub term_start: u64,
+    /// Offset of this term's term-start record (`None`: a lone replica writes none, see
+    /// [`run`]).
+    pub term_start: Option<u64>,
     /// When this node began leading this term (lag timers start here).
     pub began_at: Instant,
     /// The ISR as Consul holds it (as last read or written).
@@ -169,7 +170,7 @@ impl View<'_> {
         for member in self.isr.iter().chain(expanding) {
             min = min.min(self.end_of(member)?);
         }
-        (min > self.term_start && min > self.hw).then_some(min)
+        (self.term_start.is_none_or(|s| min > s) && min > self.hw).then_some(min)
     }
 
     /// When `member` was last caught up, for its lag: never before this term began.
@@ -200,7 +201,7 @@ impl View<'_> {
             if members.contains(&candidate)
                 || candidate.name == self.leader.name
                 || !fresh
-                || p.durable_end <= self.term_start
+                || self.term_start.is_some_and(|s| p.durable_end <= s)
                 || p.durable_end < self.hw
             {
                 continue;
@@ -306,11 +307,19 @@ async fn lead_term(
     let name = repl.settings().name.clone();
     let store = repl.store().clone();
     repl.start_term(term, &session);
-    tracing::info!(term, "leading: writing the term-start record");
+    // A lone replica (--replicas 1) writes no term-start record: nobody else could hold an
+    // older term's records, and its offsets stay as they always were (the first write at 0).
+    let lone = repl.settings().replicas <= 1;
+    if !lone {
+        tracing::info!(term, "leading: writing the term-start record");
+    }
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let term_start = loop {
+        if lone {
+            break None;
+        }
         match store.begin_term(term).await {
-            Ok(offset) => break offset,
+            Ok(offset) => break Some(offset),
             Err(err) => {
                 tracing::warn!(term, %err, "cannot write the term-start record; retrying");
                 tokio::select! {
@@ -325,7 +334,7 @@ async fn lead_term(
         }
     };
     repl.term_begun(term, term_start);
-    tracing::info!(term, term_start, "term begun");
+    tracing::info!(term, ?term_start, "term begun");
     let me = Member {
         name: name.clone(),
         incarnation: store.incarnation(),
@@ -469,7 +478,7 @@ mod tests {
                 leader: &self.leader,
                 leader_end,
                 hw,
-                term_start,
+                term_start: Some(term_start),
                 began_at: self.began,
                 isr: &self.isr,
                 progress: &self.progress,

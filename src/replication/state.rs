@@ -95,8 +95,9 @@ struct LeaderTerm {
     term: u64,
     session: String,
     began_at: Instant,
-    /// Offset of the term-start record, once durable (writes and fetches wait for it).
-    term_start: Option<u64>,
+    /// Whether the term has begun: its term-start record is durable (writes and fetches wait
+    /// for it), at this offset (`None`: a lone replica writes none).
+    begun: Option<Option<u64>>,
     progress: HashMap<String, Progress>,
     /// The ISR as last read or written (`None`: not known yet).
     isr: Option<IsrRecord>,
@@ -261,7 +262,7 @@ impl Replication {
             term,
             session: session.to_string(),
             began_at: Instant::now(),
-            term_start: None,
+            begun: None,
             progress: HashMap::new(),
             isr,
             pending_adds: Vec::new(),
@@ -269,9 +270,9 @@ impl Replication {
     }
 
     /// The term-start record of `term` is durable at `offset`: fetches and writes are served.
-    pub(super) fn term_begun(&self, term: u64, offset: u64) {
+    pub(super) fn term_begun(&self, term: u64, offset: Option<u64>) {
         if let Some(t) = self.inner.leader.lock().as_mut().filter(|t| t.term == term) {
-            t.term_start = Some(offset);
+            t.begun = Some(offset);
             // Lag timers start once followers can fetch.
             t.began_at = Instant::now();
         }
@@ -334,7 +335,7 @@ impl Replication {
         let Some(t) = leader.as_ref().filter(|t| t.term == term) else {
             return Decision::default();
         };
-        let (Some(term_start), Some(isr)) = (t.term_start, &t.isr) else {
+        let (Some(term_start), Some(isr)) = (t.begun, &t.isr) else {
             return Decision::default();
         };
         for (name, p) in &t.progress {
@@ -371,7 +372,7 @@ impl Replication {
     /// [`FetchRefusal::NotLeader`] when not leading, or before the term-start record is durable.
     pub fn serving(&self) -> Result<(u64, String), FetchRefusal> {
         match self.inner.leader.lock().as_ref() {
-            Some(t) if t.term_start.is_some() => Ok((t.term, t.session.clone())),
+            Some(t) if t.begun.is_some() => Ok((t.term, t.session.clone())),
             Some(t) => Err(FetchRefusal::NotLeader {
                 reason: format!("beginning term {}", t.term),
             }),
@@ -434,7 +435,7 @@ impl Replication {
         };
         admission(
             term,
-            t.term_start.is_some(),
+            t.begun.is_some(),
             t.isr.as_ref().map(|r| r.state.members.len()),
             self.inner.settings.min_insync,
         )
