@@ -416,7 +416,9 @@ pub async fn run(
                 );
             }
         }
-        // Not ready and no new writes at once; in-flight requests still finish.
+        // Not ready and no new writes at once; in-flight requests still finish, held fetches
+        // at once (a long drain would outlive the Consul check and cost a lock-delay).
+        handing_over.end_long_polls();
         elector_for_stop.begin_shutdown();
     });
     let server = tokio::spawn(serving);

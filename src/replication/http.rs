@@ -178,6 +178,7 @@ async fn fetch(
             tokio::select! {
                 _ = hw_rx.changed() => {}
                 _ = durable_rx.changed() => {}
+                _ = repl.draining() => {}
             }
         })
         .await;

@@ -171,6 +171,9 @@ struct Inner {
     progress: Arc<Notify>,
     /// Set when the node hands leadership over: no more writes.
     handing_over: AtomicBool,
+    /// Cancelled when the HTTP server starts draining: fetches stop holding their long poll, so
+    /// the drain (and the lock's release) is not delayed by them.
+    draining: crate::shutdown::CancellationToken,
     /// The highest term a follower told us about, above ours (we are deposed).
     deposed_by: AtomicU64,
 }
@@ -208,6 +211,7 @@ impl Replication {
                 follower: Mutex::new(FollowerStatus::default()),
                 progress: Arc::new(Notify::new()),
                 handing_over: AtomicBool::new(false),
+                draining: crate::shutdown::CancellationToken::new(),
                 deposed_by: AtomicU64::new(0),
             }),
         }
@@ -415,6 +419,16 @@ impl Replication {
     /// Stop taking writes: the node hands leadership over.
     pub fn begin_handover(&self) {
         self.inner.handing_over.store(true, Ordering::Release);
+    }
+
+    /// The HTTP server drains: answer held fetches now and hold no new ones.
+    pub fn end_long_polls(&self) {
+        self.inner.draining.cancel();
+    }
+
+    /// Resolves once [`end_long_polls`](Self::end_long_polls) was called.
+    pub async fn draining(&self) {
+        self.inner.draining.cancelled().await;
     }
 
     /// Whether replication lets the leader of `term` take a write now.
