@@ -255,6 +255,90 @@ impl Writer {
         Ok(())
     }
 
+    /// Empty the log and make `start` its first and next offset (`LogStore::reset`). Crash-safe
+    /// by ordering: the new empty segment is created under a temporary name, the old segments
+    /// are deleted newest first (a crash leaves a shorter prefix of the old log, which a follower
+    /// resets again), then the new one is renamed into place and the directory synced.
+    pub(super) fn reset(&mut self, start: u64) -> Result<(), LogError> {
+        let dir = self.shared.config.dir.clone();
+        {
+            let state = self.shared.state.read();
+            if state.replicated && start < state.hw_reserved {
+                return Err(LogError::BelowHighWatermark {
+                    from: start,
+                    hw: state.hw_reserved,
+                });
+            }
+        }
+        let final_path = segment::log_path(&dir, start);
+        let tmp = dir.join(format!("{start:020}.log.reset-tmp"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| LogError::io("create segment", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| LogError::io("sync segment", &tmp, e))?;
+        let removed: Vec<Segment> = {
+            let mut state = self.shared.state.write();
+            // Readers reading without the lock discard what they read from here on.
+            state.rewrites += 1;
+            let removed = state.segments.drain(..).collect();
+            state.segments.push(Segment {
+                base: start,
+                path: final_path.clone(),
+                file: Arc::new(file),
+                end: start,
+                len: 0,
+                index: SparseIndex::default(),
+                last_term: None,
+                max_timestamp_ms: 0,
+                controls: Vec::new(),
+            });
+            state.start = start;
+            state.end = start;
+            state.durable = start;
+            state.last_term = None;
+            state.hw = state.hw.max(start);
+            state.hw_reserved = state.hw_reserved.max(start);
+            removed
+        };
+        for s in removed.iter().rev() {
+            for p in [
+                s.path.clone(),
+                segment::index_path(&dir, s.base),
+                segment::snapshot_path(&dir, s.base),
+            ] {
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(file = %p.display(), error = %e, "reset: could not delete");
+                    }
+                }
+            }
+        }
+        index::sync_dir(&dir)?;
+        fs::rename(&tmp, &final_path).map_err(|e| LogError::io("rename segment", &final_path, e))?;
+        index::sync_dir(&dir)?;
+        *self.shared.epochs.lock() = EpochCache::new();
+        self.save_epochs(Some(EpochCache::new()));
+        let expiry = self.shared.config.producer_id_expiry;
+        *self.shared.producers.lock() = crate::log::producer::Producers::new(expiry);
+        let segment = self.shared.state.read().segments[0].file.clone();
+        self.st.active = segment;
+        self.st.active_path = final_path;
+        self.st.written_len = 0;
+        self.st.next_offset = start;
+        self.st.last_term = None;
+        self.st.synced_len = 0;
+        self.st.synced_end = start;
+        self.shared.refresh_durable();
+        self.shared.refresh_visible();
+        tracing::warn!(start, "log emptied: it now starts at {start}");
+        Ok(())
+    }
+
     /// Recovery of a poisoned store: reopen the active segment through a fresh descriptor (the
     /// failed one's error state is not trusted), cut it to `len` bytes (offset `end`: what was
     /// durable, see `Repair::Tail`), make the cut durable, and re-verify from disk (cached pages

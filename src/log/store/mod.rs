@@ -200,6 +200,11 @@ enum Command {
         from: u64,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
+    /// Empty the log; `start` becomes its first offset.
+    Reset {
+        start: u64,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
     /// Delete old segments per the retention settings.
     Retention {
         reply: oneshot::Sender<Result<u64, LogError>>,
@@ -236,6 +241,7 @@ impl std::fmt::Debug for Command {
             Command::AppendFrames { .. } => "AppendFrames",
             Command::BeginTerm { .. } => "BeginTerm",
             Command::Truncate { .. } => "Truncate",
+            Command::Reset { .. } => "Reset",
             Command::Retention { .. } => "Retention",
             Command::Flush { .. } => "Flush",
             Command::Recover { .. } => "Recover",
@@ -479,6 +485,20 @@ impl LogStore {
     /// (committed records are never removed); I/O errors.
     pub async fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
         self.send(|reply| Command::Truncate { from, reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Empties the log and makes `start` its first (and next) offset: every segment, the epoch
+    /// cache and the producer table are dropped, the high watermark becomes `start`. For a
+    /// follower whose position is not in the leader's log (below the leader's first retained
+    /// offset, or diverging before its own): it then fetches from `start`. Durable on return.
+    ///
+    /// # Errors
+    /// [`LogError::BelowHighWatermark`] when records below the high watermark would be dropped
+    /// (`start` below it); I/O errors; [`LogError::Closed`].
+    pub async fn reset(&self, start: u64) -> Result<(), LogError> {
+        self.send(|reply| Command::Reset { start, reply })?
             .await
             .map_err(|_| LogError::Closed)?
     }

@@ -401,6 +401,13 @@ impl Writer {
                 }
                 let _ = reply.send(res);
             }
+            Command::Reset { start, reply } => {
+                let res = self
+                    .recover_now()
+                    .and_then(|()| self.drain())
+                    .and_then(|()| self.reset(start));
+                let _ = reply.send(res);
+            }
             Command::Retention { reply } => {
                 let _ = self.drain();
                 let _ = reply.send(Ok(self.retention()));
