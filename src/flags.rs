@@ -208,7 +208,11 @@ impl ReplicationArgs {
         if self.replica_lag_max.is_zero() {
             return Err("--replica-lag-max must be positive".into());
         }
-        if self.cluster_secret.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        if self
+            .cluster_secret
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
             return Err("--cluster-secret must not be empty (leave it unset instead)".into());
         }
         Ok(())

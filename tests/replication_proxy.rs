@@ -32,11 +32,17 @@ async fn origin() -> Origin {
             "/echo",
             get(|RawQuery(q): RawQuery, headers: HeaderMap| async move {
                 let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
-                let custom = headers.get("x-repl-test").and_then(|h| h.to_str().ok()).unwrap_or("");
+                let custom = headers
+                    .get("x-repl-test")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("");
                 let via_proxy = headers.contains_key("proxy-connection");
                 (
                     [("x-origin", "yes")],
-                    format!("query={} host={host} custom={custom} proxy-connection={via_proxy}", q.unwrap_or_default()),
+                    format!(
+                        "query={} host={host} custom={custom} proxy-connection={via_proxy}",
+                        q.unwrap_or_default()
+                    ),
                 )
             }),
         )
@@ -153,14 +159,21 @@ async fn cut_closes_open_and_new_connections_until_restored() {
     let refused = proxy.refused();
     for _ in 0..3 {
         let attempt = http.get(format!("{}/echo", origin.url)).send().await;
-        assert!(attempt.is_err(), "a request through a cut proxy fails: {attempt:?}");
+        assert!(
+            attempt.is_err(),
+            "a request through a cut proxy fails: {attempt:?}"
+        );
     }
     assert_eq!(proxy.forwarded(), forwarded, "nothing reached the origin");
     assert!(proxy.refused() > refused, "new connections were refused");
 
     proxy.restore();
     assert!(!proxy.is_cut());
-    let resp = http.get(format!("{}/echo?again", origin.url)).send().await.unwrap();
+    let resp = http
+        .get(format!("{}/echo?again", origin.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().starts_with("query=again "));
 }

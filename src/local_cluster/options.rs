@@ -244,7 +244,10 @@ mod tests {
             .nodes(3)
             .replication_proxy(1, "http://127.0.0.1:9")
             .node_env_for(2, "SIMPLELOGGERS_ACKS", "leader");
-        assert_eq!(options.node_extras(0), (vec!["--replicas".into(), "3".into()], vec![]));
+        assert_eq!(
+            options.node_extras(0),
+            (vec!["--replicas".into(), "3".into()], vec![])
+        );
         assert_eq!(
             options.node_extras(1).0,
             ["--replicas", "3", "--replication-proxy", "http://127.0.0.1:9"]

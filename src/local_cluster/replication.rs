@@ -120,13 +120,11 @@ impl LocalCluster {
     /// # Errors
     /// The node is not running, unreachable or answers badly.
     pub async fn status(&self, index: usize) -> Result<Value, LocalClusterError> {
-        let node = self
-            .nodes
-            .get(index)
-            .filter(|n| n.is_running())
-            .ok_or_else(|| LocalClusterError::NotRunning {
+        let node = self.nodes.get(index).filter(|n| n.is_running()).ok_or_else(|| {
+            LocalClusterError::NotRunning {
                 name: format!("node {index}"),
-            })?;
+            }
+        })?;
         let url = format!("{}/api/v1/status", node.url());
         let fail = |message: String| LocalClusterError::Http {
             url: url.clone(),
@@ -157,10 +155,10 @@ impl LocalCluster {
         })
     }
 
-    /// The `replication` status of every running node, by index (`None`: it did not answer).
-    pub async fn replications(&self) -> Vec<(usize, Option<ReplicationStatus>)> {
+    /// The `replication` status of each of `nodes`, by index (`None`: it did not answer).
+    pub async fn replications(&self, nodes: &[usize]) -> Vec<(usize, Option<ReplicationStatus>)> {
         let mut all = Vec::new();
-        for index in self.running() {
+        for &index in nodes {
             all.push((index, self.replication(index).await.ok()));
         }
         all
@@ -173,13 +171,31 @@ impl LocalCluster {
             .collect()
     }
 
-    /// Polls every running node's replication status until every one answers and `settled`
-    /// holds for the lot; answers those statuses, by index.
+    /// [`LocalCluster::wait_replication_on`] every running node.
+    ///
+    /// # Errors
+    /// As [`LocalCluster::wait_replication_on`].
+    pub async fn wait_replication<F>(
+        &self,
+        what: &str,
+        within: Duration,
+        settled: F,
+    ) -> Result<Vec<(usize, ReplicationStatus)>, LocalClusterError>
+    where
+        F: FnMut(&[(usize, ReplicationStatus)]) -> bool,
+    {
+        self.wait_replication_on(&self.running(), what, within, settled)
+            .await
+    }
+
+    /// Polls the replication status of `nodes` until every one answers and `settled` holds for
+    /// the lot; answers those statuses, by index. (A paused node answers nothing: leave it out.)
     ///
     /// # Errors
     /// [`LocalClusterError::Unsettled`] with the last statuses seen, after `within`.
-    pub async fn wait_replication<F>(
+    pub async fn wait_replication_on<F>(
         &self,
+        nodes: &[usize],
         what: &str,
         within: Duration,
         mut settled: F,
@@ -189,7 +205,7 @@ impl LocalCluster {
     {
         let deadline = Instant::now() + within;
         loop {
-            let all = self.replications().await;
+            let all = self.replications(nodes).await;
             let answered: Vec<(usize, ReplicationStatus)> =
                 all.iter().filter_map(|(i, s)| Some((*i, s.clone()?))).collect();
             if !all.is_empty() && answered.len() == all.len() && settled(&answered) {
@@ -211,10 +227,26 @@ impl LocalCluster {
     /// # Errors
     /// As [`LocalCluster::wait_replication`].
     pub async fn wait_isr(&self, names: &[&str], within: Duration) -> Result<(), LocalClusterError> {
+        self.wait_isr_on(&self.running(), names, within).await
+    }
+
+    /// Waits until each of `nodes` reports the in-sync set `names` (in any order).
+    ///
+    /// # Errors
+    /// As [`LocalCluster::wait_replication_on`].
+    pub async fn wait_isr_on(
+        &self,
+        nodes: &[usize],
+        names: &[&str],
+        within: Duration,
+    ) -> Result<(), LocalClusterError> {
         let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
-        self.wait_replication(&format!("in-sync set {want:?} on every node"), within, |all| {
-            all.iter().all(|(_, s)| s.isr_set() == want)
-        })
+        self.wait_replication_on(
+            nodes,
+            &format!("in-sync set {want:?} on {nodes:?}"),
+            within,
+            |all| all.iter().all(|(_, s)| s.isr_set() == want),
+        )
         .await
         .map(drop)
     }
@@ -223,7 +255,11 @@ impl LocalCluster {
     ///
     /// # Errors
     /// As [`LocalCluster::wait_replication`].
-    pub async fn wait_high_watermark(&self, at_least: u64, within: Duration) -> Result<(), LocalClusterError> {
+    pub async fn wait_high_watermark(
+        &self,
+        at_least: u64,
+        within: Duration,
+    ) -> Result<(), LocalClusterError> {
         self.wait_replication(
             &format!("high watermark >= {at_least} on every node"),
             within,

@@ -140,7 +140,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let conn_generation = generation.clone();
             let service = service_fn(move |req| forward(conn_shared.clone(), conn_generation.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = generation.cancelled() => {}
                 _ = conn => {}
@@ -152,7 +153,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// The proxy's own answer: `status` with a JSON error body.
 fn answer(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "code": "proxy", "error": message }).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -203,11 +208,21 @@ async fn forward(
     }
     let stream = match tokio::net::TcpStream::connect(authority.as_str()).await {
         Ok(s) => s,
-        Err(e) => return Ok(answer(StatusCode::BAD_GATEWAY, &format!("connect {authority}: {e}"))),
+        Err(e) => {
+            return Ok(answer(
+                StatusCode::BAD_GATEWAY,
+                &format!("connect {authority}: {e}"),
+            ))
+        }
     };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
         Ok(pair) => pair,
-        Err(e) => return Ok(answer(StatusCode::BAD_GATEWAY, &format!("handshake {authority}: {e}"))),
+        Err(e) => {
+            return Ok(answer(
+                StatusCode::BAD_GATEWAY,
+                &format!("handshake {authority}: {e}"),
+            ))
+        }
     };
     // The upstream connection ends with the answer's body, or at a cut.
     tokio::spawn(async move {
@@ -218,7 +233,12 @@ async fn forward(
     });
     let resp = match sender.send_request(req).await {
         Ok(r) => r,
-        Err(e) => return Ok(answer(StatusCode::BAD_GATEWAY, &format!("forward to {authority}: {e}"))),
+        Err(e) => {
+            return Ok(answer(
+                StatusCode::BAD_GATEWAY,
+                &format!("forward to {authority}: {e}"),
+            ))
+        }
     };
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
     let (mut parts, body) = resp.into_parts();
