@@ -1,7 +1,7 @@
 //! Replication (issue 11, `docs/replication.md`) with real node processes on loopback and the
 //! dev Consul: the in-sync set. A follower whose fetches are cut leaves it, cannot lead while
 //! out, and rejoins once caught up; `--min-insync` refuses writes (before storing them) and
-//! recovers; a node back with an empty disk catches up before it can be elected; Consul losing
+//! recovers, and the set never shrinks below it; a node back with an empty disk catches up before it can be elected; Consul losing
 //! its state loses no acknowledged message, and nobody leads until every replica reported.
 //! Fencing is in `replication_fencing.rs`, the 30 leader crashes in `replication_failover.rs`.
 
@@ -16,8 +16,8 @@ use std::{collections::BTreeSet, time::Duration};
 
 use cluster::{eventually, Cluster};
 use replication::{
-    always, assert_same_log, check_exactly_once, holds_lock, isr_key, messages, metric, never_leads,
-    start_with_proxies, wait_case, write, write_acked, Load, WAIT,
+    always, assert_same_log, check_exactly_once, holds_lock, isr_key, lock_holder_index, messages, metric,
+    never_leads, start_behind_proxies, start_with_proxies, wait_case, write, write_acked, Load, WAIT,
 };
 use simpleloggers::replication::isr::Member;
 
@@ -84,21 +84,19 @@ async fn cut_follower_leaves_isr_is_not_elected_and_rejoins() {
     }
 }
 
-/// With both followers down, the leader says writes are refused (`not_enough_replicas`), answers
-/// a write 503 naming the in-sync count and `--min-insync` without storing it, and counts the
-/// refusal; the in-sync set in Consul never drops below `--min-insync`. One follower back, the
-/// same batch is accepted; both back, every node holds exactly what was acknowledged.
+/// `--min-insync` 2 of 3, phase one: a leader whose in-sync set is smaller (the cluster's
+/// start, every follower's fetches cut) says in its status that writes are refused, answers a
+/// write 503 `not_enough_replicas` naming the in-sync count and the minimum, stores nothing, and
+/// counts the refusal; one follower caught up lifts it, and the same batch is then stored once.
+/// Phase two: the set never shrinks below 2, so with both followers down a write is not
+/// acknowledged (refused, or timed out: unknown) while the set keeps 2 members; one follower
+/// back, that batch retried is acknowledged, and every node holds each batch once.
 #[tokio::test]
 async fn min_insync_refuses_writes_and_recovers() {
     let _serial = SERIAL.lock().await;
-    let (mut c, _proxies, leader) = start_with_proxies(3, &[]).await;
+    let (mut c, proxies) = start_behind_proxies(3, &[], true).await;
+    let leader = lock_holder_index(&c).await;
     let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
-    write_acked(&c, &[leader], ("m", 0), &["before"], WAIT).await;
-    c.wait_hw(1, WAIT).await;
-    assert_eq!(c.repl(leader).await.min_insync, 2, "a majority of 3 by default");
-
-    c.node_mut(a).kill().await;
-    c.node_mut(b).kill().await;
     let refused = eventually(WAIT, || async {
         let status = c.replication(leader).await.ok()?;
         status
@@ -109,27 +107,22 @@ async fn min_insync_refuses_writes_and_recovers() {
     })
     .await
     .expect("the leader says it refuses writes (not_enough_replicas)");
-    let (status, body) = write(
-        &c,
-        leader,
-        Some(("m", 1)),
-        &["refused once"],
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("the leader answers");
+    assert_eq!(refused.min_insync, 2, "a majority of 3 by default");
+    assert_eq!(refused.isr, [c.name(leader)], "nobody caught up: {refused:#?}");
+    let (status, body) = write(&c, leader, Some(("m", 0)), &["first"], Duration::from_secs(20))
+        .await
+        .expect("the leader answers");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "not_enough_replicas", "{body}");
-    assert_eq!(body["min_insync"], 2, "{body}");
-    assert!(body["isr"].as_u64().is_some_and(|k| k < 2), "{body}");
-    let after = c.repl(leader).await;
     assert_eq!(
-        after.log_end, refused.log_end,
-        "a write refused before the append stores nothing"
+        (&body["isr"], &body["min_insync"]),
+        (&1.into(), &2.into()),
+        "{body}"
     );
-    assert!(
-        after.isr.len() >= 2,
-        "the in-sync set never drops below 2: {after:#?}"
+    assert_eq!(
+        c.repl(leader).await.log_end,
+        refused.log_end,
+        "a write refused before the append stores nothing"
     );
     let count = metric(
         &c,
@@ -140,8 +133,8 @@ async fn min_insync_refuses_writes_and_recovers() {
     .await;
     assert!(count.is_some_and(|n| n >= 1.0), "refusals are counted: {count:?}");
 
-    c.restart(a).await;
-    let ack = write_acked(&c, &[leader], ("m", 1), &["refused once"], WAIT).await;
+    proxies[a].restore();
+    let ack = write_acked(&c, &[leader], ("m", 0), &["first"], WAIT).await;
     assert_eq!(
         ack["duplicate"], false,
         "the refused batch had not been stored: {ack}"
@@ -160,11 +153,31 @@ async fn min_insync_refuses_writes_and_recovers() {
         "the refusal is lifted: {:#?}",
         c.repl(leader).await
     );
+    proxies[b].restore();
+    c.wait_isr(&[0, 1, 2], WAIT).await;
+
+    c.node_mut(a).kill().await;
+    c.node_mut(b).kill().await;
+    let (status, body) = write(&c, leader, Some(("m", 1)), &["second"], Duration::from_secs(30))
+        .await
+        .expect("the leader answers within 30 s");
+    assert_eq!(status, 503, "not acknowledged without a follower: {body}");
+    assert!(
+        body["code"] == "commit_timeout" || body["code"] == "not_enough_replicas",
+        "{body}"
+    );
+    let isr = isr_key(&c).await.expect("the ISR key");
+    assert!(
+        isr.members.len() >= 2 && isr.leader == c.name(leader),
+        "the set keeps --min-insync members: {isr:?}"
+    );
+    c.restart(a).await;
+    write_acked(&c, &[leader], ("m", 1), &["second"], WAIT).await;
     c.restart(b).await;
     c.wait_isr(&[0, 1, 2], WAIT).await;
     c.converge(WAIT).await;
     for (i, log) in c.logs().await {
-        assert_eq!(messages(&log), ["before", "refused once"], "{}", c.name(i));
+        assert_eq!(messages(&log), ["first", "second"], "{}", c.name(i));
     }
 }
 

@@ -25,12 +25,12 @@ pub struct MemberStatus {
     /// Its disk's incarnation (a UUID created with its data directory).
     #[serde(default)]
     pub incarnation: String,
-    /// Its durable log end as its last verified fetch told.
+    /// Its durable log end as its last verified fetch told (`None`: no fetch in this term).
     #[serde(default)]
-    pub log_end: u64,
-    /// How many records it is behind the leader's log end.
+    pub log_end: Option<u64>,
+    /// How many records it is behind the leader's log end (`None`: not known in this term).
     #[serde(default)]
-    pub lag_records: u64,
+    pub lag_records: Option<u64>,
     /// Whether the in-sync set in Consul lists it.
     #[serde(default)]
     pub in_isr: bool,

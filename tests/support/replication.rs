@@ -338,6 +338,16 @@ where
 /// going through a proxy of its own (index `i` for node `i`), and waits until one leads and
 /// every node is in sync. Answers the cluster, the proxies and the leader's index.
 pub async fn start_with_proxies(n: usize, extra: &[&str]) -> (Cluster, Vec<Proxy>, usize) {
+    let (c, proxies) = start_behind_proxies(n, extra, false).await;
+    let leader = c.wait_leader(WAIT).await;
+    c.wait_isr(&(0..n).collect::<Vec<_>>(), WAIT).await;
+    (c, proxies, leader)
+}
+
+/// Starts dev Consul and `n` nodes (`n0`..) with `extra` flags, each node's replication fetches
+/// going through a proxy of its own (index `i` for node `i`), cut from the start when `cut`;
+/// waits for nothing.
+pub async fn start_behind_proxies(n: usize, extra: &[&str], cut: bool) -> (Cluster, Vec<Proxy>) {
     let mut options = ClusterOptions::fast(crate::cluster::BIN)
         .nodes(n)
         .node_args(extra.iter().copied());
@@ -346,13 +356,24 @@ pub async fn start_with_proxies(n: usize, extra: &[&str]) -> (Cluster, Vec<Proxy
     let mut proxies = Vec::new();
     for i in 0..n {
         let proxy = Proxy::start().await;
+        if cut {
+            proxy.cut();
+        }
         options = options.replication_proxy(i, proxy.url());
         proxies.push(proxy);
     }
-    let c = Cluster::start_with(options).await;
-    let leader = c.wait_leader(WAIT).await;
-    c.wait_isr(&(0..n).collect::<Vec<_>>(), WAIT).await;
-    (c, proxies, leader)
+    (Cluster::start_with(options).await, proxies)
+}
+
+/// Waits until some node holds the election lock and answers its index (whether or not it is
+/// Ready: a leader refusing writes is not).
+pub async fn lock_holder_index(c: &Cluster) -> usize {
+    eventually(WAIT, || async {
+        let holder = c.lock_holder().await?;
+        (0..c.len()).find(|&i| c.name(i) == holder.record.name)
+    })
+    .await
+    .expect("a node takes the lock")
 }
 
 /// The ISR key as the dev Consul holds it (`None`: absent or unreadable).
