@@ -30,6 +30,10 @@ pub struct LeaderRecord {
     pub address: String,
     /// When it became leader (RFC 3339).
     pub since: String,
+    /// The leader's term (from the term key), written by replicated electors. Records written
+    /// before terms were kept in Consul lack it; then the lock's `LockIndex` stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 impl LeaderRecord {
@@ -39,12 +43,12 @@ impl LeaderRecord {
     }
 }
 
-/// A current leader: the record plus the lock's term (`LockIndex`).
+/// A current leader: the record plus its term.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CurrentLeader {
     /// What the leader wrote.
     pub record: LeaderRecord,
-    /// The fencing term: how many times the key has been acquired.
+    /// The fencing term: the record's `term`, or the lock's `LockIndex` for a record without one.
     pub term: u64,
     /// The session holding the lock.
     pub session: String,
@@ -55,10 +59,10 @@ pub struct CurrentLeader {
 pub fn leader_from_kv(pair: Option<&KvPair>) -> Option<CurrentLeader> {
     let pair = pair?;
     let session = pair.session.clone()?;
-    let record = serde_json::from_slice(&pair.value).ok()?;
+    let record: LeaderRecord = serde_json::from_slice(&pair.value).ok()?;
     Some(CurrentLeader {
+        term: record.term.unwrap_or(pair.lock_index),
         record,
-        term: pair.lock_index,
         session,
     })
 }
@@ -130,5 +134,20 @@ mod tests {
         );
         assert!(leader_from_kv(Some(&pair(Some("s"), b"garbage"))).is_none());
         assert!(leader_from_kv(None).is_none());
+    }
+
+    /// A record with a term names it; one without (an older node) falls back to `LockIndex`, and
+    /// the field is left out when absent so older readers see the record they know.
+    #[test]
+    fn term_from_record_or_lock_index() {
+        let with = br#"{"name":"n1","address":"a:1","since":"t","term":9}"#;
+        assert_eq!(leader_from_kv(Some(&pair(Some("s"), with))).unwrap().term, 9);
+        let without = br#"{"name":"n1","address":"a:1","since":"t"}"#;
+        let leader = leader_from_kv(Some(&pair(Some("s"), without))).unwrap();
+        assert_eq!((leader.term, leader.record.term), (3, None));
+        assert_eq!(
+            serde_json::to_value(&leader.record).unwrap(),
+            serde_json::json!({"name":"n1","address":"a:1","since":"t"})
+        );
     }
 }

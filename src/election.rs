@@ -1,9 +1,12 @@
 //! Leader election through Consul: a session bound to the node's own `/consul-check` (which fails
-//! while its log cannot append) and its agent's `serfHealth`, a KV lock acquired with it, a
-//! *lease* on the monotonic clock that decides whether this node may accept writes, and a *term
-//! fence*: a lock whose term is not above the log's last term is given back. The [`Elector`]
-//! publishes a [`LeaderState`] on a watch channel; the HTTP layer, the probes and the status page
-//! read it. See `docs/election.md` for why the lease is safe.
+//! while its log cannot append) and its agent's `serfHealth`, a KV lock taken with it in ONE
+//! transaction that also checks the ISR key and hands out the next term through the term key
+//! (`E/term`), and a *lease* on the monotonic clock that decides whether this node may accept
+//! writes. Who may contend is decided by [`bootstrap::decide`](crate::replication::bootstrap::decide)
+//! (normal, cluster start, Consul state loss, unclean, not in the ISR) from one read of the keys
+//! under the election key, including every node's report, which this module keeps current. The
+//! [`Elector`] publishes a [`LeaderState`] on a watch channel; the HTTP layer, the probes and the
+//! status page read it. See `docs/election.md` for why the lease is safe.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -13,17 +16,27 @@ use std::{
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
+pub use crate::replication::bootstrap::ElectionCase;
 use crate::{
     consul::{
-        Backoff, CheckDefinition, ConsulClient, ConsulError, ServiceCheckRef, ServiceRegistration,
-        SessionRequest, Watcher,
+        Backoff, CheckDefinition, ConsulClient, ConsulError, DeleteOptions, KvPair, QueryOptions,
+        ServiceCheckRef, ServiceRegistration, SessionRequest, TxnOutcome, Watcher,
     },
     discovery::{leader_from_kv, CurrentLeader, LeaderRecord},
+    replication::{
+        bootstrap::{self, Decision, Inputs, IsrView, Plan, TermView},
+        isr::{IsrHandle, IsrRecord, LocalReplica, Member, ReplicationKeys, Report, TermRecord},
+    },
     shutdown::CancellationToken,
 };
 
-/// How long one blocking query on the election key may wait.
+/// How long one blocking query on the election key (and the keys under it) may wait.
 const WATCH_WAIT: Duration = Duration::from_secs(30);
+/// A node rewrites its report at most this often (when its log changed).
+const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// ... and at least this often, so a report deleted by hand comes back (an unchanged rewrite by
+/// the same session changes nothing in Consul and wakes no watcher).
+const REPORT_REFRESH: Duration = Duration::from_secs(5);
 /// Consul's minimum for `DeregisterCriticalServiceAfter`: a crashed node leaves the catalog after it.
 const DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
 /// Bound on each step of a graceful resignation, so SIGTERM never hangs on a dead Consul.
@@ -158,13 +171,61 @@ impl Role {
     }
 }
 
+/// What the elector needs besides Consul: the replication settings and the local log.
+#[derive(Clone)]
+pub struct ReplicaSetup {
+    /// `--replicas`: how many nodes hold the log.
+    pub replicas: u32,
+    /// `--min-insync` (resolved: a majority unless given).
+    pub min_insync: u32,
+    /// `--unclean-leader-election`.
+    pub unclean_leader_election: bool,
+    /// The local log: its incarnation, last term and durable end (reported, and the floor of the
+    /// term this node leads in).
+    pub local: Arc<dyn LocalReplica>,
+}
+
+impl ReplicaSetup {
+    /// One replica (`--replicas 1`): the node starts the cluster alone and leads.
+    pub fn single(local: Arc<dyn LocalReplica>) -> Self {
+        Self {
+            replicas: 1,
+            min_insync: 1,
+            unclean_leader_election: false,
+            local,
+        }
+    }
+
+    /// This node as an ISR member.
+    fn member(&self, name: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            incarnation: self.local.incarnation(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ReplicaSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaSetup")
+            .field("replicas", &self.replicas)
+            .field("min_insync", &self.min_insync)
+            .field("unclean_leader_election", &self.unclean_leader_election)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A snapshot of the election as this node sees it.
 #[derive(Clone, Debug)]
 pub struct LeaderState {
     /// This node's role.
     pub role: Role,
-    /// Our term while leader; otherwise the term of the leader we know of (0: none).
+    /// Our term while leader (handed out by the term key when we took the lock); otherwise the
+    /// term of the leader we know of (0: none).
     pub term: u64,
+    /// While leading: the case this term was won in. Otherwise: the case this node is in now
+    /// (`not_in_isr`, waiting for reports after a Consul state loss, ...).
+    pub case: ElectionCase,
     /// The current leader as the election key names it (ourselves when leading).
     pub leader: Option<LeaderRecord>,
     /// Until when we may accept writes (leader only).
@@ -197,6 +258,7 @@ impl LeaderState {
         Self {
             role: Role::Starting,
             term: 0,
+            case: ElectionCase::Normal,
             leader: None,
             lease_until: None,
             session: None,
@@ -250,6 +312,10 @@ struct Core {
     lease_until: Option<Instant>,
     /// The term while the election key shows our session.
     holding: Option<u64>,
+    /// The case the held term was won in.
+    won_case: ElectionCase,
+    /// The case as last decided (shown while not leading).
+    case: ElectionCase,
     /// The leader as the key shows it.
     leader: Option<CurrentLeader>,
     consul_reachable: bool,
@@ -277,6 +343,11 @@ impl Core {
         LeaderState {
             role,
             term,
+            case: if role == Role::Leader {
+                self.won_case.clone()
+            } else {
+                self.case.clone()
+            },
             leader: self.leader.as_ref().map(|l| l.record.clone()),
             lease_until: if role == Role::Leader {
                 self.lease_until
@@ -296,18 +367,21 @@ impl Core {
     }
 }
 
-/// The log's last term, read when a lock is acquired (see [`Elector::start_fenced`]).
-type TermFloor = Box<dyn Fn() -> Option<u64> + Send + Sync>;
-
 struct Shared {
     consul: ConsulClient,
     config: ElectionConfig,
-    /// The log's last term: a lock acquired with a term not above it is released again.
-    term_floor: TermFloor,
+    /// `E`, `E/term`, `E/isr`, `E/reports/`.
+    keys: ReplicationKeys,
+    /// Replication settings and the local log.
+    setup: ReplicaSetup,
+    /// Follows `E/isr`; handed to replication.
+    isr: IsrHandle,
     core: Mutex<Core>,
     state: watch::Sender<LeaderState>,
     /// Wakes the lock loop when a session appears or is lost.
     session_changed: Notify,
+    /// Wakes the report keeper when a session appears.
+    report_now: Notify,
     /// Stops both background loops.
     stop: CancellationToken,
 }
@@ -337,6 +411,7 @@ impl Shared {
             }
             let modified = next.role != state.role
                 || next.term != state.term
+                || next.case != state.case
                 || next.leader != state.leader
                 || next.lease_until != state.lease_until
                 || next.session != state.session
@@ -347,11 +422,24 @@ impl Shared {
         });
     }
 
-    fn our_record(&self) -> LeaderRecord {
+    fn our_record(&self, term: Option<u64>) -> LeaderRecord {
         LeaderRecord {
             name: self.config.name.clone(),
             address: self.config.advertise_addr.clone(),
             since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            term,
+        }
+    }
+
+    /// This node's report as of now.
+    fn own_report(&self) -> Report {
+        let local = &self.setup.local;
+        Report {
+            name: self.config.name.clone(),
+            incarnation: local.incarnation(),
+            last_term: local.last_term(),
+            log_end: local.log_end(),
+            address: self.config.advertise_addr.clone(),
         }
     }
 }
@@ -363,30 +451,27 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// Starts registering, creating a session and contending for the lock in the background,
-    /// with no log to fence against (every term is accepted).
-    pub fn start(consul: ConsulClient, config: ElectionConfig) -> Self {
-        Self::start_fenced(consul, config, || None)
-    }
-
-    /// Like [`Elector::start`], but a lock acquired in a term not above `last_term()` (the log's
-    /// last term) is released at once instead of led: the log would refuse every write in that
-    /// term. This happens when Consul's state was lost and `LockIndex` restarted; each acquire
-    /// raises `LockIndex` by one, so contending again soon yields a term above the log's.
-    pub fn start_fenced(
-        consul: ConsulClient,
-        config: ElectionConfig,
-        last_term: impl Fn() -> Option<u64> + Send + Sync + 'static,
-    ) -> Self {
+    /// Starts registering, creating a session, keeping this node's report current and contending
+    /// for the lock in the background, as [`ReplicaSetup`] and the keys under the election key
+    /// allow (see [`bootstrap::decide`]). A won term is `max(log's last term, term key, ...) + 1`,
+    /// handed out atomically with the lock, so it is above every term the log holds even after
+    /// Consul lost its state.
+    pub fn start_replicated(consul: ConsulClient, config: ElectionConfig, setup: ReplicaSetup) -> Self {
         let (state, _) = watch::channel(LeaderState::initial());
+        let stop = CancellationToken::new();
+        let isr = IsrHandle::start(consul.clone(), &config.election_key, stop.child_token());
         let shared = Arc::new(Shared {
             consul: consul.with_timeout(config.renew_timeout()),
+            keys: ReplicationKeys::new(&config.election_key),
             config,
-            term_floor: Box::new(last_term),
+            setup,
+            isr,
             core: Mutex::new(Core {
                 session: None,
                 lease_until: None,
                 holding: None,
+                won_case: ElectionCase::Normal,
+                case: ElectionCase::Normal,
                 leader: None,
                 consul_reachable: false,
                 stopping: false,
@@ -394,12 +479,19 @@ impl Elector {
             }),
             state,
             session_changed: Notify::new(),
-            stop: CancellationToken::new(),
+            report_now: Notify::new(),
+            stop,
         });
         tokio::spawn(keep_session(shared.clone()));
+        tokio::spawn(keep_report(shared.clone()));
         tokio::spawn(contend(shared.clone()));
         tokio::spawn(watch_lease(shared.clone()));
         Self { shared }
+    }
+
+    /// The ISR key, followed with blocking queries; changed only through this node's session.
+    pub fn isr(&self) -> IsrHandle {
+        self.shared.isr.clone()
     }
 
     /// A receiver of every published state.
@@ -453,7 +545,7 @@ impl Elector {
         let consul = shared.consul.with_timeout(RESIGN_STEP_TIMEOUT);
         if let Some(session) = &session {
             if held {
-                let value = serde_json::to_vec(&shared.our_record()).unwrap_or_default();
+                let value = serde_json::to_vec(&shared.our_record(None)).unwrap_or_default();
                 match consul
                     .kv_release(&shared.config.election_key, session, value)
                     .await
@@ -462,6 +554,11 @@ impl Elector {
                     Ok(false) => tracing::warn!("the leader lock was no longer ours to release"),
                     Err(err) => tracing::warn!(%err, "could not release the leader lock"),
                 }
+            }
+            // Deleted before the session goes, so no lock-delay is left on it for our next start.
+            let report = shared.keys.report(&shared.config.name);
+            if let Err(err) = consul.kv_delete(&report, &DeleteOptions::default()).await {
+                tracing::debug!(%err, "could not delete our report");
             }
             if let Err(err) = consul.session_destroy(session).await {
                 tracing::warn!(%err, "could not destroy the session");
@@ -500,6 +597,7 @@ async fn keep_session(shared: Arc<Shared>) {
                         core.reason = "session created; contending for the lock".into();
                     });
                     shared.session_changed.notify_one();
+                    shared.report_now.notify_one();
                 }
                 Err(err) => {
                     tracing::warn!(%err, "cannot create a Consul session yet; retrying");
@@ -616,12 +714,75 @@ fn split_host_port(addr: &str) -> (String, Option<u16>) {
     }
 }
 
-/// Follows the election key with blocking queries and acquires it when it is free.
+/// One read of every key under the election key: the lock, the term key, the ISR key and the
+/// live reports.
+struct View {
+    /// `E`.
+    election: Option<KvPair>,
+    /// `E/term`, decoded.
+    term: TermView,
+    /// `E/term`'s value when it is a term record.
+    term_record: Option<TermRecord>,
+    /// `E/isr`: absent (`Ok(None)`), present, or not an ISR (`Err`).
+    isr: Result<Option<IsrRecord>, ()>,
+    /// Reports whose key a session holds.
+    reports: Vec<Report>,
+}
+
+impl View {
+    fn parse(keys: &ReplicationKeys, pairs: Vec<KvPair>) -> Self {
+        let mut view = View {
+            election: None,
+            term: TermView::Absent,
+            term_record: None,
+            isr: Ok(None),
+            reports: Vec::new(),
+        };
+        for pair in pairs {
+            if pair.key == keys.election {
+                view.election = Some(pair);
+            } else if pair.key == keys.term {
+                match serde_json::from_slice::<TermRecord>(&pair.value) {
+                    Ok(record) => {
+                        view.term = TermView::Present {
+                            term: record.term,
+                            index: pair.modify_index,
+                        };
+                        view.term_record = Some(record);
+                    }
+                    Err(_) => view.term = TermView::Unreadable,
+                }
+            } else if pair.key == keys.isr {
+                view.isr = IsrRecord::from_kv(Some(&pair)).map_err(|_| ());
+            } else if pair.key.starts_with(&keys.reports) && pair.session.is_some() {
+                match serde_json::from_slice::<Report>(&pair.value) {
+                    Ok(report) => view.reports.push(report),
+                    Err(err) => tracing::debug!(key = %pair.key, %err, "ignoring an unreadable report"),
+                }
+            }
+        }
+        view
+    }
+
+    /// The current leader: its term from the term key when the term key names the holding
+    /// session, else from its record (or `LockIndex` for a record without a term).
+    fn leader(&self) -> Option<CurrentLeader> {
+        let mut leader = leader_from_kv(self.election.as_ref())?;
+        if let Some(record) = self.term_record.as_ref().filter(|r| r.session == leader.session) {
+            leader.term = record.term;
+        }
+        Some(leader)
+    }
+}
+
+/// Follows the election key and the keys under it with blocking queries and, when the lock is
+/// free and [`bootstrap::decide`] says this node may, contends with one transaction.
 async fn contend(shared: Arc<Shared>) {
     let config = &shared.config;
-    let mut watcher = Watcher::new(WATCH_WAIT);
-    // Locks given back in a row because their term was not above the log's (logged once).
-    let mut refused = 0u64;
+    let keys = &shared.keys;
+    let mut watcher = Watcher::new(WATCH_WAIT).consistent();
+    // The last wait/defer reason logged, so each is logged once.
+    let mut logged = String::new();
     loop {
         let session = shared.core().session.clone();
         let Some(session) = session else {
@@ -635,12 +796,12 @@ async fn contend(shared: Arc<Shared>) {
             _ = shared.session_changed.notified() => { watcher.reset(); continue; }
             fetched = watcher.next(|opts| {
                 let consul = shared.consul.clone().with_timeout(Duration::from_secs(5));
-                let key = config.election_key.clone();
-                async move { consul.kv_get(&key, &opts).await }
+                let prefix = keys.election.clone();
+                async move { consul.kv_list(&prefix, &opts).await }
             }) => fetched,
         };
-        let pair = match fetched {
-            Ok(pair) => pair,
+        let view = match fetched {
+            Ok(pairs) => View::parse(keys, pairs),
             Err(err) => {
                 tracing::debug!(%err, "watch of the election key failed");
                 shared.update(|core| {
@@ -650,33 +811,36 @@ async fn contend(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let holder = pair.as_ref().and_then(|p| p.session.clone());
-        let leader = leader_from_kv(pair.as_ref());
+        let holder = view.election.as_ref().and_then(|p| p.session.clone());
+        let leader = view.leader();
         if holder.as_deref() == Some(session.as_str()) {
-            let term = pair.as_ref().map_or(0, |p| p.lock_index);
-            let new_term = shared.core().holding != Some(term);
-            if let Some(last) = (shared.term_floor)().filter(|last| new_term && term <= *last) {
-                refuse_term(&shared, &session, term, last, refused).await;
-                refused += 1;
+            if shared.core().holding.is_none() && !adopt(&shared, &session, &view).await {
                 watcher.reset();
                 continue;
             }
-            if refused > 0 {
-                tracing::info!(
-                    term,
-                    refused,
-                    "leading after giving back locks whose term the log was past"
-                );
-                refused = 0;
-            }
             shared.update(|core| {
-                core.holding = Some(term);
                 core.leader = leader;
                 core.consul_reachable = true;
                 core.reason = "holds the lock".into();
             });
             continue;
         }
+        let own = shared.setup.member(&config.name);
+        let isr = match &view.isr {
+            Ok(Some(record)) => IsrView::Present(record),
+            Ok(None) => IsrView::Absent,
+            Err(()) => IsrView::Unreadable,
+        };
+        let decision = bootstrap::decide(&Inputs {
+            own: &own,
+            own_last_term: shared.setup.local.last_term(),
+            isr,
+            term_key: view.term,
+            reports: &view.reports,
+            replicas: shared.setup.replicas,
+            min_insync: shared.setup.min_insync,
+            unclean: shared.setup.unclean_leader_election,
+        });
         shared.update(|core| {
             if core.holding.is_some() {
                 tracing::warn!(holder = ?holder, "the election key no longer shows our session: stepping down");
@@ -684,71 +848,134 @@ async fn contend(shared: Arc<Shared>) {
             core.holding = None;
             core.leader = leader.clone();
             core.consul_reachable = true;
-            core.reason = match &leader {
-                Some(l) => format!("{} leads in term {}", l.record.name, l.term),
-                None => "no leader; contending".into(),
+            core.case = decision.case().clone();
+            core.reason = match (&leader, &decision) {
+                (Some(l), _) => format!("{} leads in term {}", l.record.name, l.term),
+                (None, Decision::Contend(_)) => "no leader; contending".into(),
+                (None, Decision::Defer { contender, case }) => {
+                    format!("no leader; {contender} is to contend ({})", case.as_str())
+                }
+                (None, Decision::Wait { reason, .. }) => format!("no leader; {reason}"),
             };
         });
         if holder.is_some() {
             continue;
         }
-        // Nobody holds the key: try to take it.
-        let value = match serde_json::to_vec(&shared.our_record()) {
-            Ok(v) => v,
-            Err(err) => {
-                tracing::error!(%err, "cannot encode the leader record");
+        let plan = match decision {
+            Decision::Contend(plan) => plan,
+            Decision::Defer { contender, case } => {
+                let line = format!("{contender} is to contend ({})", case.as_str());
+                if logged != line {
+                    tracing::info!(
+                        contender,
+                        case = case.as_str(),
+                        "no leader; another node is to contend"
+                    );
+                    logged = line;
+                }
+                continue;
+            }
+            Decision::Wait { case, reason } => {
+                if logged != reason {
+                    tracing::info!(case = case.as_str(), %reason, "no leader, and this node may not contend yet");
+                    logged = reason;
+                }
                 continue;
             }
         };
-        let sent = Instant::now();
-        match shared
-            .consul
-            .kv_acquire(&config.election_key, &session, value)
-            .await
-        {
-            Ok(true) => {
-                shared.update(|core| {
-                    let until = sent + config.lock_delay - config.lease_margin;
-                    core.lease_until = Some(core.lease_until.map_or(until, |u| u.max(until)));
-                });
-                // The term is the LockIndex read back; the next (immediate) read sets it.
-                watcher.reset();
-            }
-            Ok(false) => {
-                // Lost a race or a lock-delay is in force: nothing will wake a blocking query,
-                // so look again shortly.
-                sleep_or_stop(&shared, config.acquire_retry).await;
-                watcher.reset();
-            }
-            Err(err) => {
-                tracing::debug!(%err, "acquire failed");
-                if err.is_unavailable() {
-                    // An invalid session answers 500 too: let the keeper find out with a renewal.
-                    sleep_or_stop(&shared, config.acquire_retry).await;
-                }
-                watcher.reset();
-            }
+        logged.clear();
+        if !try_plan(&shared, &session, plan).await {
+            // Lost a race, the ISR changed, or a lock-delay is in force: nothing may wake a
+            // blocking query in the last case, so look again shortly.
+            sleep_or_stop(&shared, config.acquire_retry).await;
+            watcher.reset();
         }
     }
 }
 
-/// Gives back a lock acquired in `term`, which the log (already at `last`) would refuse writes in:
-/// the next acquire, by any node, gets a higher `LockIndex`.
-async fn refuse_term(shared: &Shared, session: &str, term: u64, last: u64, refused_before: u64) {
-    let reason = format!(
-        "acquired the lock in term {term}, but the log already holds term {last} \
-         (Consul's state was reset?): giving it back until the term is higher"
-    );
-    if refused_before == 0 {
-        tracing::warn!(term, log_last_term = last, "{reason}");
-    } else {
-        tracing::debug!(term, log_last_term = last, "{reason}");
+/// Sends the contend transaction of `plan`; true when it committed (we lead in `plan.term`).
+async fn try_plan(shared: &Shared, session: &str, plan: Plan) -> bool {
+    let config = &shared.config;
+    let record = shared.our_record(Some(plan.term));
+    let term_record = TermRecord {
+        term: plan.term,
+        name: config.name.clone(),
+        session: session.to_string(),
+    };
+    let ops = match (serde_json::to_vec(&record), serde_json::to_vec(&term_record)) {
+        (Ok(leader_value), Ok(term_value)) => plan.ops(&shared.keys, session, leader_value, term_value),
+        (Err(err), _) | (_, Err(err)) => Err(err),
+    };
+    let ops = match ops {
+        Ok(ops) => ops,
+        Err(err) => {
+            tracing::error!(%err, "cannot encode the contend transaction");
+            return false;
+        }
+    };
+    let sent = Instant::now();
+    match shared.consul.txn(&ops).await {
+        Ok(TxnOutcome::Committed(_)) => {
+            match plan.case {
+                ElectionCase::Unclean => tracing::error!(
+                    term = plan.term,
+                    "unclean leader election (--unclean-leader-election): leading without every \
+                     replica's report; acknowledged messages may be lost"
+                ),
+                ElectionCase::Normal => {}
+                ref case => tracing::info!(
+                    term = plan.term,
+                    case = case.as_str(),
+                    "created the in-sync set with this node alone"
+                ),
+            }
+            shared.update(|core| {
+                let until = sent + config.lock_delay - config.lease_margin;
+                core.lease_until = Some(core.lease_until.map_or(until, |u| u.max(until)));
+                core.holding = Some(plan.term);
+                core.won_case = plan.case.clone();
+                core.leader = Some(CurrentLeader {
+                    record,
+                    term: plan.term,
+                    session: session.to_string(),
+                });
+                core.consul_reachable = true;
+                core.reason = "holds the lock".into();
+            });
+            true
+        }
+        Ok(TxnOutcome::RolledBack(errors)) => {
+            tracing::debug!(?errors, term = plan.term, "contend transaction rolled back");
+            false
+        }
+        Err(err) => {
+            // An invalid session answers 409/500 too: the keeper finds out with a renewal.
+            tracing::debug!(%err, "contend transaction failed");
+            false
+        }
     }
-    shared.update(|core| {
-        core.holding = None;
-        core.reason = reason;
-    });
-    let value = serde_json::to_vec(&shared.our_record()).unwrap_or_default();
+}
+
+/// The key shows our session although no transaction of ours was seen to commit (its answer was
+/// lost): lead in the term the term key gives our session, or give back a lock that has none.
+/// True when the lock is adopted.
+async fn adopt(shared: &Shared, session: &str, view: &View) -> bool {
+    if let Some(record) = view.term_record.as_ref().filter(|r| r.session == session) {
+        tracing::info!(
+            term = record.term,
+            "the election key shows our session: leading in the term the term key gives it"
+        );
+        // The lease is what the session's renewals (and earlier transactions) earned: each
+        // proves the session alive when it was sent, whenever the lock was taken.
+        let term = record.term;
+        shared.update(|core| {
+            core.holding = Some(term);
+            core.won_case = core.case.clone();
+        });
+        return true;
+    }
+    tracing::warn!("the election key shows our session without a term of ours: giving the lock back");
+    let value = serde_json::to_vec(&shared.our_record(None)).unwrap_or_default();
     match shared
         .consul
         .kv_release(&shared.config.election_key, session, value)
@@ -761,6 +988,57 @@ async fn refuse_term(shared: &Shared, session: &str, term: u64, last: u64, refus
             sleep_or_stop(shared, shared.config.acquire_retry).await;
         }
     }
+    false
+}
+
+/// Keeps `E/reports/<name>` current: acquired with our session (so it counts only while we are
+/// alive), rewritten when the log's last term or end changed, at most every [`REPORT_INTERVAL`].
+async fn keep_report(shared: Arc<Shared>) {
+    let key = shared.keys.report(&shared.config.name);
+    let mut ticker = tokio::time::interval(REPORT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written: Option<(String, Report, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = ticker.tick() => {}
+            _ = shared.report_now.notified() => {}
+        }
+        let Some(session) = shared.core().session.clone() else {
+            written = None;
+            continue;
+        };
+        let report = shared.own_report();
+        if written
+            .as_ref()
+            .is_some_and(|(s, r, at)| *s == session && *r == report && at.elapsed() < REPORT_REFRESH)
+        {
+            continue;
+        }
+        let value = match serde_json::to_vec(&report) {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::error!(%err, "cannot encode our report");
+                continue;
+            }
+        };
+        match shared.consul.kv_acquire(&key, &session, value).await {
+            Ok(true) => written = Some((session, report, Instant::now())),
+            // A lock-delay left by a previous session of ours, or that session still holds it.
+            Ok(false) => tracing::debug!(key, "cannot take our report key yet; retrying"),
+            Err(err) => tracing::debug!(%err, key, "writing our report failed; retrying"),
+        }
+    }
+}
+
+/// Reads the keys under the election key once (for tests and `status`).
+///
+/// # Errors
+/// Consul could not be read.
+pub async fn read_reports(consul: &ConsulClient, election_key: &str) -> Result<Vec<Report>, ConsulError> {
+    let keys = ReplicationKeys::new(election_key);
+    let (pairs, _) = consul.kv_list(&keys.reports, &QueryOptions::default()).await?;
+    Ok(View::parse(&keys, pairs).reports)
 }
 
 /// Republishes the state when the lease lapses, so the role follows the clock even when no
@@ -803,6 +1081,8 @@ mod tests {
             session: Some("s".into()),
             lease_until: None,
             holding: None,
+            won_case: ElectionCase::Normal,
+            case: ElectionCase::Normal,
             leader: None,
             consul_reachable: true,
             stopping: false,

@@ -172,6 +172,11 @@ pub struct ReplicationArgs {
     /// for every replica. Can lose acknowledged messages; for an operator, on purpose.
     #[arg(long, env = "SIMPLELOGGERS_UNCLEAN_LEADER_ELECTION")]
     pub unclean_leader_election: bool,
+    /// Test hook: send every replication request (the follower's fetches) through this HTTP
+    /// forward proxy, so tests can cut one follower off. Unset: no proxy at all, whatever
+    /// `HTTP_PROXY` says. Never set in production.
+    #[arg(long, env = "SIMPLELOGGERS_REPLICATION_PROXY", hide = true)]
+    pub replication_proxy: Option<String>,
 }
 
 impl Default for ReplicationArgs {
@@ -183,6 +188,7 @@ impl Default for ReplicationArgs {
             replica_lag_max: DEFAULT_REPLICA_LAG_MAX,
             cluster_secret: None,
             unclean_leader_election: false,
+            replication_proxy: None,
         }
     }
 }

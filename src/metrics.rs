@@ -58,6 +58,20 @@ pub struct OpLabels {
     pub op: String,
 }
 
+/// Labels of a per-follower replication metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    /// The follower's node name (bounded by the cluster's size).
+    pub member: String,
+}
+
+/// Labels of an ISR change.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// `shrink` or `expand`.
+    pub change: &'static str,
+}
+
 /// Every metric a node exports. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -90,6 +104,20 @@ pub struct Metrics {
     pub consul_errors: Family<ErrorLabels, Counter>,
     /// Consul request latency by operation.
     pub consul_seconds: Family<OpLabels, Histogram>,
+    /// The high watermark this node exposes (one past the last committed record).
+    pub replication_high_watermark: Gauge,
+    /// Members of the in-sync replica set, as this node knows it.
+    pub replication_isr_members: Gauge,
+    /// Records each follower is behind the leader's log end (leader only).
+    pub replication_follower_lag_records: Family<MemberLabels, Gauge>,
+    /// ISR changes this node made as leader, by kind (members removed or added).
+    pub replication_isr_changes: Family<ChangeLabels, Counter>,
+    /// Suffix truncations this node made as a follower (the truncation rule).
+    pub replication_truncations: Counter,
+    /// Truncations refused because they would remove records below the high watermark.
+    pub replication_truncation_refusals: Counter,
+    /// Writes refused by this node as leader, by reason (`not_enough_replicas`, ...).
+    pub writes_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +151,13 @@ impl Metrics {
                     0.000_1, 2.0, 18,
                 ))
             }),
+            replication_high_watermark: Gauge::default(),
+            replication_isr_members: Gauge::default(),
+            replication_follower_lag_records: Family::default(),
+            replication_isr_changes: Family::default(),
+            replication_truncations: Counter::default(),
+            replication_truncation_refusals: Counter::default(),
+            writes_refused: Family::default(),
         };
         registry.register(
             "is_leader",
@@ -194,6 +229,41 @@ impl Metrics {
             "Consul request latency by operation (blocking queries included)",
             m.consul_seconds.clone(),
         );
+        registry.register(
+            "replication_high_watermark",
+            "High watermark: one past the last committed record",
+            m.replication_high_watermark.clone(),
+        );
+        registry.register(
+            "replication_isr_members",
+            "Members of the in-sync replica set",
+            m.replication_isr_members.clone(),
+        );
+        registry.register(
+            "replication_follower_lag_records",
+            "Records a follower is behind the leader's log end (leader only)",
+            m.replication_follower_lag_records.clone(),
+        );
+        registry.register(
+            "replication_isr_changes",
+            "Changes of the in-sync replica set made by this node as leader",
+            m.replication_isr_changes.clone(),
+        );
+        registry.register(
+            "replication_truncations",
+            "Suffix truncations made by the follower's truncation rule",
+            m.replication_truncations.clone(),
+        );
+        registry.register(
+            "replication_truncation_refusals",
+            "Truncations refused because they would remove records below the high watermark",
+            m.replication_truncation_refusals.clone(),
+        );
+        registry.register(
+            "writes_refused",
+            "Writes refused by the leader, by reason",
+            m.writes_refused.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             ..m
@@ -225,6 +295,33 @@ impl Metrics {
                     .inc();
             }
         })
+    }
+
+    /// Counts `n` members removed from the ISR.
+    pub fn isr_shrink(&self, n: u64) {
+        if n > 0 {
+            self.replication_isr_changes
+                .get_or_create(&ChangeLabels { change: "shrink" })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts `n` members added to the ISR.
+    pub fn isr_expand(&self, n: u64) {
+        if n > 0 {
+            self.replication_isr_changes
+                .get_or_create(&ChangeLabels { change: "expand" })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a write refused for `reason` (a stable code such as `not_enough_replicas`).
+    pub fn write_refused(&self, reason: &str) {
+        self.writes_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// The text exposition of every metric.

@@ -31,6 +31,7 @@ async fn follows_acquire_and_release() {
             name: format!("n{round}"),
             address: "127.0.0.1:1".into(),
             since: "t".into(),
+            term: None,
         };
         let value = serde_json::to_vec(&record).unwrap();
         assert!(client.kv_acquire(KEY, &session, value.clone()).await.unwrap());

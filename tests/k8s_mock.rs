@@ -113,11 +113,13 @@ fn sts_json(update_revision: &str) -> Value {
 fn leader_state(name: &str, term: u64) -> LeaderState {
     LeaderState {
         role: Role::Leader,
+        case: simpleloggers::election::ElectionCase::Normal,
         term,
         leader: Some(LeaderRecord {
             name: name.into(),
             address: "10.1.0.7:3000".into(),
             since: "2026-11-25T12:00:00Z".into(),
+            term: None,
         }),
         lease_until: None,
         session: Some("sess".into()),

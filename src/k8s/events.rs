@@ -80,6 +80,7 @@ mod tests {
     fn state(role: Role, term: u64, reason: &str) -> LeaderState {
         LeaderState {
             role,
+            case: crate::election::ElectionCase::Normal,
             term,
             leader: None,
             lease_until: None,

@@ -145,11 +145,13 @@ mod tests {
     fn leader_state() -> LeaderState {
         LeaderState {
             role: Role::Leader,
+            case: crate::election::ElectionCase::Normal,
             term: 12,
             leader: Some(LeaderRecord {
                 name: "sl-1".into(),
                 address: "10.0.0.2:3000".into(),
                 since: "2026-11-25T10:00:00Z".into(),
+                term: None,
             }),
             lease_until: None,
             session: Some("s".into()),

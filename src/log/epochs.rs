@@ -185,6 +185,7 @@ fn term_in_log(segments: &[Segment], offset: u64) -> Result<u64, LogError> {
         max_bytes: usize::MAX,
         bytes: 0,
         out: Vec::new(),
+        skip_control: false, // a term-start record has its term like any other
     };
     segments[i].view(offset).read_into(&mut cursor)?;
     cursor

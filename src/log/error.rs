@@ -108,6 +108,15 @@ pub enum LogError {
         /// First retained offset.
         start: u64,
     },
+    /// `truncate_suffix` below the high watermark of a replicated log: those records are
+    /// committed (readers may have seen them) and are never removed automatically.
+    #[error("cannot truncate from {from}: records below the high watermark {hw} are committed")]
+    BelowHighWatermark {
+        /// The requested truncation point.
+        from: u64,
+        /// The high watermark (as persisted or being persisted).
+        hw: u64,
+    },
     /// The store is poisoned: a write or sync failed, and appends are refused until the active
     /// segment has been reopened and its tail re-verified from disk (the store retries by itself).
     /// Nothing was stored; retriable.
@@ -230,6 +239,7 @@ impl LogError {
                 from: *from,
                 start: *start,
             },
+            LogError::BelowHighWatermark { from, hw } => LogError::BelowHighWatermark { from: *from, hw: *hw },
             LogError::Poisoned { reason } => LogError::Poisoned {
                 reason: reason.clone(),
             },

@@ -69,6 +69,10 @@ pub struct SegmentMeta {
     pub max_timestamp_ms: u64,
     /// The sparse index.
     pub index: SparseIndex,
+    /// Offsets of the segment's control records (absent in indexes written before they existed,
+    /// whose segments have none).
+    #[serde(default)]
+    pub controls: Vec<u64>,
 }
 
 /// What `<base>.snapshot` records: the last term just before the segment's first record, and the

@@ -7,6 +7,9 @@
 //! - [`epochs`]: the epoch cache (term → first offset), persisted and verified on open; what
 //!   replication's truncation by epoch asks.
 //! - `index`: the sparse offset index and the `.index` / `.snapshot` side files.
+//! - `hw`: the persisted high watermark (`hw.checkpoint`) of a replicated log.
+//! - `incarnation`: the data directory's UUID (`incarnation`), created once with it.
+//! - `frames`: verification of frames fetched from a leader before they are appended as they are.
 //! - `producer`: per-producer sequence history for idempotent retries, gap refusal, expiry.
 //! - `recovery`: opening a directory: torn-tail repair, corruption refusal, state rebuild.
 //! - [`store`]: [`LogStore`], the handle, and the state it shares with its writer thread;
@@ -17,12 +20,16 @@
 //!
 //! # Tailing
 //! Read from your offset until the returned list is empty, then `wait_for(next).await` (or
-//! `subscribe()` and `changed().await`) and read again.
+//! `subscribe()` and `changed().await`) and read again. Reads stop at the high watermark; control
+//! records (a term-start record per leadership) are skipped, so offsets can have gaps of one.
 
 pub mod config;
 pub mod epochs;
 pub mod error;
 pub mod fault;
+pub(crate) mod frames;
+pub(crate) mod hw;
+pub(crate) mod incarnation;
 pub(crate) mod index;
 pub(crate) mod producer;
 pub mod record;

@@ -326,6 +326,40 @@ impl Producers {
         }
     }
 
+    /// Rolls the table back to a log truncated at `from`: every producer with a batch at or past
+    /// `from` takes its history from `rebuilt` (the table rebuilt from the kept log: its window as
+    /// of `from`, including batches the dropped ones had pushed out of the window, and the kept
+    /// prefix of a cut batch), or is removed when the kept log has none; the others are unchanged.
+    pub fn roll_back(&mut self, from: u64, rebuilt: &Producers) {
+        let affected: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, h)| {
+                h.back()
+                    .is_some_and(|b| b.first_offset.saturating_add(b.last_seq - b.first_seq) >= from)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in affected {
+            match rebuilt.map.get(&id) {
+                Some(h) => {
+                    self.map.insert(id, h.clone());
+                }
+                None => {
+                    self.map.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Every producer's history, sorted by id (tests compare tables with it).
+    #[cfg(test)]
+    pub fn histories(&self) -> Vec<(String, History)> {
+        let mut v: Vec<_> = self.map.iter().map(|(k, h)| (k.clone(), h.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Forgets every producer idle longer than the expiry; returns how many.
     pub fn purge(&mut self, now_ms: u64) -> usize {
         self.last_purge_ms = now_ms;

@@ -1,17 +1,25 @@
 //! One log record and its on-disk frame: length + CRC32C (covering the length, header and payload),
 //! a format version, the batch marker that makes multi-record appends atomic, then the payload.
-//! The byte layout is documented in `docs/log-format.md`.
+//! Data records are format version 1; control records (a new leader's term-start record) are
+//! version 2 with [`FLAG_CONTROL`]. The byte layout is documented in `docs/log-format.md`.
 
 use bytes::{BufMut, Bytes};
 
-/// Frame format version written by this code; readers refuse any other.
+/// Frame format version of data records (kept at 1 so that logs without control records stay
+/// readable by older binaries).
 pub const FORMAT_VERSION: u8 = 1;
+/// Frame format version of control records: older binaries (which know only version 1) refuse
+/// them instead of serving them as data. Readers accept versions 1 and 2.
+pub const FORMAT_VERSION_CONTROL: u8 = 2;
 /// Bytes of the length + CRC prefix.
 pub const PREFIX_LEN: usize = 8;
 /// Bytes of a frame before the producer id and payload.
 pub const HEADER_LEN: usize = 48;
 /// Flag bit: the record carries a producer id and sequence.
-const FLAG_PRODUCER: u8 = 0x01;
+pub const FLAG_PRODUCER: u8 = 0x01;
+/// Flag bit (version 2 only): a control record, never returned by `read` (a term-start record
+/// has an empty payload and no producer).
+pub const FLAG_CONTROL: u8 = 0x02;
 /// Upper bound on a frame's length field accepted when scanning; anything larger is damage.
 pub const MAX_FRAME_BODY: u64 = 1 << 30;
 
@@ -48,6 +56,55 @@ pub struct Frame {
     pub batch_remaining: u32,
     /// Total bytes of the frame on disk.
     pub len: usize,
+    /// A control record ([`FLAG_CONTROL`]).
+    pub control: bool,
+}
+
+/// The fixed header of a frame whose CRC and version were checked, decoded without copying the
+/// producer id or payload (what replication needs to find batch boundaries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Total bytes of the frame.
+    pub len: usize,
+    /// Flag bits.
+    pub flags: u8,
+    /// Length of the producer id (bytes 48 .. 48 + this).
+    pub producer_id_len: usize,
+    /// Records that follow this one in its batch.
+    pub batch_remaining: u32,
+    /// Record offset.
+    pub offset: u64,
+    /// Record term.
+    pub term: u64,
+    /// Record timestamp.
+    pub timestamp_ms: u64,
+    /// Producer sequence (0 without a producer).
+    pub producer_seq: u64,
+}
+
+impl FrameHead {
+    /// A control record.
+    pub fn is_control(&self) -> bool {
+        self.flags & FLAG_CONTROL != 0
+    }
+
+    /// Carries a producer id and sequence.
+    pub fn has_producer(&self) -> bool {
+        self.flags & FLAG_PRODUCER != 0
+    }
+
+    /// Payload length.
+    pub fn payload_len(&self) -> usize {
+        self.len - HEADER_LEN - self.producer_id_len
+    }
+
+    /// The producer id of the frame `frame` (which this head was read from), if it has one.
+    pub fn producer_id<'a>(&self, frame: &'a [u8]) -> Option<&'a str> {
+        if !self.has_producer() {
+            return None;
+        }
+        std::str::from_utf8(&frame[HEADER_LEN..HEADER_LEN + self.producer_id_len]).ok()
+    }
 }
 
 /// Why bytes at a position are not a valid frame.
@@ -67,8 +124,14 @@ pub fn frame_len(producer_id_len: usize, payload_len: usize) -> usize {
     HEADER_LEN + producer_id_len + payload_len
 }
 
-/// Append the frame of one record to `buf`.
+/// Append the frame of one data record to `buf` (format version 1).
 pub fn encode(buf: &mut Vec<u8>, record: &Record, batch_remaining: u32) {
+    encode_frame(buf, record, batch_remaining, false);
+}
+
+/// Append the frame of one record to `buf`: a data record (version 1) or, with `control`, a
+/// control record (version 2, [`FLAG_CONTROL`]).
+pub fn encode_frame(buf: &mut Vec<u8>, record: &Record, batch_remaining: u32, control: bool) {
     let pid = record
         .producer
         .as_ref()
@@ -80,12 +143,12 @@ pub fn encode(buf: &mut Vec<u8>, record: &Record, batch_remaining: u32) {
     buf.reserve(total);
     buf.put_u32_le(body_len);
     buf.put_u32_le(0); // CRC, filled below
-    buf.put_u8(FORMAT_VERSION);
-    buf.put_u8(if record.producer.is_some() {
-        FLAG_PRODUCER
-    } else {
-        0
-    });
+    let mut flags = if record.producer.is_some() { FLAG_PRODUCER } else { 0 };
+    if control {
+        flags |= FLAG_CONTROL;
+    }
+    buf.put_u8(if control { FORMAT_VERSION_CONTROL } else { FORMAT_VERSION });
+    buf.put_u8(flags);
     buf.put_u16_le(pid.len() as u16);
     buf.put_u32_le(batch_remaining);
     buf.put_u64_le(record.offset);
@@ -116,12 +179,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Decode the frame at the start of `buf`. `payload_source` turns the payload range into `Bytes`
-/// (so a caller holding a `Bytes` buffer can slice without copying).
-pub fn decode(
-    buf: &[u8],
-    payload_source: impl FnOnce(std::ops::Range<usize>) -> Bytes,
-) -> Result<Frame, DecodeError> {
+/// Check the frame at the start of `buf` (length, CRC, version, flags) and read its fixed
+/// header, without copying anything.
+pub fn peek(buf: &[u8]) -> Result<FrameHead, DecodeError> {
     if buf.len() < PREFIX_LEN {
         return Err(DecodeError::Incomplete { need: None });
     }
@@ -143,45 +203,69 @@ pub fn decode(
             "CRC mismatch (stored {stored:#010x}, computed {actual:#010x})"
         )));
     }
-    if frame[8] != FORMAT_VERSION {
+    let flags = frame[9];
+    let known = match frame[8] {
+        FORMAT_VERSION => FLAG_PRODUCER,
+        FORMAT_VERSION_CONTROL => FLAG_PRODUCER | FLAG_CONTROL,
+        v => return Err(DecodeError::Invalid(format!("unknown format version {v}"))),
+    };
+    if flags & !known != 0 {
         return Err(DecodeError::Invalid(format!(
-            "unknown format version {}",
+            "unknown flags {flags:#04x} for format version {}",
             frame[8]
         )));
     }
-    let flags = frame[9];
-    let pid_len = u16::from_le_bytes([frame[10], frame[11]]) as usize;
-    if HEADER_LEN + pid_len > total {
+    let producer_id_len = u16::from_le_bytes([frame[10], frame[11]]) as usize;
+    if HEADER_LEN + producer_id_len > total {
         return Err(DecodeError::Invalid(format!(
-            "producer id length {pid_len} exceeds frame"
+            "producer id length {producer_id_len} exceeds frame"
         )));
     }
-    let batch_remaining = u32_at(frame, 12);
-    let offset = u64_at(frame, 16);
-    let term = u64_at(frame, 24);
-    let timestamp_ms = u64_at(frame, 32);
-    let seq = u64_at(frame, 40);
-    let producer = if flags & FLAG_PRODUCER != 0 {
-        let id = std::str::from_utf8(&frame[HEADER_LEN..HEADER_LEN + pid_len])
-            .map_err(|_| DecodeError::Invalid("producer id is not UTF-8".into()))?;
-        Some(ProducerSeq {
-            producer_id: id.to_owned(),
-            seq,
-        })
-    } else {
-        None
+    let head = FrameHead {
+        len: total,
+        flags,
+        producer_id_len,
+        batch_remaining: u32_at(frame, 12),
+        offset: u64_at(frame, 16),
+        term: u64_at(frame, 24),
+        timestamp_ms: u64_at(frame, 32),
+        producer_seq: u64_at(frame, 40),
     };
-    let payload = payload_source(HEADER_LEN + pid_len..total);
+    if head.has_producer() && head.producer_id(frame).is_none() {
+        return Err(DecodeError::Invalid("producer id is not UTF-8".into()));
+    }
+    if head.is_control() && (head.has_producer() || head.payload_len() != 0 || head.batch_remaining != 0) {
+        return Err(DecodeError::Invalid(
+            "a control record must be a batch of its own, without producer or payload".into(),
+        ));
+    }
+    Ok(head)
+}
+
+/// Decode the frame at the start of `buf`. `payload_source` turns the payload range into `Bytes`
+/// (so a caller holding a `Bytes` buffer can slice without copying).
+pub fn decode(
+    buf: &[u8],
+    payload_source: impl FnOnce(std::ops::Range<usize>) -> Bytes,
+) -> Result<Frame, DecodeError> {
+    let head = peek(buf)?;
+    let frame = &buf[..head.len];
+    let producer = head.producer_id(frame).map(|id| ProducerSeq {
+        producer_id: id.to_owned(),
+        seq: head.producer_seq,
+    });
+    let payload = payload_source(HEADER_LEN + head.producer_id_len..head.len);
     Ok(Frame {
         record: Record {
-            offset,
-            term,
-            timestamp_ms,
+            offset: head.offset,
+            term: head.term,
+            timestamp_ms: head.timestamp_ms,
             producer,
             payload,
         },
-        batch_remaining,
-        len: total,
+        batch_remaining: head.batch_remaining,
+        len: head.len,
+        control: head.is_control(),
     })
 }
 
@@ -244,5 +328,52 @@ mod tests {
                 "cut {cut}: {r:?}"
             );
         }
+    }
+
+    /// A control record is written as version 2 with the control flag and decodes as such; data
+    /// records stay version 1, so logs without control records read as before.
+    #[test]
+    fn control_records_are_version_2() {
+        let rec = Record {
+            payload: Bytes::new(),
+            ..sample(false)
+        };
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, &rec, 0, true);
+        assert_eq!(buf[8], FORMAT_VERSION_CONTROL);
+        assert_eq!(buf[9], FLAG_CONTROL);
+        let f = decode(&buf, |r| Bytes::copy_from_slice(&buf[r])).expect("valid control frame");
+        assert!(f.control);
+        assert_eq!(f.record, rec);
+        let head = peek(&buf).expect("valid head");
+        assert!(head.is_control());
+        assert_eq!(head.payload_len(), 0);
+        let mut data = Vec::new();
+        encode(&mut data, &sample(true), 0);
+        assert_eq!(data[8], FORMAT_VERSION);
+        assert!(!decode(&data, |r| Bytes::copy_from_slice(&data[r])).expect("valid").control);
+    }
+
+    /// A version-1 frame claiming the control flag, a control frame with a payload, and an unknown
+    /// version are refused (with a correct CRC, so only the header check can catch them).
+    #[test]
+    fn invalid_headers_are_refused() {
+        let reseal = |buf: &mut Vec<u8>| {
+            let crc = frame_crc(buf);
+            buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        };
+        let mut v1_control = Vec::new();
+        encode(&mut v1_control, &sample(false), 0);
+        v1_control[9] = FLAG_CONTROL;
+        reseal(&mut v1_control);
+        assert!(matches!(peek(&v1_control), Err(DecodeError::Invalid(_))));
+        let mut with_payload = Vec::new();
+        encode_frame(&mut with_payload, &sample(false), 0, true);
+        assert!(matches!(peek(&with_payload), Err(DecodeError::Invalid(_))));
+        let mut v3 = Vec::new();
+        encode(&mut v3, &sample(false), 0);
+        v3[8] = 3;
+        reseal(&mut v3);
+        assert!(matches!(peek(&v3), Err(DecodeError::Invalid(_))));
     }
 }

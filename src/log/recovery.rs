@@ -62,10 +62,14 @@ fn rebuild_meta(path: &Path, base: u64, interval: u32) -> Result<(SegmentMeta, V
         last_term: None,
         max_timestamp_ms: 0,
         index: SparseIndex::default(),
+        controls: Vec::new(),
     };
     let out = segment::scan(path, &buf, base, ScanMode::Strict, |batch| {
         for f in batch {
             meta.index.maybe_add(f.offset, f.position, interval);
+            if f.control {
+                meta.controls.push(f.offset);
+            }
             meta.last_term = Some((f.term, f.offset));
             meta.max_timestamp_ms = meta.max_timestamp_ms.max(f.timestamp_ms);
         }
@@ -195,6 +199,7 @@ pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
             index: meta.index,
             last_term: meta.last_term,
             max_timestamp_ms: meta.max_timestamp_ms,
+            controls: meta.controls,
         });
     }
 
@@ -215,6 +220,7 @@ pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
         index: SparseIndex::default(),
         last_term: None,
         max_timestamp_ms: 0,
+        controls: Vec::new(),
     };
     let out = segment::scan(&path, &buf, active_base, ScanMode::RepairTail, |batch| {
         apply_batch(&mut producers, batch);
@@ -222,6 +228,9 @@ pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
             active
                 .index
                 .maybe_add(f.offset, f.position, config.index_interval_bytes);
+            if f.control {
+                active.controls.push(f.offset);
+            }
             active.last_term = Some((f.term, f.offset));
             active.max_timestamp_ms = active.max_timestamp_ms.max(f.timestamp_ms);
         }

@@ -63,6 +63,16 @@ pub struct Segment {
     pub last_term: Option<(u64, u64)>,
     /// Newest record timestamp (for age retention).
     pub max_timestamp_ms: u64,
+    /// Offsets of the control records among the visible ones, in order (a handful: one per term
+    /// at most), so that readers can tell where the last readable record is.
+    pub controls: Vec<u64>,
+}
+
+impl Segment {
+    /// Whether the record at `offset` (in this segment) is a control record.
+    pub fn is_control(&self, offset: u64) -> bool {
+        self.controls.binary_search(&offset).is_ok()
+    }
 }
 
 /// The facts recovery keeps about each scanned frame.
@@ -78,6 +88,8 @@ pub struct FrameInfo {
     pub timestamp_ms: u64,
     /// Producer and sequence, if any.
     pub producer: Option<ProducerSeq>,
+    /// A control record.
+    pub control: bool,
 }
 
 /// How a scan treats a bad frame.
@@ -160,6 +172,7 @@ pub fn scan(
                     term: f.record.term,
                     timestamp_ms: f.record.timestamp_ms,
                     producer: f.record.producer,
+                    control: f.control,
                 });
                 expected += 1;
                 pos += f.len;
@@ -239,13 +252,19 @@ pub struct ReadCursor {
     pub bytes: usize,
     /// Records collected so far.
     pub out: Vec<Record>,
+    /// Leave control records out (what `read` does; they count toward nothing).
+    pub skip_control: bool,
 }
 
 impl ReadCursor {
     /// Offer the record at `off`; records before `next` are skipped. Returns false when the byte
     /// limit stops the read (the cursor is then full).
-    fn take(&mut self, off: u64, record: Record) -> bool {
+    fn take(&mut self, off: u64, record: Record, control: bool) -> bool {
         if off < self.next {
+            return true;
+        }
+        if control && self.skip_control {
+            self.next = off + 1;
             return true;
         }
         let size = record.payload.len();
@@ -322,7 +341,7 @@ impl SegmentView {
                                 format!("record offset {} where {off} was expected", f.record.offset);
                             return Err(corrupt(pos + i as u64, reason));
                         }
-                        if !cursor.take(off, f.record) {
+                        if !cursor.take(off, f.record, f.control) {
                             return Ok(());
                         }
                         off += 1;
@@ -349,7 +368,7 @@ impl SegmentView {
                         let reason = format!("record offset {} where {off} was expected", f.record.offset);
                         return Err(corrupt(pos, reason));
                     }
-                    if !cursor.take(off, f.record) {
+                    if !cursor.take(off, f.record, f.control) {
                         return Ok(());
                     }
                     off += 1;
@@ -358,5 +377,127 @@ impl SegmentView {
             }
         }
         Ok(())
+    }
+}
+
+/// Raw frames of whole batches, as [`SegmentView::read_frames`] returns them.
+#[derive(Debug, Clone)]
+pub struct RawFrames {
+    /// Offset of the first frame.
+    pub first: u64,
+    /// One past the last frame.
+    pub end: u64,
+    /// The frames, byte for byte as stored.
+    pub bytes: Bytes,
+}
+
+/// Bytes of a segment file from a fixed position on, read on demand (no more than `avail`).
+struct Window<'a> {
+    /// The view read from.
+    view: &'a SegmentView,
+    /// File position of `buf[0]`.
+    at: u64,
+    /// Bytes readable from `at` (up to the visible length).
+    avail: usize,
+    /// What was read so far.
+    buf: Vec<u8>,
+}
+
+impl Window<'_> {
+    /// Make sure `n` bytes from `at` are read; false when the visible bytes end before.
+    fn ensure(&mut self, n: usize, hint: usize) -> Result<bool, LogError> {
+        if self.buf.len() >= n {
+            return Ok(true);
+        }
+        if n > self.avail {
+            return Ok(false);
+        }
+        let want = n.max(self.buf.len() + hint).min(self.avail);
+        let old = self.buf.len();
+        self.buf.resize(want, 0);
+        self.view
+            .file
+            .read_exact_at(&mut self.buf[old..], self.at + old as u64)
+            .map_err(|e| LogError::io("read segment", &self.view.path, e))?;
+        Ok(true)
+    }
+}
+
+impl SegmentView {
+    /// Whole batches of raw frames from `from` up to offset `bound` (exclusive; at most this
+    /// segment's end), stopping before `max_bytes` would be exceeded but returning at least one
+    /// batch. Every frame's CRC, version and offset are checked; only the fixed headers are
+    /// decoded (to find offsets and batch ends), and the bytes are returned as read, usually from
+    /// one `pread`. A `from` inside a batch returns the rest of that batch first (a valid batch on
+    /// its own: a batch starts at any marker and counts down to 0).
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] for a bad frame; I/O errors.
+    pub fn read_frames(&self, from: u64, bound: u64, max_bytes: usize) -> Result<RawFrames, LogError> {
+        let seg_end = self.end.min(bound);
+        let empty = RawFrames {
+            first: from,
+            end: from,
+            bytes: Bytes::new(),
+        };
+        let (mut off, at) = self.start;
+        if from >= seg_end || off > from {
+            return Ok(empty);
+        }
+        let corrupt = |position: u64, reason: String| LogError::Corrupt {
+            file: self.path.clone(),
+            position,
+            reason,
+        };
+        let avail = usize::try_from(self.len.saturating_sub(at)).unwrap_or(usize::MAX);
+        let first_read = max_bytes.saturating_add(READ_CHUNK);
+        let mut w = Window {
+            view: self,
+            at,
+            avail,
+            buf: Vec::new(),
+        };
+        let mut i = 0usize;
+        let mut from_at: Option<usize> = None;
+        let mut batch_end: Option<(usize, u64)> = None;
+        while off < seg_end {
+            let pos = at + i as u64;
+            let past = || corrupt(pos, "record runs past the segment's valid length".into());
+            if !w.ensure(i + PREFIX_LEN, first_read)? {
+                return Err(past());
+            }
+            let body = u32::from_le_bytes([w.buf[i], w.buf[i + 1], w.buf[i + 2], w.buf[i + 3]]) as u64;
+            let total = PREFIX_LEN + usize::try_from(body.min(MAX_FRAME_BODY + 1)).unwrap_or(usize::MAX);
+            if body <= MAX_FRAME_BODY && !w.ensure(i + total, READ_CHUNK)? {
+                return Err(past());
+            }
+            let head = record::peek(&w.buf[i..]).map_err(|e| corrupt(pos, format!("{e:?}")))?;
+            if head.offset != off {
+                return Err(corrupt(pos, format!("record offset {} where {off} was expected", head.offset)));
+            }
+            if off == from {
+                from_at = Some(i);
+            }
+            if let (Some(start), Some(_)) = (from_at, batch_end) {
+                if i + head.len - start > max_bytes {
+                    break; // the batch this frame belongs to would exceed the limit
+                }
+            }
+            i += head.len;
+            off += 1;
+            if head.batch_remaining == 0 && from_at.is_some() {
+                batch_end = Some((i, off));
+            }
+        }
+        let (Some(start), Some((stop, end))) = (from_at, batch_end) else {
+            return Ok(empty);
+        };
+        w.buf.truncate(stop);
+        let bytes = Bytes::from(w.buf).slice(start..stop);
+        Ok(RawFrames {
+            first: from,
+            end,
+            bytes,
+        })
     }
 }

@@ -25,6 +25,20 @@ pub enum ApiError {
     /// This node leads but cannot take writes now (its log cannot append, or its term is stale).
     #[error("this node leads but cannot take writes now: {0}")]
     NotServing(String),
+    /// Fewer in-sync replicas than `--min-insync`: the write is refused (checked before the
+    /// append, and after it: then it is stored but not acknowledged, and a retry is answered as
+    /// a duplicate).
+    #[error("not enough in-sync replicas: {isr} in sync, --min-insync {min_insync}")]
+    NotEnoughReplicas {
+        /// In-sync replicas (the leader included).
+        isr: u32,
+        /// `--min-insync`.
+        min_insync: u32,
+    },
+    /// The write is durable on the leader but the high watermark did not pass it in time: its
+    /// fate is unknown (it may still be committed); retry with the same producer id and sequence.
+    #[error("the write was not committed within {0:?}; it may still be: retry it (idempotently)")]
+    CommitTimeout(std::time::Duration),
     /// The write became durable but the lease lapsed before it could be acknowledged.
     #[error("the leader's lease lapsed before the write could be acknowledged; it is not acknowledged")]
     LeaseLapsed,
@@ -65,9 +79,11 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotLeader(_) | ApiError::NotServing(_) | ApiError::LeaseLapsed => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NotLeader(_)
+            | ApiError::NotServing(_)
+            | ApiError::LeaseLapsed
+            | ApiError::NotEnoughReplicas { .. }
+            | ApiError::CommitTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Log(err) if err.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Log(LogError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Log(LogError::StaleSequence { .. } | LogError::OutOfOrderSequence { .. }) => {
@@ -103,6 +119,7 @@ impl IntoResponse for ApiError {
         let mut leader_header = None;
         match &self {
             ApiError::NotLeader(not_leader) => {
+                body["code"] = json!("not_leader");
                 body["role"] = json!(not_leader.role.as_str());
                 body["leader"] = match &not_leader.leader {
                     Some(l) => {
@@ -113,6 +130,12 @@ impl IntoResponse for ApiError {
                 };
             }
             ApiError::NotServing(_) => body["role"] = json!("leader (not serving)"),
+            ApiError::NotEnoughReplicas { isr, min_insync } => {
+                body["code"] = json!("not_enough_replicas");
+                body["isr"] = json!(isr);
+                body["min_insync"] = json!(min_insync);
+            }
+            ApiError::CommitTimeout(_) => body["code"] = json!("commit_timeout"),
             ApiError::Log(LogError::OffsetTrimmed { start, .. }) => body["start_offset"] = json!(start),
             ApiError::Log(LogError::OutOfOrderSequence { expected, .. }) => {
                 body["code"] = json!("out_of_order_sequence");
@@ -233,6 +256,30 @@ mod tests {
             (status, body["code"].as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, Some("log_recovering")),
             "a poisoned log is a retriable 503: {body}"
+        );
+        let (status, body) = json_of(ApiError::NotEnoughReplicas {
+            isr: 1,
+            min_insync: 2,
+        })
+        .await;
+        assert_eq!(
+            (
+                status,
+                body["code"].as_str(),
+                body["isr"].as_u64(),
+                body["min_insync"].as_u64()
+            ),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("not_enough_replicas"),
+                Some(1),
+                Some(2)
+            )
+        );
+        let (status, body) = json_of(ApiError::CommitTimeout(std::time::Duration::from_secs(5))).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("commit_timeout"))
         );
         let (status, body) = json_of(ApiError::UnknownProducer("p".into())).await;
         assert_eq!(

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use crate::{
     election::{LeaderState, NotLeader},
     log::{FaultInjector, LogError, LogStore, WriteHealth},
+    replication::WriteRefusal,
     shutdown::CancellationToken,
 };
 
@@ -48,16 +49,37 @@ pub enum Refusal {
     NotLeader(NotLeader),
     /// This node leads, but its log cannot take the write now (the reason says why).
     Log(String),
+    /// This node leads, but replication refuses the write (too few in-sync replicas, the term
+    /// not begun, handing over).
+    Replication(WriteRefusal),
 }
 
 impl Refusal {
     /// The human-readable reason, for `/readyz` and error bodies.
-    pub fn reason(&self) -> &str {
+    pub fn reason(&self) -> String {
         match self {
-            Refusal::NotLeader(not_leader) => &not_leader.reason,
-            Refusal::Log(reason) => reason,
+            Refusal::NotLeader(not_leader) => not_leader.reason.clone(),
+            Refusal::Log(reason) => reason.clone(),
+            Refusal::Replication(refusal) => refusal.to_string(),
         }
     }
+}
+
+/// [`admit`], then replication's own check for the term admitted (`replication`: the leader has
+/// begun its term, has at least `--min-insync` in-sync replicas and is not handing over). This is
+/// what the write path checks before the append and `/readyz` answers with.
+///
+/// # Errors
+/// As [`admit`], and [`Refusal::Replication`].
+pub fn admit_replicated(
+    state: &LeaderState,
+    now: Instant,
+    log: &LogFacts,
+    replication: impl FnOnce(u64) -> Result<(), WriteRefusal>,
+) -> Result<u64, Refusal> {
+    let term = admit(state, now, log)?;
+    replication(term).map_err(Refusal::Replication)?;
+    Ok(term)
 }
 
 /// The one predicate for write admission and readiness: the term to write with, if a write may be
@@ -287,11 +309,13 @@ mod tests {
     fn leader(term: u64, now: Instant) -> LeaderState {
         LeaderState {
             role: Role::Leader,
+            case: crate::election::ElectionCase::Normal,
             term,
             leader: Some(LeaderRecord {
                 name: "n1".into(),
                 address: "a:1".into(),
                 since: String::new(),
+                term: None,
             }),
             lease_until: Some(now + Duration::from_secs(1)),
             session: Some("s".into()),

@@ -34,7 +34,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 pub use dashboard::ClusterCache;
 pub use error::ApiError;
-pub use health::{admit, LogFacts, LogHealth, Refusal};
+pub use health::{admit, admit_replicated, LogFacts, LogHealth, Refusal};
 pub use probes::{readiness, Readiness, Status};
 pub use read::{parse_read_params, Entry, ReadAnswer};
 pub use retention::parse_byte_size;
@@ -47,13 +47,16 @@ pub use write::{
 
 use crate::{
     consul::ConsulClient,
-    election::{ElectionConfig, Elector, Role},
+    election::{ElectionConfig, Elector, ReplicaSetup, Role},
     flags::{ClusterArgs, ElectionArgs, ReplicationArgs, ServiceArgs},
     log::{Durability, FaultInjector, LogConfig, LogStore},
     metrics::{method_label, HttpLabels, Metrics},
+    replication::{protocol::ReplicationClient, Replication, ReplicationSettings},
     shutdown::CancellationToken,
 };
 
+/// How long a leader that is shutting down waits for its in-sync replicas to catch up.
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -179,18 +182,24 @@ pub struct Node {
     pub consul: ConsulClient,
     /// The last cluster view, shared by every dashboard that polls this node.
     pub cluster: ClusterCache,
+    /// Replication: follower progress, the ISR, the high watermark, write admission.
+    pub replication: Replication,
 }
 
 impl Node {
-    /// The term to write with now, if a write may be accepted: [`admit`] on the current leader
-    /// state and log health, the same predicate `/readyz` answers with.
+    /// The term to write with now, if a write may be accepted: [`admit_replicated`] on the
+    /// current leader state, log health and replication, the same predicate `/readyz` answers
+    /// with.
     ///
     /// # Errors
     /// Why the write is refused.
     pub fn admit(&self) -> Result<u64, Refusal> {
         let facts = self.health.facts();
-        self.elector
-            .with_current(|state| admit(state, Instant::now(), &facts))
+        let term = self
+            .elector
+            .with_current(|state| admit(state, Instant::now(), &facts))?;
+        self.replication.admit(term).map_err(Refusal::Replication)?;
+        Ok(term)
     }
 }
 
@@ -290,6 +299,9 @@ pub async fn run(
     log.segment_bytes = config.segment_bytes;
     log.retention_bytes = config.retention_bytes;
     log.retention_age = config.retention_age;
+    // The high watermark is moved by replication (the leader's ISR, a follower's leader), even
+    // for a lone node, so that every node exposes records the same way.
+    log.replicated = true;
     let faults = config.fault_file.as_ref().map(|_| FaultInjector::new());
     log.fault_injector = faults.clone();
     let store = LogStore::open(log).await.map_err(|source| NodeError::Log {
@@ -318,11 +330,40 @@ pub async fn run(
         client: consul.clone(),
         service: config.service.service_name.clone(),
     };
-    // A term not above the log's last term is refused at acquisition (see docs/election.md).
-    let fence = store.clone();
-    let elector = Elector::start_fenced(consul.clone(), election, move || {
-        fence.last_term().map(|(term, _)| term)
-    });
+    // Terms come from the term key, above the log's last term (see docs/election.md); who may
+    // contend follows the ISR key and the nodes' reports (docs/replication.md).
+    let replica = ReplicaSetup {
+        replicas: config.replication.replicas,
+        min_insync: config.replication.min_insync(),
+        unclean_leader_election: config.replication.unclean_leader_election,
+        local: std::sync::Arc::new(store.clone()),
+    };
+    let elector = Elector::start_replicated(consul.clone(), election, replica);
+    let replication = Replication::new(
+        ReplicationSettings::new(&name, &config.replication),
+        store.clone(),
+        metrics.clone(),
+        Some(elector.isr()),
+    );
+    let client = ReplicationClient::new(
+        config.replication.cluster_secret.clone(),
+        config.replication.replication_proxy.as_deref(),
+    )
+    .map_err(|e| NodeError::Config(e.to_string()))?;
+    // Replication outlives the HTTP drain (a leader handing over serves fetches until it
+    // resigns); it stops after the resignation.
+    let replication_stop = CancellationToken::new();
+    tokio::spawn(crate::replication::leader::run(
+        replication.clone(),
+        elector.clone(),
+        replication_stop.clone(),
+    ));
+    tokio::spawn(crate::replication::follower::run(
+        replication.clone(),
+        elector.clone(),
+        client,
+        replication_stop.clone(),
+    ));
     let node = Node {
         config: std::sync::Arc::new(Settings {
             name: name.clone(),
@@ -345,6 +386,7 @@ pub async fn run(
             })?,
         consul,
         cluster: ClusterCache::default(),
+        replication: replication.clone(),
     };
     tokio::spawn(follow_state(node.clone(), shutdown.clone()));
     // Best-effort Kubernetes integration (role label, Events, LogCluster status, rollout); it
@@ -360,8 +402,19 @@ pub async fn run(
     let app = router(node);
     let stopping = shutdown.clone();
     let elector_for_stop = elector.clone();
+    let handing_over = replication.clone();
     let serving = serve(listener, app, config.http_limits.clone(), metrics, async move {
         stopping.cancelled().await;
+        // A leader first stops taking writes and lets the ISR catch up (bounded), so that the
+        // next leader's high watermark moves at once; followers still fetch meanwhile.
+        if elector_for_stop.with_current(|s| s.role == Role::Leader) {
+            handing_over.begin_handover();
+            if !handing_over.wait_isr_caught_up(HANDOVER_WAIT).await {
+                tracing::warn!(
+                    "the in-sync replicas did not catch up within {HANDOVER_WAIT:?}; handing over anyway"
+                );
+            }
+        }
         // Not ready and no new writes at once; in-flight requests still finish.
         elector_for_stop.begin_shutdown();
     });
@@ -373,6 +426,7 @@ pub async fn run(
         Err(_) => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}"),
     }
     elector.resign().await;
+    replication_stop.cancel();
     // The integration's last label patch and Event are bounded; do not wait longer than that.
     let _ = tokio::time::timeout(Duration::from_secs(3), k8s_task).await;
     if let Err(err) = store.close().await {
@@ -421,6 +475,10 @@ pub fn router(node: Node) -> Router {
         // do not: an overloaded node must not also be declared dead (restarted by the kubelet,
         // its session invalidated by Consul) or go blind.
         .route_layer(middleware::from_fn_with_state(slots, limit_requests))
+        // The internal replication endpoint (its own cluster-secret check) is not limited by
+        // the public request slots: long polls would take them, and an overloaded public API
+        // must not stop replication.
+        .merge(crate::replication::http::router(node.replication.clone()))
         .route("/readyz", get(probes::readyz))
         .route("/healthz", get(probes::healthz))
         .route("/consul-check", get(probes::consul_check))

@@ -9,10 +9,13 @@ use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
 use serde::Serialize;
 
 use super::{
-    health::{admit, LogFacts},
+    health::{admit_replicated, LogFacts},
     Node,
 };
-use crate::election::{LeaderState, Role};
+use crate::{
+    election::{LeaderState, Role},
+    replication::{ReplicationStatus, WriteRefusal},
+};
 
 /// The body of `/readyz`.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -30,11 +33,19 @@ pub struct Readiness {
     pub reason: String,
 }
 
-/// Decides readiness: ready exactly when [`admit`] would accept a write at `now`.
-pub fn readiness(state: &LeaderState, now: Instant, log: &LogFacts) -> Readiness {
-    let (ready, reason) = match admit(state, now, log) {
+/// Decides readiness: ready exactly when [`admit_replicated`] would accept a write at `now`
+/// (`replication`: replication's check for the term). A leader that refuses writes for too few
+/// in-sync replicas is not ready; the Consul check (`/consul-check`) does not look at replication,
+/// so its session and lock stay where they are while followers catch up.
+pub fn readiness(
+    state: &LeaderState,
+    now: Instant,
+    log: &LogFacts,
+    replication: impl FnOnce(u64) -> Result<(), WriteRefusal>,
+) -> Readiness {
+    let (ready, reason) = match admit_replicated(state, now, log, replication) {
         Ok(_) => (true, "leader with a valid lease".to_string()),
-        Err(refusal) => (false, refusal.reason().to_string()),
+        Err(refusal) => (false, refusal.reason()),
     };
     Readiness {
         ready,
@@ -51,7 +62,12 @@ pub fn readiness(state: &LeaderState, now: Instant, log: &LogFacts) -> Readiness
 
 /// `GET /readyz`: 200 only on the serving leader, 503 otherwise.
 pub async fn readyz(State(node): State<Node>) -> impl IntoResponse {
-    let body = readiness(&node.elector.current(), Instant::now(), &node.health.facts());
+    let body = readiness(
+        &node.elector.current(),
+        Instant::now(),
+        &node.health.facts(),
+        |term| node.replication.admit(term),
+    );
     let status = if body.ready {
         StatusCode::OK
     } else {
@@ -127,6 +143,9 @@ pub struct Status {
     /// Why the local log cannot append right now (absent when it can).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_problem: Option<String>,
+    /// Replication: the high watermark, the in-sync set, each follower's progress (leader only),
+    /// why writes are refused, a refused truncation.
+    pub replication: ReplicationStatus,
 }
 
 /// A leader as the status reports it.
@@ -145,7 +164,13 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
     let state = node.elector.current();
     let now = Instant::now();
     let facts = node.health.facts();
-    let ready = readiness(&state, now, &facts).ready;
+    let ready = readiness(&state, now, &facts, |term| node.replication.admit(term)).ready;
+    let write_term = state.write_term(now).ok();
+    let replication = node.replication.status(
+        state.leader.as_ref().map(|l| l.name.clone()),
+        election_case(&state),
+        write_term,
+    );
     Json(Status {
         name: node.config.name.clone(),
         address: node.elector.config().advertise_addr.clone(),
@@ -166,7 +191,14 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
         consul_reachable: state.consul_reachable,
         session: state.session.clone(),
         log_problem: facts.problem,
+        replication,
     })
+}
+
+/// The election case as the election publishes it, for the status.
+fn election_case(state: &LeaderState) -> serde_json::Value {
+    let _ = state;
+    serde_json::Value::Null
 }
 
 #[cfg(test)]
@@ -179,11 +211,13 @@ mod tests {
     fn state(role: Role, lease: Option<Duration>, now: Instant) -> LeaderState {
         LeaderState {
             role,
+            case: crate::election::ElectionCase::Normal,
             term: 7,
             leader: Some(LeaderRecord {
                 name: "n1".into(),
                 address: "a:1".into(),
                 since: String::new(),
+                term: None,
             }),
             lease_until: lease.map(|d| now + d),
             session: Some("s".into()),
@@ -201,12 +235,12 @@ mod tests {
         let now = Instant::now();
         let leader = state(Role::Leader, Some(Duration::from_secs(1)), now);
         let healthy = LogFacts::default();
-        assert!(readiness(&leader, now, &healthy).ready);
+        assert!(readiness(&leader, now, &healthy, |_| Ok(())).ready);
         let full = LogFacts {
             problem: Some("disk full".into()),
             last_term: None,
         };
-        let r = readiness(&leader, now, &full);
+        let r = readiness(&leader, now, &full, |_| Ok(()));
         assert!(!r.ready, "a full disk makes the leader unready");
         assert_eq!(r.role, "leader (not serving)");
         let ahead = LogFacts {
@@ -214,18 +248,35 @@ mod tests {
             last_term: Some(8),
         };
         assert!(
-            !readiness(&leader, now, &ahead).ready,
+            !readiness(&leader, now, &ahead, |_| Ok(())).ready,
             "term 7 is below the log's term 8: writes would be refused, so not ready"
         );
         assert!(
-            !readiness(&leader, now + Duration::from_secs(2), &healthy).ready,
+            !readiness(&leader, now + Duration::from_secs(2), &healthy, |_| Ok(())).ready,
             "lapsed lease"
         );
         for role in [Role::Follower, Role::Starting, Role::Stopping] {
-            let r = readiness(&state(role, Some(Duration::from_secs(1)), now), now, &healthy);
+            let r = readiness(
+                &state(role, Some(Duration::from_secs(1)), now),
+                now,
+                &healthy,
+                |_| Ok(()),
+            );
             assert!(!r.ready, "{role:?}");
             assert_eq!(r.role, role.as_str());
             assert_eq!(r.leader.as_deref(), Some("n1"));
         }
+        let short = readiness(&leader, now, &healthy, |_| {
+            Err(WriteRefusal::NotEnoughReplicas {
+                isr: 1,
+                min_insync: 2,
+            })
+        });
+        assert!(
+            !short.ready,
+            "too few in-sync replicas: writes are refused, so not ready"
+        );
+        assert_eq!(short.role, "leader (not serving)");
+        assert!(short.reason.contains("not_enough_replicas"), "{}", short.reason);
     }
 }

@@ -16,7 +16,11 @@ use axum::{
 use serde::Serialize;
 
 use super::{ApiError, FollowerWrites, Node, Refusal};
-use crate::log::{AppendOutcome, LogError, LogStore, ProducerBatch};
+use crate::{
+    flags::Acks,
+    log::{AppendOutcome, LogError, LogStore, ProducerBatch},
+    replication::WriteRefusal,
+};
 
 /// Header naming the producer of an idempotent write.
 pub const PRODUCER_ID: &str = "x-producer-id";
@@ -162,6 +166,7 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
     let term = match node.admit() {
         Ok(term) => term,
         Err(Refusal::Log(reason)) => return Err(ApiError::NotServing(reason)),
+        Err(Refusal::Replication(refusal)) => return Err(refused(&node, refusal)),
         Err(Refusal::NotLeader(not_leader)) => {
             let forwarded = headers.contains_key(FORWARDED);
             return match (&node.config.follower_writes, &not_leader.leader) {
@@ -213,6 +218,13 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
         AppendOutcome::Appended { first, count } => (first, u64::from(count), false),
         AppendOutcome::Duplicate { first, count } => (first, u64::from(count), true),
     };
+    // Kafka's NotEnoughReplicasAfterAppend: the ISR may have shrunk while the append ran.
+    if let Err(refusal) = node.replication.admit(term) {
+        return Err(refused(&node, refusal));
+    }
+    if node.replication.settings().acks == Acks::All {
+        wait_committed(&node, term, first + count - 1).await?;
+    }
     if duplicate {
         node.metrics.duplicates.inc();
     } else {
@@ -239,6 +251,62 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
         })
         .into_response()
     })
+}
+
+/// The error for a write replication refuses, counted by reason.
+fn refused(node: &Node, refusal: WriteRefusal) -> ApiError {
+    match refusal {
+        WriteRefusal::NotEnoughReplicas { isr, min_insync } => {
+            node.metrics.write_refused("not_enough_replicas");
+            ApiError::NotEnoughReplicas { isr, min_insync }
+        }
+        other => {
+            node.metrics.write_refused(match other {
+                WriteRefusal::TermStarting { .. } => "term_starting",
+                WriteRefusal::Deposed { .. } => "deposed",
+                WriteRefusal::HandingOver => "handing_over",
+                _ => "isr_unknown",
+            });
+            ApiError::NotServing(other.to_string())
+        }
+    }
+}
+
+/// `--acks all`: waits until the high watermark passes `last` (every in-sync replica holds the
+/// write durably), for at most [`commit_timeout`](crate::replication::ReplicationSettings::commit_timeout).
+///
+/// # Errors
+/// [`ApiError::CommitTimeout`] (or [`ApiError::NotEnoughReplicas`] when the ISR shrank below
+/// `--min-insync` meanwhile): the write may still be committed, the producer retries it;
+/// [`ApiError::LeaseLapsed`] when this node stopped leading `term`.
+async fn wait_committed(node: &Node, term: u64, last: u64) -> Result<(), ApiError> {
+    let timeout = node.replication.settings().commit_timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Subscribe before looking, so a move between the look and the wait still wakes us.
+    let mut hw = node.store.subscribe();
+    let mut states = node.elector.subscribe();
+    loop {
+        hw.borrow_and_update();
+        if node.store.high_watermark() > last {
+            return Ok(());
+        }
+        if node.elector.write_term() != Ok(term) {
+            return Err(ApiError::LeaseLapsed);
+        }
+        tokio::select! {
+            changed = hw.changed() => if changed.is_err() { return Err(ApiError::Log(LogError::Closed)) },
+            _ = states.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(match node.replication.admit(term) {
+                    Err(refusal @ WriteRefusal::NotEnoughReplicas { .. }) => refused(node, refusal),
+                    _ => {
+                        node.metrics.write_refused("commit_timeout");
+                        ApiError::CommitTimeout(timeout)
+                    }
+                });
+            }
+        }
+    }
 }
 
 /// The answer of `GET /api/v1/producers/{id}`.
@@ -298,13 +366,21 @@ async fn append_in_order(
 }
 
 /// Waits until the producer's last sequence differs from `before`, or `deadline`. Wakes on the
-/// store's visible-end watch (the earlier batch becoming visible moves the sequence) instead of
-/// polling.
+/// store's durable-end watch (the earlier batch being stored moves the sequence; `subscribe`
+/// follows the high watermark, which may lag the store) and on the visible end (which moves
+/// first under `interval`/`never` without replication) instead of polling.
 async fn moved_on(store: &LogStore, producer_id: &str, before: Option<u64>, deadline: tokio::time::Instant) {
     // Subscribe before checking, so an append between the check and the wait still wakes us.
+    let mut stored = store.subscribe_durable();
     let mut visible = store.subscribe();
     while store.producer_last_seq(producer_id) == before {
-        match tokio::time::timeout_at(deadline, visible.changed()).await {
+        let changed = async {
+            tokio::select! {
+                r = stored.changed() => r,
+                r = visible.changed() => r,
+            }
+        };
+        match tokio::time::timeout_at(deadline, changed).await {
             Ok(Ok(())) => {}
             // Past the deadline, or the store is closing: let the caller answer.
             Ok(Err(_)) | Err(_) => return,

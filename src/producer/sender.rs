@@ -825,6 +825,7 @@ mod tests {
                 name: "n".into(),
                 address: address.into(),
                 since: String::new(),
+                term: None,
             },
             term: 1,
             session: "s".into(),

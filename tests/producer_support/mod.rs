@@ -413,6 +413,7 @@ impl FakeConsul {
                 name: name.into(),
                 address: address.into(),
                 since: "2026-01-01T00:00:00Z".into(),
+                term: None,
             };
             KvPair {
                 key: "service/simpleloggers/leader".into(),

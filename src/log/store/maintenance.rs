@@ -58,6 +58,7 @@ impl Writer {
                 last_term: seg.last_term,
                 max_timestamp_ms: seg.max_timestamp_ms,
                 index: seg.index.clone(),
+                controls: seg.controls.clone(),
             };
             (meta, seg.end)
         };
@@ -89,6 +90,7 @@ impl Writer {
             index: SparseIndex::default(),
             last_term: None,
             max_timestamp_ms: 0,
+            controls: Vec::new(),
         });
         self.st.active = file;
         self.st.active_path = path;
@@ -115,7 +117,9 @@ impl Writer {
                 let first = &state.segments[0];
                 let too_big = cfg.retention_bytes.is_some_and(|max| total > max);
                 let too_old = cutoff.is_some_and(|c| first.max_timestamp_ms < c);
-                if !(too_big || too_old) {
+                // A replicated log keeps what is not committed yet (followers may still need it).
+                let uncommitted = state.replicated && first.end > state.hw;
+                if !(too_big || too_old) || uncommitted {
                     break;
                 }
                 total -= first.len;
@@ -161,6 +165,12 @@ impl Writer {
                 start: state.start,
             });
         }
+        if state.replicated && from < state.hw_reserved {
+            return Err(LogError::BelowHighWatermark {
+                from,
+                hw: state.hw_reserved,
+            });
+        }
         // Readers reading without the lock discard what they read from here on.
         state.rewrites += 1;
         let k = state
@@ -204,9 +214,11 @@ impl Writer {
         seg.len = position;
         seg.end = from;
         seg.index.truncate(from);
+        seg.controls.retain(|&o| o < from);
         seg.last_term = in_seg;
         let (active, active_path, seg_base) = (seg.file.clone(), seg.path.clone(), seg.base);
         state.end = from;
+        state.durable = state.durable.min(from);
         state.last_term = last_term;
         let epochs = {
             let mut cache = self.shared.epochs.lock();
@@ -225,7 +237,7 @@ impl Writer {
         }
         index::sync_dir(&dir)?;
         self.save_epochs(epochs);
-        *self.shared.producers.lock() = producers;
+        self.shared.producers.lock().roll_back(from, &producers);
         self.st.active = active;
         self.st.active_path = active_path;
         self.st.written_len = position;
@@ -233,7 +245,8 @@ impl Writer {
         self.st.last_term = last_term;
         self.st.synced_len = position;
         self.st.synced_end = from;
-        self.shared.visible.send_replace(from);
+        self.shared.refresh_durable();
+        self.shared.refresh_visible();
         tracing::warn!(from, "log truncated");
         Ok(())
     }
@@ -263,13 +276,17 @@ impl Writer {
                 seg.len = len;
                 seg.end = end;
                 seg.index.truncate(end);
+                seg.controls.retain(|&o| o < end);
                 state.end = end;
+                state.durable = state.durable.min(end);
+                state.hw = state.hw.min(end);
                 state.rewrites += 1;
             }
             (base, visible_end)
         };
         if end < visible_end {
-            self.shared.visible.send_replace(end);
+            self.shared.refresh_durable();
+            self.shared.refresh_visible();
         }
         file.set_len(len)
             .map_err(|e| LogError::io("cut the tail back to the durable end", &path, e))?;
@@ -361,7 +378,7 @@ fn rewrite_batch_tail(bytes: &mut [u8], path: &std::path::Path, at: u64) -> Resu
     let mut infos = Vec::with_capacity(n);
     for (i, (pos, f)) in frames.into_iter().enumerate() {
         let mut buf = Vec::with_capacity(f.len);
-        record::encode(&mut buf, &f.record, (n - 1 - i) as u32);
+        record::encode_frame(&mut buf, &f.record, (n - 1 - i) as u32, f.control);
         bytes[pos..pos + f.len].copy_from_slice(&buf);
         infos.push(FrameInfo {
             offset: f.record.offset,
@@ -369,6 +386,7 @@ fn rewrite_batch_tail(bytes: &mut [u8], path: &std::path::Path, at: u64) -> Resu
             term: f.record.term,
             timestamp_ms: f.record.timestamp_ms,
             producer: f.record.producer,
+            control: f.control,
         });
     }
     Ok(infos)

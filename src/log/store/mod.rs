@@ -1,9 +1,12 @@
 //! [`LogStore`]: the cheap-`Clone` handle the node uses, and the state it shares with the writer
-//! thread (visible log shape, producer table, write health, the command queue). Reads run here, on
-//! the blocking pool, against the visible prefix only, holding no lock across disk reads. Every
-//! mutation is a `Command` to the single writer: `writer` group-commits appends and poisons the
-//! store on a failed write or sync; `maintenance` rolls segments, enforces retention, truncates a
-//! suffix and recovers a poisoned store.
+//! thread (visible log shape, durable end, high watermark, producer table, write health, the
+//! command queue). Reads run here, on the blocking pool, up to the high watermark only, holding no
+//! lock across disk reads; so do `read_frames` (raw frames for followers, up to the durable end)
+//! and `set_high_watermark` (which persists `hw.checkpoint` before exposing a new HW). Every
+//! mutation of the log is a `Command` to the single writer: `writer` group-commits appends (and
+//! replicated frames, and term-start records) and poisons the store on a failed write or sync;
+//! `maintenance` rolls segments, enforces retention, truncates a suffix and recovers a poisoned
+//! store.
 
 mod maintenance;
 mod writer;
@@ -27,6 +30,9 @@ use super::{
     config::LogConfig,
     epochs::{Epoch, EpochCache},
     error::LogError,
+    frames::{self, VerifiedFrames},
+    hw::{self, HwCheckpoint},
+    incarnation,
     producer::{ProducerBatch, Producers},
     record::Record,
     recovery,
@@ -80,6 +86,16 @@ struct LogState {
     /// Readers read without the lock and discard a read during which this changed. Appends only
     /// add bytes past the visible end and retention only unlinks files, so neither bumps it.
     rewrites: u64,
+    /// One past the last durable (synced) record: `end` under `always`, possibly less under
+    /// `interval`/`never`. What a follower reports and what `read_frames` serves up to.
+    durable: u64,
+    /// `LogConfig::replicated`: whether reads stop at `hw` (else at `end`).
+    replicated: bool,
+    /// The exposed high watermark of a replicated log (at most `durable`): reads stop here.
+    hw: u64,
+    /// The highest HW that may be in `hw.checkpoint` (at or above `hw`: a value being persisted
+    /// counts already), the floor below which truncation is refused.
+    hw_reserved: u64,
 }
 
 /// Whether the store can take appends, for readiness and the Consul check.
@@ -111,8 +127,20 @@ struct Shared {
     /// May hold the first record of a term not yet visible: queries cut it at the visible end.
     /// Lock order: `state` before `epochs`.
     epochs: Mutex<EpochCache>,
-    /// Visible end offset, for tailing readers.
+    /// Where reads end ([`LogState::read_end`]: the HW, or the visible end when not replicated),
+    /// for tailing readers. Only sent through [`Shared::refresh_visible`].
     visible: watch::Sender<u64>,
+    /// [`LogState::durable`], for `subscribe_durable`. Only sent through
+    /// [`Shared::refresh_durable`].
+    durable: watch::Sender<u64>,
+    /// The largest HW asked of `set_high_watermark` and not yet taken by a persisting caller (0:
+    /// none pending): the caller holding `hw_file` persists it for every caller waiting behind it.
+    hw_pending: Mutex<u64>,
+    /// `hw.checkpoint`; held while one caller persists a new HW (the others wait and are usually
+    /// served by that one write).
+    hw_file: tokio::sync::Mutex<HwCheckpoint>,
+    /// The data directory's incarnation (`<dir>/incarnation`).
+    incarnation: String,
     /// Poisoned or not, and the failure history (written by the writer only).
     health: Mutex<WriteHealth>,
     /// Set once the writer has stopped (after `close`).
@@ -157,6 +185,16 @@ enum Command {
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
     },
+    /// Append verified frames from a leader as they are (empty: only make the log durable).
+    AppendFrames {
+        frames: VerifiedFrames,
+        reply: oneshot::Sender<Result<u64, LogError>>,
+    },
+    /// Append a term-start control record.
+    BeginTerm {
+        term: u64,
+        reply: oneshot::Sender<Result<u64, LogError>>,
+    },
     /// Drop every record from `from` on.
     Truncate {
         from: u64,
@@ -195,6 +233,8 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Append { .. } => "Append",
+            Command::AppendFrames { .. } => "AppendFrames",
+            Command::BeginTerm { .. } => "BeginTerm",
             Command::Truncate { .. } => "Truncate",
             Command::Retention { .. } => "Retention",
             Command::Flush { .. } => "Flush",
@@ -235,9 +275,11 @@ impl LogStore {
     /// [`LogError::Corrupt`] for damage in the middle of the log, I/O errors otherwise.
     pub async fn open(config: LogConfig) -> Result<LogStore, LogError> {
         let cfg = config.clone();
-        let (lock, rec) = tokio::task::spawn_blocking(move || {
+        let (lock, incarnation, rec, (checkpoint, loaded_hw)) = tokio::task::spawn_blocking(move || {
             let lock = lock_dir(&cfg.dir)?;
-            Ok::<_, LogError>((lock, recovery::recover(&cfg)?))
+            let incarnation = incarnation::load_or_create(&cfg.dir)?;
+            let rec = recovery::recover(&cfg)?;
+            Ok::<_, LogError>((lock, incarnation, rec, HwCheckpoint::load(&cfg.dir)?))
         })
         .await
         .map_err(|_| LogError::Closed)??;
@@ -245,25 +287,40 @@ impl LogStore {
         let end = rec.segments.last().map_or(0, |s| s.end);
         let active = rec.segments.last().ok_or(LogError::Closed)?;
         let writer_state = WriterState::at_end(active, rec.last_term);
-        let (visible, _) = watch::channel(end);
+        let hw = loaded_hw.unwrap_or(0);
+        if config.replicated && hw > end {
+            tracing::warn!(hw, end, "the persisted high watermark is past the log end; capping it");
+        }
+        let hw = hw.min(end);
+        let state = LogState {
+            segments: rec.segments,
+            start,
+            end,
+            last_term: rec.last_term,
+            rewrites: 0,
+            durable: end,
+            replicated: config.replicated,
+            hw,
+            hw_reserved: hw,
+        };
+        let (visible, _) = watch::channel(state.read_end());
+        let (durable, _) = watch::channel(end);
         let shared = Arc::new(Shared {
             config,
-            state: RwLock::new(LogState {
-                segments: rec.segments,
-                start,
-                end,
-                last_term: rec.last_term,
-                rewrites: 0,
-            }),
+            state: RwLock::new(state),
             producers: Mutex::new(rec.producers),
             epochs: Mutex::new(rec.epochs),
             visible,
+            durable,
+            hw_pending: Mutex::new(0),
+            hw_file: tokio::sync::Mutex::new(checkpoint),
+            incarnation,
             health: Mutex::new(WriteHealth::default()),
             closed: AtomicBool::new(false),
             _lock: lock,
         });
         let (tx, thread) = writer::spawn(shared.clone(), writer_state)?;
-        tracing::info!(dir = %shared.config.dir.display(), start, end, "log store opened");
+        tracing::info!(dir = %shared.config.dir.display(), start, end, hw, "log store opened");
         Ok(LogStore {
             inner: Arc::new(Inner {
                 tx: Some(tx),
@@ -324,7 +381,9 @@ impl LogStore {
 
     /// Read up to `max_records` records from offset `from`, stopping before `max_bytes` of payload
     /// would be exceeded (at least one record is returned if any is available). Only acknowledged
-    /// records are visible. `from` at or past the end returns an empty list.
+    /// records below the [high watermark](Self::high_watermark) are visible. Control records are
+    /// skipped (the offsets returned then have a gap of one). `from` at or past the end returns an
+    /// empty list.
     ///
     /// # Errors
     /// [`LogError::OffsetTrimmed`] when `from` was deleted by retention; [`LogError::Corrupt`] if a
@@ -341,7 +400,8 @@ impl LogStore {
             .map_err(|_| LogError::Closed)?
     }
 
-    /// Next offset to assign: the number of visible records since offset 0.
+    /// The log end: next offset to assign, one past the last acknowledged record (the durable end
+    /// under `always`). Readers stop earlier, at the [high watermark](Self::high_watermark).
     pub fn end_offset(&self) -> u64 {
         self.inner.shared.state.read().end
     }
@@ -375,13 +435,18 @@ impl LogStore {
         cache.end_offset_for(term, state.end)
     }
 
-    /// A watch of the visible end offset, for tailing: read up to the value, then `changed().await`.
-    /// The value can go down after [`truncate_suffix`](Self::truncate_suffix).
+    /// A watch of where reads end, for tailing: read up to the value, then `changed().await`. It
+    /// follows the [high watermark](Self::high_watermark), except that a control record just below
+    /// it is not counted (nothing readable is there: a reader waiting at its offset is woken only
+    /// once a readable record follows). Without replication the value can go down after
+    /// [`truncate_suffix`](Self::truncate_suffix). Writers waiting for their own records to be
+    /// stored (not committed) should watch [`subscribe_durable`](Self::subscribe_durable).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.shared.visible.subscribe()
     }
 
-    /// Wait until the record at `offset` is visible; returns the visible end offset (> `offset`).
+    /// Wait until a readable record at or after `offset` is below the high watermark; returns where
+    /// reads end (> `offset`, see [`subscribe`](Self::subscribe)).
     /// Cancel-safe: drop the future (e.g. in `select!` with a shutdown token) to stop waiting.
     ///
     /// # Errors
@@ -401,14 +466,30 @@ impl LogStore {
     }
 
     /// Drop every record at offsets `>= from` (no-op if `from` is at or past the end). Durable on
-    /// return. Producer history of the dropped records is forgotten.
+    /// return. The producer table is rolled back exactly: every producer with a dropped batch gets
+    /// its window as of `from` again, rebuilt from the kept log.
     ///
     /// # Errors
-    /// [`LogError::TruncateBeforeStart`] if `from` is below the first retained offset; I/O errors.
+    /// [`LogError::TruncateBeforeStart`] if `from` is below the first retained offset;
+    /// [`LogError::BelowHighWatermark`] (replicated logs) if `from` is below the high watermark
+    /// (committed records are never removed); I/O errors.
     pub async fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
         self.send(|reply| Command::Truncate { from, reply })?
             .await
             .map_err(|_| LogError::Closed)?
+    }
+
+    /// Empties the log and makes `start` its first (and next) offset: every segment, the epoch
+    /// cache and the producer table are dropped, the high watermark becomes `start`. For a
+    /// follower whose position is not in the leader's log (below the leader's first retained
+    /// offset, or diverging before its own): it then fetches from `start`. Durable on return.
+    ///
+    /// # Errors
+    /// [`LogError::BelowHighWatermark`] when records below the high watermark would be dropped
+    /// (`start` below it); I/O errors; [`LogError::Closed`].
+    pub async fn reset(&self, start: u64) -> Result<(), LogError> {
+        let _ = start;
+        todo!("repl-core: LogStore::reset, once log-repl's store is merged")
     }
 
     /// Delete whole old segments per `retention_bytes` / `retention_age` (never the active one);
@@ -492,83 +573,149 @@ impl LogStore {
     pub fn segment_count(&self) -> usize {
         self.inner.shared.state.read().segments.len()
     }
-    // ---- Replication (issue 11). Interface agreed for the parallel branches; `log-repl`
-    // ---- implements it (until then these panic and nothing calls them).
+    // ---- Replication (issue 11): `docs/replication.md`, formats in `docs/log-format.md`.
 
-    /// Raw frames of whole batches from `from` (which must be a batch start, as every fetch
-    /// offset is), at most `max_bytes` but at least one batch when any exists, up to the durable
-    /// log end (records above the high watermark included: followers need them). Control
-    /// records are included. What the leader answers a fetch with.
+    /// Raw frames of whole batches from `from` (which should be a batch start, as every fetch
+    /// offset is; from inside a batch, the rest of that batch comes first), at most `max_bytes`
+    /// but at least one batch when any exists, up to the [durable end](Self::durable_end)
+    /// (records above the high watermark included: followers need them), never past the end of
+    /// the segment holding `from` (the next call continues in the next one). Control records are
+    /// included. What the leader answers a fetch with. Every frame's CRC is checked; the bytes are
+    /// returned as stored, read with (usually) one `pread`, payloads not decoded.
     ///
     /// # Errors
     /// [`LogError::OffsetTrimmed`] below the first retained offset; [`LogError::Corrupt`].
     pub async fn read_frames(&self, from: u64, max_bytes: usize) -> Result<FrameChunk, LogError> {
-        let _ = (from, max_bytes);
-        todo!("log-repl: read_frames")
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || shared.read_frames_blocking(from, max_bytes))
+            .await
+            .map_err(|_| LogError::Closed)?
     }
 
     /// Appends frames fetched from the leader as they are (offsets, terms, timestamps, producer
     /// ids and sequences, batch boundaries, control records): `bytes` must start at this log's end
-    /// and hold whole batches with dense offsets and terms not below the log's last term. Term
-    /// changes go to the epoch cache, producer batches to the producer table. Durable on return
+    /// and hold whole batches with dense offsets and terms not below the log's last term. Every
+    /// frame is verified before anything is written; the bytes are then written unchanged (one
+    /// write per run of batches that fits the active segment). Term changes go to the epoch cache
+    /// (persisted before the records), producer batches to the producer table. Durable on return
     /// whatever `--durability` says (a fetch from N promises everything below N is durable);
-    /// returns the new log end.
+    /// returns the new log end. Empty `bytes` write nothing but still make the log durable.
     ///
     /// # Errors
-    /// [`LogError::Corrupt`] for frames that fail their CRC or do not fit (nothing is written),
-    /// I/O errors (the store is then poisoned), [`LogError::Closed`].
+    /// [`LogError::Corrupt`] for frames that fail their CRC or do not fit (not whole batches, not
+    /// dense, not starting at the log end; nothing is written), [`LogError::RecordTooLarge`],
+    /// [`LogError::StaleTerm`] (first term below the log's last term; nothing is written), I/O
+    /// errors (the store is then poisoned; batches before a segment roll may already be stored),
+    /// [`LogError::Poisoned`], [`LogError::Closed`].
     pub async fn append_frames(&self, bytes: Bytes) -> Result<u64, LogError> {
-        let _ = bytes;
-        todo!("log-repl: append_frames")
+        let cfg = &self.inner.shared.config;
+        let (max, interval) = (cfg.max_record_bytes, cfg.index_interval_bytes);
+        // CRC of a large chunk is worth taking off the async workers.
+        let frames = if bytes.len() > VERIFY_INLINE_BYTES {
+            tokio::task::spawn_blocking(move || frames::verify(bytes, max, interval))
+                .await
+                .map_err(|_| LogError::Closed)??
+        } else {
+            frames::verify(bytes, max, interval)?
+        };
+        self.send(|reply| Command::AppendFrames { frames, reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
     }
 
     /// A new leader's first record: a term-start control record (no payload, skipped by reads)
-    /// for `term`, durable on return; returns its offset. The high watermark moves in a term
-    /// only past this record (`docs/replication.md`, commit).
+    /// for `term`, durable on return whatever `--durability` says; returns its offset. The high
+    /// watermark moves in a term only past this record (`docs/replication.md`, commit).
     ///
     /// # Errors
-    /// As [`append`](Self::append).
+    /// As [`append`](Self::append) ([`LogError::StaleTerm`] for a term below the log's last).
     pub async fn begin_term(&self, term: u64) -> Result<u64, LogError> {
-        let _ = term;
-        todo!("log-repl: begin_term")
+        self.send(|reply| Command::BeginTerm { term, reply })?
+            .await
+            .map_err(|_| LogError::Closed)?
     }
 
     /// One past the last durable record: the log end a follower reports and the leader counts.
-    /// At or above [`high_watermark`](Self::high_watermark).
+    /// At or above [`high_watermark`](Self::high_watermark) on a replicated log (and under
+    /// `always`, equal to [`end_offset`](Self::end_offset)).
     pub fn durable_end(&self) -> u64 {
-        todo!("log-repl: durable_end")
+        self.inner.shared.state.read().durable
     }
 
-    /// A watch of [`durable_end`](Self::durable_end).
+    /// A watch of [`durable_end`](Self::durable_end) (it goes down only with a truncation). What a
+    /// writer waiting for its own (or an earlier) record to be stored should watch, since
+    /// [`subscribe`](Self::subscribe) follows the high watermark.
     pub fn subscribe_durable(&self) -> watch::Receiver<u64> {
-        todo!("log-repl: subscribe_durable")
+        self.inner.shared.durable.subscribe()
     }
 
     /// One past the last committed record. Reads ([`read`](Self::read),
     /// [`subscribe`](Self::subscribe), [`wait_for`](Self::wait_for)) stop here. With
-    /// `LogConfig::replicated` false it follows the durable end by itself.
+    /// `LogConfig::replicated` false it follows the log end by itself ([`end_offset`]: the durable
+    /// end under `always`; under `interval`/`never` acknowledged records are readable before
+    /// their sync, as they always were).
+    ///
+    /// [`end_offset`]: Self::end_offset
     pub fn high_watermark(&self) -> u64 {
-        todo!("log-repl: high_watermark")
+        self.inner.shared.state.read().high_watermark()
     }
 
     /// Moves the high watermark up to `hw` (capped at the durable end; never down: a lower value
-    /// is ignored), persisting it in `hw.checkpoint` before readers see it. Returns the HW now
-    /// exposed.
+    /// is ignored), persisting it in `hw.checkpoint` before readers see it. Concurrent callers
+    /// are coalesced: the one writing persists the largest value asked meanwhile, so one
+    /// `fdatasync` serves them all. Returns the HW now exposed. Without
+    /// `LogConfig::replicated` it changes nothing and returns [`high_watermark`](Self::high_watermark).
     ///
     /// # Errors
     /// I/O errors writing the checkpoint (the HW then stays where it was).
     pub async fn set_high_watermark(&self, hw: u64) -> Result<u64, LogError> {
-        let _ = hw;
-        todo!("log-repl: set_high_watermark")
+        let shared = &self.inner.shared;
+        if !shared.config.replicated {
+            return Ok(self.high_watermark());
+        }
+        {
+            let mut pending = shared.hw_pending.lock();
+            *pending = (*pending).max(hw);
+        }
+        let mut checkpoint = shared.hw_file.lock().await;
+        let target = {
+            let mut state = shared.state.write();
+            // Take what every caller waiting so far asked; they find it done when their turn comes.
+            let asked = std::mem::take(&mut *shared.hw_pending.lock()).max(hw);
+            let target = asked.min(state.durable);
+            if target <= state.hw {
+                return Ok(state.hw);
+            }
+            state.hw_reserved = state.hw_reserved.max(target);
+            target
+        };
+        let (file, path, seq) = checkpoint.next_write();
+        let file = tokio::task::spawn_blocking(move || hw::store(file, &path, seq, target))
+            .await
+            .map_err(|_| LogError::Closed)??;
+        checkpoint.stored(file, seq);
+        let exposed = {
+            let mut state = shared.state.write();
+            state.hw = state.hw.max(target.min(state.durable));
+            state.hw
+        };
+        drop(checkpoint);
+        shared.refresh_visible();
+        Ok(exposed)
     }
 
-    /// This log's incarnation, `<uuid>:<boot>`: a UUID created with the data directory and a
-    /// counter raised on every open. A node that comes back with an empty volume (or restarted)
-    /// is a new ISR member (KIP-903).
+    /// This data directory's incarnation: a UUID (v4, 32 hex digits) created with the directory
+    /// (`<dir>/incarnation`) and never changed. A node that comes back with an empty volume is
+    /// a new ISR member (KIP-903); a restart on the same disk is not (followers report only
+    /// durable offsets, so a restart loses nothing they reported).
     pub fn incarnation(&self) -> String {
-        todo!("log-repl: incarnation")
+        self.inner.shared.incarnation.clone()
     }
 }
+
+/// Fetched chunks up to this size are verified on the calling task; larger ones on the blocking
+/// pool.
+const VERIFY_INLINE_BYTES: usize = 256 * 1024;
 
 /// Whole batches of raw frames, as [`LogStore::read_frames`] returns them.
 #[derive(Debug, Clone)]
@@ -604,11 +751,79 @@ impl Shared {
         while let Some(view) = state.view(cursor.next) {
             let before = cursor.next;
             view.read_into(&mut cursor)?;
-            if cursor.full() || view.end >= state.end || cursor.next == before {
+            if cursor.full() || view.end >= cursor.end || cursor.next == before {
                 break;
             }
         }
         Ok(cursor.out)
+    }
+
+    /// [`LogStore::read_frames`] on the blocking pool: like [`read_blocking`](Self::read_blocking),
+    /// without the lock across the disk read, retried if the log was rewritten in place meanwhile.
+    fn read_frames_blocking(&self, from: u64, max_bytes: usize) -> Result<FrameChunk, LogError> {
+        for attempt in 0..=LOCK_FREE_READ_ATTEMPTS {
+            let locked = attempt == LOCK_FREE_READ_ATTEMPTS;
+            let guard = self.state.read();
+            if from < guard.start {
+                return Err(LogError::OffsetTrimmed {
+                    offset: from,
+                    start: guard.start,
+                });
+            }
+            let bound = guard.durable;
+            let view = (from < bound).then(|| guard.view(from)).flatten();
+            let Some(view) = view else {
+                return Ok(FrameChunk {
+                    first: from,
+                    end: from,
+                    bytes: Bytes::new(),
+                });
+            };
+            let rewrites = guard.rewrites;
+            // The last attempt keeps the read lock: it cannot race with a rewrite.
+            let guard = if locked {
+                Some(guard)
+            } else {
+                drop(guard);
+                None
+            };
+            if let (None, Some(faults)) = (&guard, &self.config.fault_injector) {
+                faults.before_read();
+            }
+            let read = view.read_frames(from, bound, max_bytes);
+            if guard.is_none() && self.state.read().rewrites != rewrites {
+                continue; // what was read (or the error) may mix old and new bytes
+            }
+            let raw = read?;
+            return Ok(FrameChunk {
+                first: raw.first,
+                end: raw.end,
+                bytes: raw.bytes,
+            });
+        }
+        Err(LogError::Closed) // not reached: the last attempt returns
+    }
+
+    /// Publish where reads end now. Computed inside the watch's lock from the current state, so
+    /// concurrent refreshes (the writer, `set_high_watermark`) never publish an older value last.
+    /// Never call it while holding `state`.
+    fn refresh_visible(&self) {
+        self.visible.send_if_modified(|v| {
+            let now = self.state.read().read_end();
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
+    }
+
+    /// Publish the durable end now (as [`refresh_visible`](Self::refresh_visible)).
+    fn refresh_durable(&self) {
+        self.durable.send_if_modified(|v| {
+            let now = self.state.read().durable;
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
     }
 
     /// One attempt of a lock-free read; `None` when the log was rewritten in place meanwhile.
@@ -656,7 +871,35 @@ impl Shared {
 }
 
 impl LogState {
-    /// A read cursor from `from` up to the visible end; `None` when there is nothing to read.
+    /// The high watermark: `hw` for a replicated log, else the visible end.
+    fn high_watermark(&self) -> u64 {
+        if self.replicated {
+            self.hw.min(self.end)
+        } else {
+            self.end
+        }
+    }
+
+    /// Whether the retained record at `offset` is a control record.
+    fn is_control(&self, offset: u64) -> bool {
+        let k = self.segments.partition_point(|s| s.base <= offset);
+        k.checked_sub(1)
+            .and_then(|k| self.segments.get(k))
+            .is_some_and(|s| s.is_control(offset))
+    }
+
+    /// Where reads end: the high watermark, less the control records just below it (so that a
+    /// reader waiting at a control record's offset is woken only when a readable record follows;
+    /// control records are rare, one per leadership, so this walks back a step or two at most).
+    fn read_end(&self) -> u64 {
+        let mut end = self.high_watermark();
+        while end > self.start && self.is_control(end - 1) {
+            end -= 1;
+        }
+        end
+    }
+
+    /// A read cursor from `from` up to where reads end; `None` when there is nothing to read.
     ///
     /// # Errors
     /// [`LogError::OffsetTrimmed`] when `from` is below the first retained offset.
@@ -672,16 +915,18 @@ impl LogState {
                 start: self.start,
             });
         }
-        if max_records == 0 || from >= self.end {
+        let end = self.read_end();
+        if max_records == 0 || from >= end {
             return Ok(None);
         }
         Ok(Some(ReadCursor {
             next: from,
-            end: self.end,
+            end,
             max_records,
             max_bytes,
             bytes: 0,
             out: Vec::new(),
+            skip_control: true,
         }))
     }
 

@@ -1,6 +1,8 @@
 //! The single writer thread and its sync thread: admits appends into a group (one write and one
 //! `fdatasync` for everything queued), pipelines the next group's write with the current group's
 //! sync under `always`, publishes durable groups to readers, and rolls back a failed write or sync.
+//! Replicated frames (`append_frames`) and term-start control records join the same groups; they
+//! are written as received and synced before their reply whatever the durability mode.
 //! A failed write or sync poisons the store: appends are refused until the active segment has
 //! been reopened and its tail re-verified from disk (`maintenance::recover_tail`), because after a
 //! failed `fdatasync` the kernel may have dropped the dirty pages and a retried sync can falsely
@@ -23,6 +25,7 @@ use super::{now_ms, AppendOutcome, Command, Shared};
 use crate::log::{
     config::{Durability, LogConfig},
     error::LogError,
+    frames::VerifiedFrames,
     producer::{Admit, History, ProducerBatch},
     record::{self, ProducerSeq, Record},
     segment::Segment,
@@ -83,8 +86,48 @@ impl WriterState {
     }
 }
 
-/// One reply to send once the part it belongs to is durable.
-type Pending = (oneshot::Sender<Result<AppendOutcome, LogError>>, AppendOutcome);
+/// One reply to send once the part it belongs to is durable (or failed).
+enum Reply {
+    /// An `append`, with its outcome.
+    Append(oneshot::Sender<Result<AppendOutcome, LogError>>, AppendOutcome),
+    /// An `append_frames` (the new log end) or a `begin_term` (the record's offset).
+    Offset(oneshot::Sender<Result<u64, LogError>>, u64),
+}
+
+impl Reply {
+    /// Answer with the outcome.
+    fn ok(self) {
+        match self {
+            Reply::Append(tx, outcome) => {
+                let _ = tx.send(Ok(outcome));
+            }
+            Reply::Offset(tx, offset) => {
+                let _ = tx.send(Ok(offset));
+            }
+        }
+    }
+
+    /// Answer with `e`.
+    fn fail(self, e: LogError) {
+        match self {
+            Reply::Append(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::Offset(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Append(_, outcome) => write!(f, "Append({outcome:?})"),
+            Reply::Offset(_, offset) => write!(f, "Offset({offset})"),
+        }
+    }
+}
 
 /// Appends admitted since the last write: written together, synced together, acknowledged together.
 #[derive(Debug, Default)]
@@ -94,7 +137,12 @@ struct Part {
     /// `(offset, position)` of each frame, for the sparse index.
     positions: Vec<(u64, u64)>,
     /// Replies (appended batches and duplicates) waiting on this part.
-    replies: Vec<Pending>,
+    replies: Vec<Reply>,
+    /// Offsets of the control records in the part.
+    controls: Vec<u64>,
+    /// The part holds replicated frames or a term-start record: synced before it is acknowledged
+    /// whatever the durability mode.
+    force_sync: bool,
     /// Producer table entries to restore if the write fails.
     undo: Vec<(String, Option<History>)>,
     /// Writer state to restore if the write fails: `(next_offset, last_term)` before the part.
@@ -339,6 +387,8 @@ impl Writer {
                 payloads,
                 reply,
             } => self.admit(term, producer, payloads, reply),
+            Command::AppendFrames { frames, reply } => self.admit_frames(frames, reply),
+            Command::BeginTerm { term, reply } => self.admit_term_start(term, reply),
             Command::Truncate { from, reply } => {
                 let res = self
                     .recover_now()
@@ -366,6 +416,7 @@ impl Writer {
                 // Wake tailing readers so that `wait_for` can report the store as closed.
                 self.shared.closed.store(true, Ordering::Release);
                 self.shared.visible.send_modify(|_| {});
+                self.shared.durable.send_modify(|_| {});
                 return true;
             }
         }
@@ -401,7 +452,7 @@ impl Writer {
                     // Acknowledged with the current part: the original may still be syncing.
                     self.part
                         .replies
-                        .push((reply, AppendOutcome::Duplicate { first, count }));
+                        .push(Reply::Append(reply, AppendOutcome::Duplicate { first, count }));
                     return;
                 }
                 Err(refused) => {
@@ -465,10 +516,222 @@ impl Writer {
         self.st.last_term = Some((term, first + count as u64 - 1));
         self.part
             .replies
-            .push((reply, AppendOutcome::Appended { first, count }));
+            .push(Reply::Append(reply, AppendOutcome::Appended { first, count }));
         if self.part.buf.len() >= WRITE_CHUNK {
             self.write_chunk();
         }
+    }
+
+    /// Refuse work while poisoned (retrying the recovery first when due); true when refused.
+    fn refuse_poisoned<T>(&mut self, reply: &mut Option<oneshot::Sender<Result<T, LogError>>>) -> bool {
+        if self.poison.as_ref().is_some_and(|p| Instant::now() >= p.retry_at) {
+            let _ = self.try_recover();
+        }
+        match (&self.poison, reply.take()) {
+            (Some(p), Some(tx)) => {
+                let _ = tx.send(Err(LogError::Poisoned { reason: p.reason() }));
+                true
+            }
+            (_, tx) => {
+                *reply = tx;
+                false
+            }
+        }
+    }
+
+    /// Roll to a new segment first if `len` more bytes would push the active one past its limit
+    /// (a batch is never split). On failure the store is poisoned and the error returned.
+    fn roll_if_full(&mut self, len: u64) -> Result<(), LogError> {
+        let used = self.st.written_len + self.part.flushed + self.part.buf.len() as u64;
+        if used > 0 && used + len > self.config().segment_bytes {
+            let drained = self.drain();
+            if let Some(p) = &self.poison {
+                // The drain's write or sync failed: what was admitted before is rolled back.
+                return Err(LogError::Poisoned { reason: p.reason() });
+            }
+            if let Err(e) = drained.and_then(|()| self.roll()) {
+                tracing::error!(error = %e, "segment roll failed");
+                let synced = self.synced();
+                self.poison(&e, synced);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Append verified frames from a leader as they are: they must start at the log end and not
+    /// go below its last term. New terms go to the epoch cache (persisted first), producer batches
+    /// to the producer table; each run of batches that fits the active segment is one write of
+    /// the received bytes. Acknowledged with the new log end once synced.
+    fn admit_frames(&mut self, frames: VerifiedFrames, reply: oneshot::Sender<Result<u64, LogError>>) {
+        let mut reply = Some(reply);
+        if self.refuse_poisoned(&mut reply) {
+            return;
+        }
+        let Some(reply) = reply else { return };
+        let (Some(first), Some(first_term)) = (frames.first(), frames.first_term()) else {
+            // Nothing to append: only make what is stored durable (a fetch promises it).
+            let res = self.drain().and_then(|()| {
+                if self.st.dirty {
+                    if let Err(e) = self.sync() {
+                        let synced = self.synced();
+                        self.poison(&e, synced);
+                        return Err(e);
+                    }
+                }
+                Ok(self.st.next_offset)
+            });
+            let _ = reply.send(res);
+            return;
+        };
+        if first != self.st.next_offset {
+            let _ = reply.send(Err(LogError::Corrupt {
+                file: "(fetched frames)".into(),
+                position: 0,
+                reason: format!(
+                    "frames start at offset {first} but the log ends at {}",
+                    self.st.next_offset
+                ),
+            }));
+            return;
+        }
+        if let Some((last_term, _)) = self.st.last_term {
+            if first_term < last_term {
+                let _ = reply.send(Err(LogError::StaleTerm {
+                    term: first_term,
+                    last_term,
+                }));
+                return;
+            }
+        }
+        // Every new term, persisted before any of its records is written.
+        let mut cache = self.shared.epochs.lock().clone();
+        let mut term = self.st.last_term.map(|(t, _)| t);
+        let mut changed = false;
+        for b in &frames.batches {
+            if term.is_none_or(|t| b.term > t) {
+                changed |= cache.record(b.term, b.first);
+                term = Some(b.term);
+            }
+        }
+        if changed {
+            if let Err(e) = crate::log::epochs::save(&self.shared.config.dir, &cache) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            *self.shared.epochs.lock() = cache;
+        }
+        let mut k = 0;
+        let mut index = frames.index.iter().peekable();
+        while k < frames.batches.len() {
+            // The run of batches from `k` that fits the active segment (at least one).
+            let mut run = k + 1;
+            let first_len = frames.batches[k].range.len() as u64;
+            if let Err(e) = self.roll_if_full(first_len) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            let limit = self.config().segment_bytes;
+            let used = self.st.written_len + self.part.flushed + self.part.buf.len() as u64;
+            let mut len = first_len;
+            while let Some(b) = frames.batches.get(run) {
+                if used + len + b.range.len() as u64 > limit {
+                    break;
+                }
+                len += b.range.len() as u64;
+                run += 1;
+            }
+            let batches = &frames.batches[k..run];
+            let start = batches[0].range.start;
+            let stop = batches[run - k - 1].range.end;
+            // Encoded appends of this part go first, then the received bytes, unchanged.
+            if !self.part.buf.is_empty() {
+                self.write_chunk();
+            }
+            if self.part.before.is_none() {
+                self.part.before = Some((self.st.next_offset, self.st.last_term));
+            }
+            let at = self.st.written_len + self.part.flushed;
+            if self.part.write_error.is_none() {
+                match self.write_part(&frames.bytes[start..stop], at) {
+                    Ok(()) => self.part.flushed += (stop - start) as u64,
+                    Err(e) => self.part.write_error = Some(e),
+                }
+            }
+            while let Some(&&(offset, pos)) = index.peek() {
+                if pos >= stop {
+                    break;
+                }
+                self.part.positions.push((offset, at + (pos - start) as u64));
+                index.next();
+            }
+            let mut producers = self.shared.producers.lock();
+            for b in batches {
+                if let Some((id, seq)) = &b.producer {
+                    let prior = producers.record(id, *seq, b.count, b.first, b.timestamp_ms);
+                    self.part.undo.push((id.clone(), prior));
+                }
+                if b.control {
+                    self.part.controls.push(b.first);
+                }
+                self.part.max_ts = self.part.max_ts.max(b.max_timestamp_ms);
+                let last = b.first + u64::from(b.count) - 1;
+                self.st.next_offset = last + 1;
+                self.st.last_term = Some((b.term, last));
+            }
+            drop(producers);
+            self.part.force_sync = true;
+            k = run;
+        }
+        let end = self.st.next_offset;
+        self.part.replies.push(Reply::Offset(reply, end));
+    }
+
+    /// Append a term-start control record for `term` (its own batch, no payload); acknowledged
+    /// with its offset once synced.
+    fn admit_term_start(&mut self, term: u64, reply: oneshot::Sender<Result<u64, LogError>>) {
+        let mut reply = Some(reply);
+        if self.refuse_poisoned(&mut reply) {
+            return;
+        }
+        let Some(reply) = reply else { return };
+        if let Some((last_term, _)) = self.st.last_term {
+            if term < last_term {
+                let _ = reply.send(Err(LogError::StaleTerm { term, last_term }));
+                return;
+            }
+        }
+        if let Err(e) = self.roll_if_full(record::frame_len(0, 0) as u64) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if self.st.last_term.is_none_or(|(t, _)| term > t) {
+            if let Err(e) = self.begin_term(term) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        if self.part.before.is_none() {
+            self.part.before = Some((self.st.next_offset, self.st.last_term));
+        }
+        let offset = self.st.next_offset;
+        let timestamp_ms = now_ms();
+        let rec = Record {
+            offset,
+            term,
+            timestamp_ms,
+            producer: None,
+            payload: Bytes::new(),
+        };
+        let position = self.st.written_len + self.part.flushed + self.part.buf.len() as u64;
+        self.part.positions.push((offset, position));
+        record::encode_frame(&mut self.part.buf, &rec, 0, true);
+        self.part.controls.push(offset);
+        self.part.max_ts = self.part.max_ts.max(timestamp_ms);
+        self.part.force_sync = true;
+        self.st.next_offset = offset + 1;
+        self.st.last_term = Some((term, offset));
+        self.part.replies.push(Reply::Offset(reply, offset));
     }
 
     /// Write the encoded bytes of the part being admitted now (no sync, not yet visible).
@@ -495,8 +758,8 @@ impl Writer {
             match &mut self.inflight {
                 Some(inflight) => inflight.part.replies.append(&mut part.replies),
                 None => {
-                    for (reply, outcome) in part.replies {
-                        let _ = reply.send(Ok(outcome));
+                    for reply in part.replies {
+                        reply.ok();
                     }
                 }
             }
@@ -525,6 +788,17 @@ impl Writer {
         self.part.buf = buf;
         if self.config().durability != Durability::Always {
             self.st.dirty = true;
+            if part.force_sync {
+                // Replicated frames and term-start records are durable before they are answered.
+                if let Err(e) = self.sync() {
+                    let copy = e.duplicate();
+                    self.fail_parts(vec![part], e);
+                    // Records written before this part since the last sync are not trusted either.
+                    let synced = self.synced();
+                    self.poison(&copy, synced);
+                    return;
+                }
+            }
             self.publish(part);
             return;
         }
@@ -593,6 +867,7 @@ impl Writer {
                 for &(offset, position) in &part.positions {
                     seg.index.maybe_add(offset, position, interval);
                 }
+                seg.controls.extend_from_slice(&part.controls);
                 seg.len = part.len_after;
                 seg.end = end;
                 seg.last_term = part.last_term_after;
@@ -600,10 +875,12 @@ impl Writer {
             }
             state.end = end;
             state.last_term = part.last_term_after;
+            state.durable = self.st.synced_end.min(end);
         }
-        self.shared.visible.send_replace(end);
-        for (reply, outcome) in part.replies {
-            let _ = reply.send(Ok(outcome));
+        self.shared.refresh_durable();
+        self.shared.refresh_visible();
+        for reply in part.replies {
+            reply.ok();
         }
     }
 
@@ -635,8 +912,8 @@ impl Writer {
             end: self.st.next_offset,
         };
         self.poison(&e, keep);
-        for (reply, _) in replies {
-            let _ = reply.send(Err(e.duplicate()));
+        for reply in replies {
+            reply.fail(e.duplicate());
         }
     }
 
@@ -694,6 +971,11 @@ impl Writer {
         self.st.last_sync = Instant::now();
         self.st.synced_len = self.st.written_len;
         self.st.synced_end = self.st.next_offset;
+        {
+            let mut state = self.shared.state.write();
+            state.durable = self.st.synced_end.min(state.end);
+        }
+        self.shared.refresh_durable();
         Ok(())
     }
 
