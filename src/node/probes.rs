@@ -197,8 +197,7 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
 
 /// The election case as the election publishes it, for the status.
 fn election_case(state: &LeaderState) -> serde_json::Value {
-    let _ = state;
-    serde_json::Value::Null
+    serde_json::to_value(&state.case).unwrap_or(serde_json::Value::Null)
 }
 
 #[cfg(test)]
