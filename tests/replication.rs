@@ -199,18 +199,19 @@ async fn empty_disk_catches_up_before_it_can_be_elected() {
         expected.extend(lines.iter().map(|l| l.to_string()));
     }
     c.wait_hw(100, WAIT).await;
+    // The node creates it when it opens its log, just after it starts listening.
     let incarnation = |c: &Cluster| {
         let path = c.data_dir(f).join("incarnation");
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .trim()
-            .to_string()
+        eventually(WAIT, move || {
+            let path = path.clone();
+            async move { std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string()) }
+        })
     };
-    let old = incarnation(&c);
+    let old = incarnation(&c).await.expect("the incarnation file");
 
     proxies[f].cut();
     c.restart_empty(f).await;
-    let new = incarnation(&c);
+    let new = incarnation(&c).await.expect("a new incarnation file");
     assert_ne!(old, new, "an empty data directory is a new incarnation");
     c.node_mut(leader).kill().await;
     c.node_mut(o).kill().await;
