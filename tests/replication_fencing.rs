@@ -195,6 +195,7 @@ async fn deposed_leader_can_neither_acknowledge_nor_change_the_isr() {
     })
     .await;
     let (_, status, answer) = deposed_write.await.expect("write task");
+    eprintln!("the deposed leader answered: {answer}");
     assert_ne!(
         status,
         Some(200),

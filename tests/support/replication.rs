@@ -353,6 +353,7 @@ pub async fn start_behind_proxies(n: usize, extra: &[&str], cut: bool) -> (Clust
         .node_args(extra.iter().copied());
     // A paused node answers nothing: probes of it give up after a second.
     options.http_timeout = Duration::from_secs(1);
+    if let Ok(dir) = std::env::var("DBG_DIR") { options = options.dir(dir); }
     let mut proxies = Vec::new();
     for i in 0..n {
         let proxy = Proxy::start().await;
