@@ -239,7 +239,9 @@ impl LogError {
                 from: *from,
                 start: *start,
             },
-            LogError::BelowHighWatermark { from, hw } => LogError::BelowHighWatermark { from: *from, hw: *hw },
+            LogError::BelowHighWatermark { from, hw } => {
+                LogError::BelowHighWatermark { from: *from, hw: *hw }
+            }
             LogError::Poisoned { reason } => LogError::Poisoned {
                 reason: reason.clone(),
             },

@@ -72,7 +72,11 @@ fn refuse(position: usize, reason: impl Into<String>) -> LogError {
 ///
 /// # Errors
 /// [`LogError::Corrupt`] naming the byte position within `bytes` and what failed.
-pub fn verify(bytes: Bytes, max_record_bytes: usize, index_interval: u32) -> Result<VerifiedFrames, LogError> {
+pub fn verify(
+    bytes: Bytes,
+    max_record_bytes: usize,
+    index_interval: u32,
+) -> Result<VerifiedFrames, LogError> {
     let mut out = VerifiedFrames {
         bytes: Bytes::new(),
         batches: Vec::new(),
@@ -90,7 +94,10 @@ pub fn verify(bytes: Bytes, max_record_bytes: usize, index_interval: u32) -> Res
         })?;
         if let Some(want) = expected {
             if head.offset != want {
-                return Err(refuse(pos, format!("record offset {} where {want} was expected", head.offset)));
+                return Err(refuse(
+                    pos,
+                    format!("record offset {} where {want} was expected", head.offset),
+                ));
             }
         }
         if head.is_control() {
@@ -128,7 +135,10 @@ pub fn verify(bytes: Bytes, max_record_bytes: usize, index_interval: u32) -> Res
             }
             None => {
                 if last_term.is_some_and(|t| head.term < t) {
-                    return Err(refuse(pos, format!("term {} after term {}", head.term, last_term.unwrap_or(0))));
+                    return Err(refuse(
+                        pos,
+                        format!("term {} after term {}", head.term, last_term.unwrap_or(0)),
+                    ));
                 }
                 let batch = BatchSummary {
                     range: pos..pos,

@@ -81,7 +81,14 @@ impl HwCheckpoint {
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok((HwCheckpoint { path, file: None, seq: 0 }, None));
+                return Ok((
+                    HwCheckpoint {
+                        path,
+                        file: None,
+                        seq: 0,
+                    },
+                    None,
+                ));
             }
             Err(e) => return Err(LogError::io("open high watermark checkpoint", &path, e)),
         };
@@ -90,7 +97,10 @@ impl HwCheckpoint {
             let at = slot_position(seq) as usize;
             bytes.get(at..).and_then(decode)
         };
-        let newest = [slot(0), slot(1)].into_iter().flatten().max_by_key(|&(seq, _)| seq);
+        let newest = [slot(0), slot(1)]
+            .into_iter()
+            .flatten()
+            .max_by_key(|&(seq, _)| seq);
         if newest.is_none() {
             tracing::warn!(path = %path.display(), "high watermark checkpoint damaged; starting from 0");
         }
@@ -144,7 +154,8 @@ pub fn store(file: Option<Arc<File>>, path: &Path, seq: u64, hw: u64) -> Result<
         .truncate(true)
         .open(&tmp)
         .map_err(io("create high watermark checkpoint"))?;
-    f.set_len(SLOT_STRIDE * 2).map_err(io("size high watermark checkpoint"))?;
+    f.set_len(SLOT_STRIDE * 2)
+        .map_err(io("size high watermark checkpoint"))?;
     f.write_all_at(&slot, slot_position(seq))
         .map_err(io("write high watermark checkpoint"))?;
     f.sync_all().map_err(io("sync high watermark checkpoint"))?;
@@ -175,7 +186,10 @@ mod tests {
             let (_, back) = HwCheckpoint::load(dir.path()).expect("load");
             assert_eq!(back, Some(v));
         }
-        assert_eq!(fs::metadata(dir.path().join(HW_FILE)).expect("stat").len(), 2 * SLOT_STRIDE);
+        assert_eq!(
+            fs::metadata(dir.path().join(HW_FILE)).expect("stat").len(),
+            2 * SLOT_STRIDE
+        );
     }
 
     /// A torn (damaged) newest slot falls back to the previous value, which was the last one

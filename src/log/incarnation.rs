@@ -18,7 +18,9 @@ const INCARNATION_TMP: &str = "incarnation.tmp";
 
 /// Whether `s` is an incarnation this code wrote: 32 lowercase hex digits (a v4 UUID, simple form).
 fn valid(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The directory's incarnation, created (temp file, fsync, rename, directory fsync) when the file
@@ -31,7 +33,9 @@ pub fn load_or_create(dir: &Path) -> Result<String, LogError> {
     let path = dir.join(INCARNATION_FILE);
     match fs::read_to_string(&path) {
         Ok(s) if valid(s.trim()) => return Ok(s.trim().to_owned()),
-        Ok(_) => tracing::warn!(path = %path.display(), "incarnation file damaged; this directory gets a new incarnation"),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "incarnation file damaged; this directory gets a new incarnation")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(LogError::io("read incarnation", &path, e)),
     }
@@ -40,7 +44,8 @@ pub fn load_or_create(dir: &Path) -> Result<String, LogError> {
     let path = path.as_path();
     let io = |op| move |e| LogError::io(op, path, e);
     let mut f = File::create(&tmp).map_err(io("create incarnation"))?;
-    f.write_all(format!("{id}\n").as_bytes()).map_err(io("write incarnation"))?;
+    f.write_all(format!("{id}\n").as_bytes())
+        .map_err(io("write incarnation"))?;
     f.sync_all().map_err(io("sync incarnation"))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io("rename incarnation"))?;

@@ -143,11 +143,19 @@ pub fn encode_frame(buf: &mut Vec<u8>, record: &Record, batch_remaining: u32, co
     buf.reserve(total);
     buf.put_u32_le(body_len);
     buf.put_u32_le(0); // CRC, filled below
-    let mut flags = if record.producer.is_some() { FLAG_PRODUCER } else { 0 };
+    let mut flags = if record.producer.is_some() {
+        FLAG_PRODUCER
+    } else {
+        0
+    };
     if control {
         flags |= FLAG_CONTROL;
     }
-    buf.put_u8(if control { FORMAT_VERSION_CONTROL } else { FORMAT_VERSION });
+    buf.put_u8(if control {
+        FORMAT_VERSION_CONTROL
+    } else {
+        FORMAT_VERSION
+    });
     buf.put_u8(flags);
     buf.put_u16_le(pid.len() as u16);
     buf.put_u32_le(batch_remaining);
@@ -351,7 +359,11 @@ mod tests {
         let mut data = Vec::new();
         encode(&mut data, &sample(true), 0);
         assert_eq!(data[8], FORMAT_VERSION);
-        assert!(!decode(&data, |r| Bytes::copy_from_slice(&data[r])).expect("valid").control);
+        assert!(
+            !decode(&data, |r| Bytes::copy_from_slice(&data[r]))
+                .expect("valid")
+                .control
+        );
     }
 
     /// A version-1 frame claiming the control flag, a control frame with a payload, and an unknown

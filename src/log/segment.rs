@@ -473,7 +473,10 @@ impl SegmentView {
             }
             let head = record::peek(&w.buf[i..]).map_err(|e| corrupt(pos, format!("{e:?}")))?;
             if head.offset != off {
-                return Err(corrupt(pos, format!("record offset {} where {off} was expected", head.offset)));
+                return Err(corrupt(
+                    pos,
+                    format!("record offset {} where {off} was expected", head.offset),
+                ));
             }
             if off == from {
                 from_at = Some(i);

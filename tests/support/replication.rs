@@ -353,7 +353,11 @@ pub async fn start_behind_proxies(n: usize, extra: &[&str], cut: bool) -> (Clust
         .node_args(extra.iter().copied());
     // A paused node answers nothing: probes of it give up after a second.
     options.http_timeout = Duration::from_secs(1);
-    if let Ok(dir) = std::env::var("DBG_DIR") { options = options.dir(dir); }
+    // To read the nodes' logs after a failure: keep data and logs there instead of a temporary
+    // directory (empty it between runs).
+    if let Ok(dir) = std::env::var("REPLICATION_TEST_DIR") {
+        options = options.dir(dir);
+    }
     let mut proxies = Vec::new();
     for i in 0..n {
         let proxy = Proxy::start().await;

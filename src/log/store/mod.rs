@@ -289,7 +289,11 @@ impl LogStore {
         let writer_state = WriterState::at_end(active, rec.last_term);
         let hw = loaded_hw.unwrap_or(0);
         if config.replicated && hw > end {
-            tracing::warn!(hw, end, "the persisted high watermark is past the log end; capping it");
+            tracing::warn!(
+                hw,
+                end,
+                "the persisted high watermark is past the log end; capping it"
+            );
         }
         let hw = hw.min(end);
         let state = LogState {
