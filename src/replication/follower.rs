@@ -329,11 +329,13 @@ mod tests {
     fn state(role: Role, leader: Option<&str>) -> LeaderState {
         LeaderState {
             role,
+            case: crate::election::ElectionCase::Normal,
             term: 4,
             leader: leader.map(|n| LeaderRecord {
                 name: n.into(),
                 address: format!("{n}:1"),
                 since: String::new(),
+                term: None,
             }),
             lease_until: Some(Instant::now()),
             session: Some("s".into()),
