@@ -26,14 +26,16 @@ fn dead(pid: u32) -> bool {
 }
 
 /// A killed node restarts on the same address with its data; `read_log` pages through the
-/// whole log over HTTP; a flag given for one node reaches only that node; node environment and
-/// fault files reach every node, each its own fault file.
+/// whole log over HTTP; every node gets `--replicas` = the node count; a flag or variable given
+/// for one node reaches only that node; node environment and fault files reach every node, each
+/// its own fault file.
 #[tokio::test]
 async fn restart_keeps_address_and_log() {
     let options = ClusterOptions::fast(BIN)
         .nodes(2)
         .node_args_for(1, ["--follower-writes", "forward"])
         .node_env("SIMPLELOGGERS_MAX_MESSAGE_BYTES", "4096")
+        .node_env_for(0, "SIMPLELOGGERS_MAX_BATCH_BYTES", "65536")
         .fault_files();
     let mut c = Cluster::start_with(options).await;
     let proc_file = |i: usize, file: &str| {
@@ -43,6 +45,12 @@ async fn restart_keeps_address_and_log() {
     let cmdline = |i: usize| proc_file(i, "cmdline");
     assert!(cmdline(1).contains("--follower-writes forward"), "{}", cmdline(1));
     assert!(!cmdline(0).contains("--follower-writes"), "{}", cmdline(0));
+    for i in 0..2 {
+        assert!(cmdline(i).contains("--replicas 2"), "{}", cmdline(i));
+    }
+    let env_of = |i: usize| proc_file(i, "environ");
+    assert!(env_of(0).contains("SIMPLELOGGERS_MAX_BATCH_BYTES=65536"));
+    assert!(!env_of(1).contains("SIMPLELOGGERS_MAX_BATCH_BYTES"));
     for i in 0..2 {
         let fault = c.fault_file(i).unwrap();
         assert_eq!(fault, c.dir().join(format!("n{i}.fault")));

@@ -92,12 +92,9 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<bool
     let exe = std::env::current_exe().map_err(io("cannot find the simpleloggers executable"))?;
     let mut options = ClusterOptions::new(exe)
         .nodes(0)
-        .node_args([
-            "--durability",
-            &config.durability,
-            "--replicas",
-            &config.nodes.to_string(),
-        ])
+        // The demo adds its nodes one by one below: each replicates to all of them.
+        .replicas(u32::from(config.nodes))
+        .node_args(["--durability", &config.durability])
         // Node logs go to files, so they can be detailed whatever the demo's own level.
         .rust_log(std::env::var("SIMPLELOGGERS_DEMO_NODE_LOG").unwrap_or_else(|_| "info".into()));
     options.temp_prefix = "simpleloggers-demo-".into();

@@ -1,14 +1,16 @@
 //! A local cluster of real processes: `simpleloggers dev-consul` and N `simpleloggers node`s on
 //! loopback ports the OS picks, each node with its own data directory and log file. Nodes (and
 //! the dev Consul) can be stopped, killed, paused, resumed and restarted on the same address;
-//! the cluster waits for a single leader and reads a node's log over HTTP. Every child is killed
-//! when the cluster is dropped, even on panic, and by the kernel if this process dies.
+//! the cluster waits for a single leader, reads a node's log over HTTP and waits for replication
+//! states (`replication.rs`). Every child is killed when the cluster is dropped, even on panic,
+//! and by the kernel if this process dies.
 //!
 //! One harness for the demo, the integration tests ([`ClusterOptions::fast`]) and the
 //! benchmarks ([`ClusterOptions::new`], the nodes' default timings).
 
 mod options;
 mod process;
+mod replication;
 
 use std::{
     future::Future,
@@ -18,6 +20,7 @@ use std::{
 
 pub use options::{ClusterOptions, Timings};
 pub use process::{LocalProcess, ProcessSpec};
+pub use replication::{MemberStatus, ReplicationStatus};
 
 use crate::{
     cli::tail::TailEntry,
@@ -67,6 +70,16 @@ pub enum LocalClusterError {
         what: &'static str,
         /// How long it was awaited.
         after: Duration,
+    },
+    /// The nodes did not reach a replication state in time.
+    #[error("cluster: no {what} within {after:?}; last seen: {last}")]
+    Unsettled {
+        /// What was awaited.
+        what: String,
+        /// How long it was awaited.
+        after: Duration,
+        /// The last statuses seen.
+        last: String,
     },
     /// A graceful stop took too long, so the process was killed.
     #[error("{name} did not stop within {after:?}; killed it")]
@@ -210,13 +223,14 @@ impl LocalCluster {
         };
         for i in 0..cluster.options.nodes {
             let name = cluster.options.node_name(i);
-            let extra = cluster.options.node_args_for.get(&i).cloned().unwrap_or_default();
-            cluster.add_node(&name, extra).await?;
+            cluster.add_node(&name, Vec::<String>::new()).await?;
         }
         Ok(cluster)
     }
 
-    /// Starts one more node, `name`, with the cluster's flags plus `extra`; answers its index.
+    /// Starts one more node, `name`, with the cluster's flags (`--replicas`, and what the options
+    /// give the node of that index: flags, environment, replication proxy) plus `extra`;
+    /// answers its index.
     ///
     /// # Errors
     /// As [`LocalProcess::start`].
@@ -226,19 +240,23 @@ impl LocalCluster {
         S: Into<String>,
     {
         let options = &self.options;
+        let index = self.nodes.len();
         let data_dir = self.dir.join(name);
+        let (replication_args, own_env) = options.node_extras(index);
         let mut spec = ProcessSpec::new(name, &options.binary, self.dir.join(format!("{name}.log")))
             .args(["node", "--name", name, "--consul-addr", &self.consul.url()])
             .args(["--data-dir".to_string(), data_dir.display().to_string()])
             .args(options.timings.iter().flat_map(Timings::node_args))
+            .args(replication_args)
             .args(options.node_args.iter().cloned())
+            .args(options.node_args_for.get(&index).into_iter().flatten().cloned())
             .args(extra)
             .env("RUST_LOG", &options.rust_log);
         if options.fault_files {
             let fault = self.fault_path(name);
             spec = spec.args(["--fault-file".to_string(), fault.display().to_string()]);
         }
-        for (key, value) in &options.node_env {
+        for (key, value) in options.node_env.iter().chain(&own_env) {
             spec = spec.env(key, value);
         }
         spec.listen_flag = Some("--listen".into());

@@ -1,7 +1,8 @@
 //! What a local cluster is made of: the executable, how many nodes, where their data goes, the
 //! election timings (the nodes' defaults for the demo and benchmarks, [`Timings::FAST`] for
-//! tests), any extra flags or environment for every node or for one of them, and whether each
-//! node gets a fault file (the node's hidden disk-fault test hook).
+//! tests), `--replicas` (the node count unless set), any extra flags or environment for every
+//! node or for one of them, each node's replication proxy, and whether each node gets a fault file
+//! (the node's hidden disk-fault test hook).
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -66,6 +67,14 @@ pub struct ClusterOptions {
     /// Extra environment variables for every node (settings tests reach through the node's
     /// `SIMPLELOGGERS_*` variables rather than its flags).
     pub node_env: Vec<(String, String)>,
+    /// Extra environment variables for one node, by index (after `node_env`, so they win).
+    pub node_env_for: BTreeMap<usize, Vec<(String, String)>>,
+    /// `--replicas` for every node; `None`: the number of nodes the cluster starts with
+    /// (`nodes`), so a cluster of N nodes replicates to all N and a single node runs as before.
+    pub replicas: Option<u32>,
+    /// `--replication-proxy URL` for one node, by index: that node's follower sends every fetch
+    /// through this HTTP forward proxy (a test's cuttable proxy), kept across restarts.
+    pub replication_proxy: BTreeMap<usize, String>,
     /// Give every node `--fault-file DIR/NAME.fault` (see
     /// [`LocalCluster::fault_file`](super::LocalCluster::fault_file)): while that file names an
     /// errno, every log write of that node fails with it.
@@ -97,6 +106,9 @@ impl ClusterOptions {
             node_args: Vec::new(),
             node_args_for: BTreeMap::new(),
             node_env: Vec::new(),
+            node_env_for: BTreeMap::new(),
+            replicas: None,
+            replication_proxy: BTreeMap::new(),
             fault_files: false,
             consul_args: Vec::new(),
             rust_log: "info".into(),
@@ -164,6 +176,44 @@ impl ClusterOptions {
         self
     }
 
+    /// Sets an environment variable for node `index` only.
+    pub fn node_env_for(mut self, index: usize, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.node_env_for
+            .entry(index)
+            .or_default()
+            .push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets `--replicas` for every node (default: the node count).
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// Sends node `index`'s replication fetches through the HTTP forward proxy at `url`.
+    pub fn replication_proxy(mut self, index: usize, url: impl Into<String>) -> Self {
+        self.replication_proxy.insert(index, url.into());
+        self
+    }
+
+    /// The `--replicas` every node gets: [`ClusterOptions::replicas`], else the node count.
+    pub fn replica_count(&self) -> u32 {
+        self.replicas
+            .unwrap_or_else(|| u32::try_from(self.nodes.max(1)).unwrap_or(u32::MAX))
+    }
+
+    /// The flags and environment node `index` gets beyond the common ones: `--replicas`, its
+    /// replication proxy, then its own extra flags; its own environment.
+    pub fn node_extras(&self, index: usize) -> (Vec<String>, Vec<(String, String)>) {
+        let mut args = vec!["--replicas".to_string(), self.replica_count().to_string()];
+        if let Some(proxy) = self.replication_proxy.get(&index) {
+            args.extend(["--replication-proxy".to_string(), proxy.clone()]);
+        }
+        let env = self.node_env_for.get(&index).cloned().unwrap_or_default();
+        (args, env)
+    }
+
     /// Gives every node a fault file of its own (none exists until a test writes it).
     pub fn fault_files(mut self) -> Self {
         self.fault_files = true;
@@ -185,6 +235,30 @@ impl ClusterOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--replicas` defaults to the node count, can be set, and a proxy or environment given
+    /// for one node reaches only that node.
+    #[test]
+    fn per_node_replication_settings() {
+        let options = ClusterOptions::fast("sl")
+            .nodes(3)
+            .replication_proxy(1, "http://127.0.0.1:9")
+            .node_env_for(2, "SIMPLELOGGERS_ACKS", "leader");
+        assert_eq!(
+            options.node_extras(0),
+            (vec!["--replicas".into(), "3".into()], vec![])
+        );
+        assert_eq!(
+            options.node_extras(1).0,
+            ["--replicas", "3", "--replication-proxy", "http://127.0.0.1:9"]
+        );
+        assert_eq!(
+            options.node_extras(2).1,
+            [("SIMPLELOGGERS_ACKS".to_string(), "leader".to_string())]
+        );
+        assert_eq!(options.clone().replicas(5).node_extras(0).0, ["--replicas", "5"]);
+        assert_eq!(options.nodes(1).node_extras(0).0, ["--replicas", "1"]);
+    }
 
     /// The fast timings become the node flags tests always used, in humantime form.
     #[test]

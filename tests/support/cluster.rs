@@ -12,8 +12,9 @@ use std::{
 
 pub use simpleloggers::local_cluster::eventually;
 use simpleloggers::{
+    cli::tail::TailEntry,
     discovery::CurrentLeader,
-    local_cluster::{ClusterOptions, LocalCluster},
+    local_cluster::{ClusterOptions, LocalCluster, ReplicationStatus},
 };
 
 /// The binary under test.
@@ -80,6 +81,83 @@ impl Cluster {
             node.name(),
             node.log_text()
         );
+    }
+
+    /// Node `i`'s name.
+    pub fn name(&self, i: usize) -> String {
+        self.0.node(i).name().to_string()
+    }
+
+    /// Node `i`'s `replication` status (panics if it does not answer one).
+    pub async fn repl(&self, i: usize) -> ReplicationStatus {
+        self.0
+            .replication(i)
+            .await
+            .unwrap_or_else(|e| panic!("replication status of {}: {e}", self.name(i)))
+    }
+
+    /// Waits until every running node reports the in-sync set of nodes `members`.
+    pub async fn wait_isr(&self, members: &[usize], within: Duration) {
+        let names: Vec<String> = members.iter().map(|&i| self.name(i)).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.0
+            .wait_isr(&names, within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Waits until each of `nodes` reports the in-sync set of nodes `members`.
+    pub async fn wait_isr_on(&self, nodes: &[usize], members: &[usize], within: Duration) {
+        let names: Vec<String> = members.iter().map(|&i| self.name(i)).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.0
+            .wait_isr_on(nodes, &names, within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Waits until every running node's high watermark is at least `at_least`.
+    pub async fn wait_hw(&self, at_least: u64, within: Duration) {
+        self.0
+            .wait_high_watermark(at_least, within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Waits until every running node has committed one and the same log end; answers it.
+    pub async fn converge(&self, within: Duration) -> u64 {
+        self.0
+            .wait_converged(within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every running node's whole log over HTTP, by index.
+    pub async fn logs(&self) -> Vec<(usize, Vec<TailEntry>)> {
+        self.0.read_logs().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// SIGKILLs node `i`, removes its data directory, and starts it again (an empty disk: a new
+    /// incarnation).
+    pub async fn restart_empty(&mut self, i: usize) {
+        self.0.node_mut(i).kill().await;
+        let dir = self.0.data_dir(i).to_path_buf();
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+        self.0
+            .node_mut(i)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("restart {}: {e}", self.name(i)));
+    }
+
+    /// Starts node `i` again (after a kill or stop), panicking if it does not start.
+    pub async fn restart(&mut self, i: usize) {
+        let name = self.name(i);
+        self.0
+            .node_mut(i)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("restart {name}: {e}"));
     }
 
     /// GETs `url` and decodes its JSON body (panics on any failure: for test assertions).
