@@ -58,7 +58,7 @@ pub struct ReadAnswer {
     pub entries: Vec<Entry>,
     /// The offset to read from next.
     pub next: u64,
-    /// The log's end offset when the read was served.
+    /// The end of what this node lets readers see (its high watermark) when the read was served.
     pub end_offset: u64,
 }
 
@@ -106,12 +106,16 @@ pub fn parse_read_params(query: Option<&str>) -> Result<ReadParams, ApiError> {
 pub async fn read(State(node): State<Node>, RawQuery(query): RawQuery) -> Result<Json<ReadAnswer>, ApiError> {
     let params = parse_read_params(query.as_deref())?;
     let from = params.from.unwrap_or_else(|| node.store.start_offset());
+    // The high watermark before the read: the answer never claims more than the read could see.
+    let end = node.store.high_watermark();
     let records = node.store.read(from, params.limit, MAX_READ_BYTES).await?;
-    let next = records.last().map_or(from, |r| r.offset + 1);
+    // No record: nothing readable between `from` and the HW (at most control records, which
+    // reads skip), so the next read starts at the HW.
+    let next = records.last().map_or(from.max(end), |r| r.offset + 1);
     Ok(Json(ReadAnswer {
         entries: records.into_iter().map(Entry::from).collect(),
         next,
-        end_offset: node.store.end_offset(),
+        end_offset: end.max(next),
     }))
 }
 

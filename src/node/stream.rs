@@ -79,7 +79,7 @@ pub async fn stream(
     };
     let start = parse_stream_start(query.as_deref(), last_event_id)?;
     let next = start
-        .unwrap_or_else(|| node.store.end_offset())
+        .unwrap_or_else(|| node.store.high_watermark())
         .max(node.store.start_offset());
     let tail = Tail {
         store: node.store.clone(),
@@ -137,8 +137,11 @@ impl Tail {
             }
             match self.store.read(self.next, PAGE_RECORDS, PAGE_BYTES).await {
                 Ok(records) => {
-                    if let Some(last) = records.last() {
-                        self.next = last.offset + 1;
+                    match records.last() {
+                        Some(last) => self.next = last.offset + 1,
+                        // Nothing readable below `end` (only control records, which reads
+                        // skip): wait past it, or the wait would answer at once forever.
+                        None => self.next = self.next.max(end),
                     }
                     self.page.extend(records);
                 }
