@@ -9,11 +9,10 @@ mod widen;
 use std::time::Duration;
 
 use cluster::{eventually, Cluster};
-use simpleloggers::discovery::DEFAULT_ELECTION_KEY;
 
-/// Until repl-core adds caught-up followers to the ISR: every node joins it, so any may be elected.
+/// Only in-sync nodes may be elected: wait until the leader has added every follower.
 async fn all_in_isr(cluster: &Cluster) {
-    widen::widen_isr(cluster.consul_client(), DEFAULT_ELECTION_KEY, cluster.len()).await;
+    widen::widen_isr(cluster, cluster.len()).await;
 }
 
 /// Exactly one of three nodes becomes leader; only it is ready and accepts writes; followers

@@ -52,13 +52,8 @@ async fn leader_that_cannot_write_hands_over_and_recovers() {
     let mut c = Cluster::start_with(ClusterOptions::fast(BIN).nodes(2).fault_files()).await;
     let sick = c.wait_leader(WAIT).await;
     let healthy = 1 - sick;
-    // Until repl-core: the follower joins the ISR so that it may be elected.
-    widen::widen_isr(
-        c.consul_client(),
-        simpleloggers::discovery::DEFAULT_ELECTION_KEY,
-        2,
-    )
-    .await;
+    // Only an in-sync follower may be elected: wait until the leader added it.
+    widen::widen_isr(&c, 2).await;
     let fault = c.fault_file(sick).expect("fault files were asked for");
     assert_eq!(write(&c, sick, "before").await.0, 200);
 

@@ -140,16 +140,11 @@ async fn never_two_ready_nodes() {
     });
 
     let mut leader = wait_new_leader(&*cluster.read().await, None).await;
-    // Until repl-core adds caught-up followers to the ISR: every node joins it (restarts keep the
-    // data directory, so the incarnations stay), so any may be elected.
+    // Only in-sync nodes may be elected: wait until the leader added every follower (restarts
+    // keep the data directory, so the incarnations stay).
     {
         let c = cluster.read().await;
-        widen::widen_isr(
-            c.consul_client(),
-            simpleloggers::discovery::DEFAULT_ELECTION_KEY,
-            3,
-        )
-        .await;
+        widen::widen_isr(&c, 3).await;
     }
     for round in 0..2 {
         // Crash: SIGKILL the leader, wait for a successor, bring the node back.

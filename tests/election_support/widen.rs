@@ -1,47 +1,17 @@
-//! Stands in for the ISR expansion of branch `repl-core` (a leader adds caught-up followers to
-//! the ISR), which this branch does not have: node-level failover tests call it once every node
-//! reported, so that a follower may be elected when the leader goes.
+//! Node-level failover tests elect a successor only from the in-sync set, which the leader widens
+//! as followers catch up: they wait for that before failing the leader over.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use simpleloggers::{
-    consul::{ConsulClient, PutOptions, QueryOptions},
-    election::read_reports,
-    replication::isr::{IsrRecord, ReplicationKeys},
-};
+use simpleloggers::local_cluster::LocalCluster;
 
-/// Waits (bounded) until `nodes` nodes reported and the ISR key exists, then puts every reporter
-/// into the ISR with a `cas` on the key's index (retrying on a race). Panics on timeout.
-pub async fn widen_isr(consul: &ConsulClient, election_key: &str, nodes: usize) {
-    let keys = ReplicationKeys::new(election_key);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the ISR could not be widened to {nodes} nodes"
-        );
-        let reports = read_reports(consul, election_key).await.unwrap_or_default();
-        let (pair, _) = consul
-            .kv_get(&keys.isr, &QueryOptions::default())
-            .await
-            .unwrap_or_default();
-        let isr = IsrRecord::from_kv(pair.as_ref()).ok().flatten();
-        if let (true, Some(isr)) = (reports.len() >= nodes, isr) {
-            let mut state = isr.state.clone();
-            for r in &reports {
-                if !state.contains(&r.member()) {
-                    state.members.push(r.member());
-                }
-            }
-            let put = PutOptions {
-                cas: Some(isr.index),
-                ..PutOptions::default()
-            };
-            let value = serde_json::to_vec(&state).unwrap();
-            if consul.kv_put(&keys.isr, value, &put).await.unwrap_or(false) {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits (bounded) until every running node reports all `nodes` nodes in the in-sync set.
+/// Panics on timeout.
+pub async fn widen_isr(cluster: &LocalCluster, nodes: usize) {
+    let names: Vec<String> = (0..nodes).map(|i| cluster.node(i).name().to_string()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    cluster
+        .wait_isr(&names, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|err| panic!("the leader did not add every caught-up follower to the ISR: {err}"));
 }
