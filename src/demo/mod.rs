@@ -282,7 +282,7 @@ fn report(summary: &Summary, result: &Verification, nodes: &str, base: &Path, ke
     }
     if result.holds() && summary.all_acknowledged() {
         println!(
-            "VERIFIED: all {} acknowledged messages are stored exactly once ({} sent, {} failed)",
+            "VERIFIED: all {} acknowledged messages are stored exactly once on every node ({} sent, {} failed)",
             result.verified, summary.sent, summary.failed
         );
     } else {
