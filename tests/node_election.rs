@@ -3,8 +3,6 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "election_support/widen.rs"]
-mod widen;
 
 use std::time::Duration;
 
@@ -12,7 +10,8 @@ use cluster::{eventually, Cluster};
 
 /// Only in-sync nodes may be elected: wait until the leader has added every follower.
 async fn all_in_isr(cluster: &Cluster) {
-    widen::widen_isr(cluster, cluster.len()).await;
+    let all: Vec<usize> = (0..cluster.len()).collect();
+    cluster.wait_isr(&all, Duration::from_secs(20)).await;
 }
 
 /// Exactly one of three nodes becomes leader; only it is ready and accepts writes; followers
@@ -26,6 +25,12 @@ async fn one_leader_and_followers_redirect() {
     assert_eq!(name, format!("n{leader}"), "the ready node is the lock holder");
     let leader_addr = cluster.node(leader).addr().unwrap().to_string();
 
+    // The new leader's first record is its term-start record (reads skip it): the first
+    // message goes right after it, at the log end.
+    let end = cluster
+        .get_json(format!("{}/api/v1/status", cluster.url(leader)))
+        .await["log_end_offset"]
+        .clone();
     let ack: serde_json::Value = cluster
         .http()
         .post(format!("{}/api/v1/log", cluster.url(leader)))
@@ -36,7 +41,7 @@ async fn one_leader_and_followers_redirect() {
         .json()
         .await
         .unwrap();
-    assert_eq!(ack["offset"], 0);
+    assert_eq!(ack["offset"], end);
     assert_eq!(ack["term"], term);
 
     for follower in (0..3).filter(|i| *i != leader) {
@@ -65,7 +70,22 @@ async fn one_leader_and_followers_redirect() {
             .get_json(format!("{}/api/v1/status", cluster.url(follower)))
             .await;
         assert_eq!(status["role"], "follower");
-        assert_eq!(status["log_end_offset"], 0, "the rejected write stored nothing");
+    }
+    // The followers hold the leader's log (replicated), and the rejected writes nowhere.
+    cluster.converge(Duration::from_secs(20)).await;
+    for i in 0..3 {
+        let messages: Vec<Option<String>> = cluster
+            .read_log(i)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(
+            messages,
+            [Some("hello".to_string())],
+            "node {i}: the rejected writes stored nothing"
+        );
     }
 }
 
@@ -155,10 +175,34 @@ async fn paused_leader_accepts_nothing_after_its_lease() {
         "the resumed node is not ready"
     );
     assert!(cluster.ready(new).await.is_some());
-    let status: serde_json::Value = cluster.get_json(format!("{old_url}/api/v1/status")).await;
-    assert_eq!(
-        status["log_end_offset"], 0,
-        "nothing was stored by the deposed leader"
+    // It follows the new leader now; once every log is the same and committed, no node holds
+    // either write, and the old leader never had to truncate one it had stored.
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("the old leader follows the new one");
+    for i in 0..3 {
+        let log = cluster.read_log(i).await.unwrap();
+        assert!(
+            !log.iter()
+                .any(|e| matches!(e.message.as_deref(), Some("late" | "after"))),
+            "node {i} holds a write the deposed leader was sent: {log:?}"
+        );
+    }
+    let metrics = cluster
+        .http()
+        .get(format!("{old_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "simpleloggers_replication_truncations_total 0"),
+        "nothing was stored by the deposed leader, so nothing was truncated: {metrics}"
     );
 }
 
@@ -184,7 +228,8 @@ async fn follower_forwards_writes_when_asked() {
     })
     .await
     .expect("the follower forwards once it knows the leader");
-    assert_eq!(ack["offset"], 0);
+    // Right after the leader's term-start record (reads skip it).
+    assert_eq!(ack["offset"], 1);
     let read: serde_json::Value = cluster
         .get_json(format!("{}/api/v1/log?from=0", cluster.url(leader)))
         .await;

@@ -5,8 +5,6 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "election_support/widen.rs"]
-mod widen;
 
 use std::{
     sync::{Arc, Mutex},
@@ -144,7 +142,8 @@ async fn never_two_ready_nodes() {
     // keep the data directory, so the incarnations stay).
     {
         let c = cluster.read().await;
-        widen::widen_isr(&c, 3).await;
+        c.wait_isr(&(0..3).collect::<Vec<_>>(), Duration::from_secs(20))
+            .await;
     }
     for round in 0..2 {
         // Crash: SIGKILL the leader, wait for a successor, bring the node back.

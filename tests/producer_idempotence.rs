@@ -48,10 +48,9 @@ fn assert_each_acknowledged_once(acks: &[Ack], sent: u64) {
     assert_eq!(next, sent, "every message sent is acknowledged");
 }
 
-/// Eight pipelined batches at a high rate while the leader is SIGKILLed and the next one is
-/// SIGTERMed: nothing fails, every message is acknowledged exactly once, and in the union of the
-/// three logs each acknowledged message is stored once at its acknowledged place (other copies
-/// only as unacknowledged attempts on a leader that failed before answering).
+/// Eight pipelined batches at a high rate while the leader is SIGKILLed (and restarted) and the
+/// next one is SIGTERMed: nothing fails, every message is acknowledged exactly once, and every
+/// node's log holds each acknowledged message once, at its acknowledged offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_batches_survive_a_crash_and_a_stop() {
     let mut cluster = Cluster::start(3, &[]).await;
@@ -79,8 +78,13 @@ async fn pipelined_batches_survive_a_crash_and_a_stop() {
     cluster.node_mut(first).kill().await;
     acknowledge_more(&mut progress, 1000).await;
     let second = cluster.wait_leader(Duration::from_secs(30)).await;
+    // Bring the crashed node back (two of three must stay in sync for writes to commit), and let
+    // it catch up before the graceful stop.
+    cluster.node_mut(first).start().await.unwrap();
+    cluster.wait_isr(&[0, 1, 2], Duration::from_secs(30)).await;
     cluster.terminate(second).await;
     acknowledge_more(&mut progress, 1000).await;
+    cluster.node_mut(second).start().await.unwrap();
     stop.cancel();
     let summary = run.await.unwrap().unwrap();
     eprintln!("{summary}");
@@ -92,20 +96,23 @@ async fn pipelined_batches_survive_a_crash_and_a_stop() {
         acks.push(ack);
     }
     assert_each_acknowledged_once(&acks, summary.sent);
+    // Every node holds the whole log once it has caught up; then read each from its directory.
+    cluster.converge(Duration::from_secs(30)).await;
     let mut logs = Vec::new();
     for i in 0..cluster.len() {
         let url = cluster.url(i);
-        if i != first && i != second {
-            cluster.terminate(i).await;
-        }
+        cluster.terminate(i).await;
         let records = read_all(cluster.data_dir(i)).await.unwrap();
         logs.push((cluster.node(i).name().to_string(), url, records));
     }
     let result = verify(&summary.producer_id, &acks, &logs);
     assert!(result.holds(), "{result:?}");
     assert_eq!(result.verified, summary.acknowledged);
-    let leaders: std::collections::BTreeSet<&str> = acks.iter().map(|a| a.leader.as_str()).collect();
-    assert_eq!(leaders.len(), 3, "all three nodes led in turn: {leaders:?}");
+    let terms: std::collections::BTreeSet<u64> = acks.iter().map(|a| a.term).collect();
+    assert!(
+        terms.len() >= 3,
+        "three leaderships acknowledged writes: {terms:?}"
+    );
 }
 
 async fn single_node() -> (Cluster, String) {

@@ -211,6 +211,15 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<bool
         acks.push(ack);
     }
     println!("producer: {summary}");
+    // A node the chaos killed last is still down: bring it back, so that it can catch up.
+    if let Some((i, _)) = restart.take() {
+        cluster.node_mut(i).start().await?;
+        println!(
+            "restarted {} on {} to catch up",
+            cluster.node(i).name(),
+            cluster.url(i)
+        );
+    }
     // Every node's log should now hold every acknowledged message: wait (bounded) until each
     // node's high watermark passes the last one, so a node restarted late has caught up.
     let last = acks.iter().map(|a| a.last_offset + 1).max().unwrap_or(0);

@@ -306,10 +306,11 @@ impl Replication {
         let Some(t) = leader.as_mut().filter(|t| t.term == term) else {
             return;
         };
+        // The ISR handle's watch is authoritative: it publishes this leader's own committed
+        // changes at once, drops stale answers of its blocking query, and follows Consul when its
+        // index went backwards (state loss), where comparing indexes here would keep a stale set.
         if let Some(seen) = seen {
-            if t.isr.as_ref().is_none_or(|known| seen.index >= known.index) {
-                t.isr = Some(seen);
-            }
+            t.isr = Some(seen);
         }
         if let Some(isr) = &t.isr {
             self.inner
