@@ -271,16 +271,28 @@ fn leading(state: &LeaderState, name: &str) -> Option<(u64, String)> {
 pub async fn run(repl: Replication, elector: Elector, shutdown: CancellationToken) {
     let mut states = elector.subscribe();
     let isr = repl.isr_handle().cloned();
-    // The last term led: a term is led at most once (one term-start record per term).
-    let mut last_led = 0;
+    // The last term led and its term-start record, once written: a term gets one term-start
+    // record. A leader whose lease lapsed (Consul unreachable for a while) and came back in the
+    // same term never lost the lock, so nobody else led meanwhile: it resumes that term.
+    let mut last_led: Option<(u64, Option<Option<u64>>)> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let lead = leading(&states.borrow_and_update(), &repl.settings().name);
-        if let Some((term, session)) = lead.filter(|(term, _)| *term > last_led) {
-            last_led = term;
-            lead_term(&repl, &mut states, isr.as_ref(), term, session, &shutdown).await;
+        let resume = |term: u64| match last_led {
+            Some((led, begun)) if led == term => Some(begun),
+            Some((led, _)) if led > term => None,
+            _ => Some(None),
+        };
+        if let Some((term, session, begun)) =
+            lead.and_then(|(term, session)| resume(term).map(|begun| (term, session, begun)))
+        {
+            if begun.is_some() {
+                tracing::info!(term, "leading again in the same term: resuming it");
+            }
+            let started = lead_term(&repl, &mut states, isr.as_ref(), term, session, begun, &shutdown).await;
+            last_led = Some((term, started.or(begun)));
             continue;
         }
         tokio::select! {
@@ -302,15 +314,16 @@ async fn lead_term(
     isr: Option<&IsrHandle>,
     term: u64,
     session: String,
+    resumed: Option<Option<u64>>,
     shutdown: &CancellationToken,
-) {
+) -> Option<Option<u64>> {
     let name = repl.settings().name.clone();
     let store = repl.store().clone();
     repl.start_term(term, &session);
     // A lone replica (--replicas 1) writes no term-start record: nobody else could hold an
     // older term's records, and its offsets stay as they always were (the first write at 0).
     let lone = repl.settings().replicas <= 1;
-    if !lone {
+    if !lone && resumed.is_none() {
         tracing::info!(term, "leading: writing the term-start record");
     }
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
@@ -318,17 +331,20 @@ async fn lead_term(
         if lone {
             break None;
         }
+        if let Some(start) = resumed {
+            break start;
+        }
         match store.begin_term(term).await {
             Ok(offset) => break Some(offset),
             Err(err) => {
                 tracing::warn!(term, %err, "cannot write the term-start record; retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => { repl.end_term(term); return }
+                    _ = shutdown.cancelled() => { repl.end_term(term); return None }
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
                 if !still_leading(states, &name, term) {
                     repl.end_term(term);
-                    return;
+                    return None;
                 }
             }
         }
@@ -425,6 +441,7 @@ async fn lead_term(
     }
     repl.end_term(term);
     tracing::info!(term, "no longer leading this term");
+    Some(term_start)
 }
 
 #[cfg(test)]
