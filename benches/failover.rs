@@ -63,6 +63,9 @@ struct Seen {
     leader: String,
     /// Offsets of the acknowledged messages (`first ..= last`).
     offsets: (u64, u64),
+    /// A retry answered as a duplicate: the offsets are the original copy's, written in an
+    /// earlier term than the one the answer names.
+    duplicate: bool,
 }
 
 /// One trial's figures.
@@ -99,8 +102,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Reads every node's log once the in-sync replicas agree and checks it against the
 /// acknowledgements: each acknowledged offset holds a record of the acknowledging term on every
-/// node (a node missing it, or holding another term there, lost it), and no message text appears
-/// twice in a log. Answers (lost, duplicated) over all nodes.
+/// node (a node missing it, or holding another term there, lost it; a duplicate answer names the
+/// original copy, of the same or an earlier term), and no message text appears twice in a log. Answers (lost, duplicated) over all nodes.
 async fn lost_and_duplicated(cluster: &LocalCluster, seen: &[Seen]) -> anyhow::Result<(u64, u64)> {
     let last = seen.iter().map(|s| s.offsets.1).max().unwrap_or(0);
     // Wait (bounded) until every node's readable log reaches the last acknowledged offset.
@@ -119,7 +122,13 @@ async fn lost_and_duplicated(cluster: &LocalCluster, seen: &[Seen]) -> anyhow::R
             log.iter().map(|e| (e.offset, e)).collect();
         for s in seen {
             for offset in s.offsets.0..=s.offsets.1 {
-                if by_offset.get(&offset).is_none_or(|e| e.term != s.term) {
+                if by_offset.get(&offset).is_none_or(|e| {
+                    if s.duplicate {
+                        e.term > s.term
+                    } else {
+                        e.term != s.term
+                    }
+                }) {
                     lost += 1;
                 }
             }
@@ -167,6 +176,7 @@ async fn run(trials: usize) -> anyhow::Result<()> {
                     term: ack.term,
                     leader: ack.leader,
                     offsets: (ack.first_offset, ack.last_offset),
+                    duplicate: ack.duplicate,
                 });
             }
         });
