@@ -275,6 +275,14 @@ impl IsrHandle {
         handle
     }
 
+    /// The replicas' reports that a session holds (the nodes Consul considers alive).
+    ///
+    /// # Errors
+    /// Consul could not be asked.
+    pub async fn live_reports(&self) -> Result<Vec<Report>, ConsulError> {
+        crate::election::read_reports(&self.consul, &self.keys.election).await
+    }
+
     /// The keys it works on.
     pub fn keys(&self) -> &ReplicationKeys {
         &self.keys

@@ -144,6 +144,8 @@ pub struct View<'a> {
     pub min_insync: usize,
     /// `--replica-lag-max`.
     pub lag_max: Duration,
+    /// ISR members Consul holds no live report of (crashed or stopped): lagging at once.
+    pub gone: &'a [Member],
 }
 
 impl View<'_> {
@@ -184,8 +186,8 @@ impl View<'_> {
 
     /// The ISR change to make now, if any: add followers caught up to the log end in this term
     /// (replacing an older incarnation of the same name), remove members not caught up for
-    /// longer than `--replica-lag-max`, the most lagging first, never below `--min-insync`
-    /// members and never the leader.
+    /// longer than `--replica-lag-max` or without a Consul session (`gone`), the most lagging
+    /// first, never below `--min-insync` members and never the leader.
     pub fn isr_change(&self, now: Instant) -> Option<IsrChange> {
         let mut members: Vec<Member> = self.isr.to_vec();
         let mut removed = Vec::new();
@@ -216,7 +218,7 @@ impl View<'_> {
             .iter()
             .filter(|m| *m != self.leader && !added.contains(m))
             .map(|m| (self.caught_up_at(m), m.clone()))
-            .filter(|(at, _)| now.saturating_duration_since(*at) > self.lag_max)
+            .filter(|(at, m)| now.saturating_duration_since(*at) > self.lag_max || self.gone.contains(m))
             .collect();
         lagging.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
         for (_, member) in lagging {
@@ -302,6 +304,34 @@ pub async fn run(repl: Replication, elector: Elector, shutdown: CancellationToke
     }
 }
 
+/// How often the leader looks for ISR members without a Consul session, and how long a member
+/// must have been silent (no fetch) before it is looked for.
+const GONE_POLL: Duration = Duration::from_millis(250);
+const GONE_QUIET: Duration = Duration::from_millis(500);
+
+/// While leading `term`: every [`GONE_POLL`], if an ISR member has not fetched for
+/// [`GONE_QUIET`], asks Consul for the live reports; members without one (their session ended:
+/// a crash Consul detected, or a graceful stop) are marked gone, so the ISR shrinks without
+/// waiting for `--replica-lag-max` and the HW moves on at once. Shrinking is always safe (never
+/// below `--min-insync`); a member wrongly marked gone only rejoins once caught up.
+async fn watch_gone(repl: Replication, isr: IsrHandle, term: u64, me: Member) {
+    loop {
+        tokio::time::sleep(GONE_POLL).await;
+        let quiet = repl.quiet_members(term, &me, Instant::now(), GONE_QUIET);
+        if quiet.is_empty() {
+            repl.set_gone(term, Vec::new());
+            continue;
+        }
+        match isr.live_reports().await {
+            Ok(reports) => {
+                let live: Vec<Member> = reports.iter().map(|r| r.member()).collect();
+                repl.set_gone(term, quiet.into_iter().filter(|m| !live.contains(m)).collect());
+            }
+            Err(err) => tracing::debug!(%err, "cannot read the replicas' reports"),
+        }
+    }
+}
+
 /// Whether the published state still says we lead `term`.
 fn still_leading(states: &tokio::sync::watch::Receiver<LeaderState>, name: &str, term: u64) -> bool {
     leading(&states.borrow(), name).is_some_and(|(t, _)| t == term)
@@ -351,6 +381,8 @@ async fn lead_term(
     };
     repl.term_begun(term, term_start);
     tracing::info!(term, ?term_start, "term begun");
+    let gone_watch =
+        isr.map(|handle| tokio::spawn(watch_gone(repl.clone(), handle.clone(), term, repl.me_member())));
     let me = Member {
         name: name.clone(),
         incarnation: store.incarnation(),
@@ -439,6 +471,9 @@ async fn lead_term(
     if let Some(task) = change {
         task.abort();
     }
+    if let Some(task) = gone_watch {
+        task.abort();
+    }
     repl.end_term(term);
     tracing::info!(term, "no longer leading this term");
     Some(term_start)
@@ -472,6 +507,7 @@ mod tests {
         isr: Vec<Member>,
         progress: HashMap<String, Progress>,
         began: Instant,
+        gone: Vec<Member>,
     }
 
     impl Fixture {
@@ -481,6 +517,7 @@ mod tests {
                 isr: isr.iter().map(|n| m(n)).collect(),
                 progress: HashMap::new(),
                 began: Instant::now(),
+                gone: Vec::new(),
             }
         }
         fn follower(&mut self, name: &str, end: u64, caught_up: Option<Duration>) {
@@ -501,8 +538,27 @@ mod tests {
                 progress: &self.progress,
                 min_insync,
                 lag_max: Duration::from_secs(2),
+                gone: &self.gone,
             }
         }
+    }
+
+    /// A member Consul holds no session of is removed at once, without waiting for its lag
+    /// timer, but never below --min-insync; the HW then moves without it.
+    #[test]
+    fn gone_members_leave_at_once() {
+        let mut f = Fixture::new(&["n0", "n1", "n2"]);
+        f.follower("n1", 10, Some(Duration::from_millis(1)));
+        f.gone = vec![m("n2")];
+        let soon = f.began + Duration::from_millis(100);
+        let change = f.view(10, 5, 4, 2).isr_change(soon).expect("n2 leaves");
+        assert_eq!(change.removed, vec![m("n2")]);
+        assert_eq!(change.members, vec![m("n0"), m("n1")]);
+        // Not below --min-insync: with 3 required, n2 stays (and writes wait).
+        assert!(f.view(10, 5, 4, 3).isr_change(soon).is_none());
+        // Without the gone mark, n2 is not removed before --replica-lag-max.
+        f.gone.clear();
+        assert!(f.view(10, 5, 4, 2).isr_change(soon).is_none());
     }
 
     /// The HW is the smallest durable end over the ISR; a member without a checked fetch in this

@@ -103,6 +103,9 @@ struct LeaderTerm {
     isr: Option<IsrRecord>,
     /// Members being added by the change in flight (they count toward the HW at once).
     pending_adds: Vec<Member>,
+    /// ISR members Consul holds no live report of (their session ended: crashed or stopped),
+    /// as last checked: removed without waiting for their lag timer.
+    gone: Vec<Member>,
 }
 
 /// One member as the status shows it (leader only).
@@ -238,8 +241,58 @@ impl Replication {
     }
 
     /// Woken after every checked fetch.
+    /// The ISR members (other than this node) that have not fetched within `quiet` in `term`:
+    /// the ones worth asking Consul about.
+    pub(super) fn quiet_members(
+        &self,
+        term: u64,
+        me: &Member,
+        now: Instant,
+        quiet: std::time::Duration,
+    ) -> Vec<Member> {
+        let leader = self.inner.leader.lock();
+        let Some(t) = leader.as_ref().filter(|t| t.term == term) else {
+            return Vec::new();
+        };
+        let Some(isr) = &t.isr else { return Vec::new() };
+        isr.state
+            .members
+            .iter()
+            .filter(|m| *m != me)
+            .filter(|m| {
+                t.progress
+                    .get(&m.name)
+                    .filter(|p| p.incarnation == m.incarnation)
+                    .is_none_or(|p| now.saturating_duration_since(p.last_fetch) > quiet)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Records which ISR members Consul holds no live report of in `term`.
+    pub(super) fn set_gone(&self, term: u64, gone: Vec<Member>) {
+        if let Some(t) = self.inner.leader.lock().as_mut().filter(|t| t.term == term) {
+            if t.gone != gone {
+                if !gone.is_empty() {
+                    tracing::info!(
+                        term,
+                        gone = ?gone.iter().map(|m| &m.name).collect::<Vec<_>>(),
+                        "in-sync members without a Consul session: removing them without waiting for --replica-lag-max"
+                    );
+                }
+                t.gone = gone;
+                self.inner.progress.notify_one();
+            }
+        }
+    }
+
     pub(super) fn progress_notify(&self) -> Arc<Notify> {
         self.inner.progress.clone()
+    }
+
+    /// This node as an ISR member.
+    pub(super) fn me_member(&self) -> Member {
+        self.me()
     }
 
     fn me(&self) -> Member {
@@ -270,6 +323,7 @@ impl Replication {
             progress: HashMap::new(),
             isr,
             pending_adds: Vec::new(),
+            gone: Vec::new(),
         });
     }
 
@@ -360,6 +414,7 @@ impl Replication {
             progress: &t.progress,
             min_insync: self.inner.settings.min_insync as usize,
             lag_max: self.inner.settings.replica_lag_max,
+            gone: &t.gone,
         };
         Decision {
             hw: view.high_watermark(&t.pending_adds),
