@@ -440,22 +440,7 @@ impl LocalCluster {
             if let Some(from) = from {
                 url.push_str(&format!("&from={from}"));
             }
-            let fail = |message: String| LocalClusterError::Http {
-                url: url.clone(),
-                message,
-            };
-            let resp = self
-                .http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let body = resp.text().await.unwrap_or_default();
-                return Err(fail(format!("{status}: {body}")));
-            }
-            let page: Page = resp.json().await.map_err(|e| fail(e.to_string()))?;
+            let page: Page = self.get_json(&url).await?;
             let until = *until.get_or_insert(page.end_offset);
             let done = page.entries.is_empty() || page.next >= until;
             entries.extend(page.entries.into_iter().filter(|e| e.offset < until));
@@ -464,6 +449,27 @@ impl LocalCluster {
             }
             from = Some(page.next);
         }
+    }
+
+    /// GETs `url` and decodes its JSON answer; a non-2xx answer is an error with its body.
+    ///
+    /// # Errors
+    /// The request fails, the status is not a success, or the body is not the expected JSON.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+    ) -> Result<T, LocalClusterError> {
+        let fail = |message: String| LocalClusterError::Http {
+            url: url.to_string(),
+            message,
+        };
+        let resp = self.http.get(url).send().await.map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(fail(format!("{status}: {body}")));
+        }
+        resp.json().await.map_err(|e| fail(e.to_string()))
     }
 
     /// Stops every running node gracefully, one after the other, so each hands over to the

@@ -125,22 +125,7 @@ impl LocalCluster {
                 name: format!("node {index}"),
             }
         })?;
-        let url = format!("{}/api/v1/status", node.url());
-        let fail = |message: String| LocalClusterError::Http {
-            url: url.clone(),
-            message,
-        };
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(fail(status.to_string()));
-        }
-        resp.json().await.map_err(|e| fail(e.to_string()))
+        self.get_json(&format!("{}/api/v1/status", node.url())).await
     }
 
     /// Node `index`'s `replication` status.

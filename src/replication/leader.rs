@@ -309,26 +309,28 @@ pub async fn run(repl: Replication, elector: Elector, shutdown: CancellationToke
 const GONE_POLL: Duration = Duration::from_millis(250);
 const GONE_QUIET: Duration = Duration::from_millis(500);
 
-/// While leading `term`: every [`GONE_POLL`], if an ISR member has not fetched for
-/// [`GONE_QUIET`], asks Consul for the live reports; members without one (their session ended:
+/// While leading `term`: at once and then every [`GONE_POLL`], if an ISR member has not fetched
+/// in this term or for [`GONE_QUIET`], asks Consul for the live reports; members without one (their session ended:
 /// a crash Consul detected, or a graceful stop) are marked gone, so the ISR shrinks without
 /// waiting for `--replica-lag-max` and the HW moves on at once. Shrinking is always safe (never
 /// below `--min-insync`); a member wrongly marked gone only rejoins once caught up.
 async fn watch_gone(repl: Replication, isr: IsrHandle, term: u64, me: Member) {
+    // The first look is at once: at the start of a term no follower has fetched yet, and the
+    // node that just died or stopped is usually still in the ISR.
     loop {
-        tokio::time::sleep(GONE_POLL).await;
         let quiet = repl.quiet_members(term, &me, Instant::now(), GONE_QUIET);
         if quiet.is_empty() {
             repl.set_gone(term, Vec::new());
-            continue;
-        }
-        match isr.live_reports().await {
-            Ok(reports) => {
-                let live: Vec<Member> = reports.iter().map(|r| r.member()).collect();
-                repl.set_gone(term, quiet.into_iter().filter(|m| !live.contains(m)).collect());
+        } else {
+            match isr.live_reports().await {
+                Ok(reports) => {
+                    let live: Vec<Member> = reports.iter().map(|r| r.member()).collect();
+                    repl.set_gone(term, quiet.into_iter().filter(|m| !live.contains(m)).collect());
+                }
+                Err(err) => tracing::debug!(%err, "cannot read the replicas' reports"),
             }
-            Err(err) => tracing::debug!(%err, "cannot read the replicas' reports"),
         }
+        tokio::time::sleep(GONE_POLL).await;
     }
 }
 
