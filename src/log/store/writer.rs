@@ -483,14 +483,9 @@ impl Writer {
                 return;
             }
         }
-        if self.st.last_term.is_none_or(|(t, _)| term > t) {
-            if let Err(e) = self.begin_term(term) {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        }
-        if self.part.before.is_none() {
-            self.part.before = Some((self.st.next_offset, self.st.last_term));
+        if let Err(e) = self.enter_term(term) {
+            let _ = reply.send(Err(e));
+            return;
         }
         let first = self.st.next_offset;
         let timestamp_ms = now_ms();
@@ -548,6 +543,24 @@ impl Writer {
 
     /// Roll to a new segment first if `len` more bytes would push the active one past its limit
     /// (a batch is never split). On failure the store is poisoned and the error returned.
+    /// Before appending records of `term` at the log end: records a new term in the epoch cache
+    /// (before its first record, see `begin_term`) and notes where the part started, for its
+    /// rollback.
+    fn enter_term(&mut self, term: u64) -> Result<(), LogError> {
+        if self.st.last_term.is_none_or(|(t, _)| term > t) {
+            self.begin_term(term)?;
+        }
+        self.mark_part_start();
+        Ok(())
+    }
+
+    /// Remembers the log end and last term as of the first append of the current part.
+    fn mark_part_start(&mut self) {
+        if self.part.before.is_none() {
+            self.part.before = Some((self.st.next_offset, self.st.last_term));
+        }
+    }
+
     fn roll_if_full(&mut self, len: u64) -> Result<(), LogError> {
         let used = self.st.written_len + self.part.flushed + self.part.buf.len() as u64;
         if used > 0 && used + len > self.config().segment_bytes {
@@ -656,9 +669,7 @@ impl Writer {
             if !self.part.buf.is_empty() {
                 self.write_chunk();
             }
-            if self.part.before.is_none() {
-                self.part.before = Some((self.st.next_offset, self.st.last_term));
-            }
+            self.mark_part_start();
             let at = self.st.written_len + self.part.flushed;
             if self.part.write_error.is_none() {
                 match self.write_part(&frames.bytes[start..stop], at) {
@@ -713,14 +724,9 @@ impl Writer {
             let _ = reply.send(Err(e));
             return;
         }
-        if self.st.last_term.is_none_or(|(t, _)| term > t) {
-            if let Err(e) = self.begin_term(term) {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        }
-        if self.part.before.is_none() {
-            self.part.before = Some((self.st.next_offset, self.st.last_term));
+        if let Err(e) = self.enter_term(term) {
+            let _ = reply.send(Err(e));
+            return;
         }
         let offset = self.st.next_offset;
         let timestamp_ms = now_ms();
