@@ -258,6 +258,9 @@ pub struct LeaderState {
     pub session: Option<String>,
     /// Whether the last Consul request succeeded.
     pub consul_reachable: bool,
+    /// The last permission Consul's ACLs denied this node (the error names it and what to
+    /// grant), until a report write or a contend succeeds again.
+    pub consul_denied: Option<String>,
     /// Why we are in this role (for logs, `/readyz` and `/api/v1/status`).
     pub reason: String,
     /// When the role last changed.
@@ -287,6 +290,7 @@ impl LeaderState {
             lease_until: None,
             session: None,
             consul_reachable: false,
+            consul_denied: None,
             reason: "starting: registering with Consul".into(),
             since: SystemTime::now(),
             transitions: 0,
@@ -343,6 +347,8 @@ struct Core {
     /// The leader as the key shows it.
     leader: Option<CurrentLeader>,
     consul_reachable: bool,
+    /// See [`LeaderState::consul_denied`].
+    consul_denied: Option<String>,
     stopping: bool,
     reason: String,
 }
@@ -380,6 +386,7 @@ impl Core {
             },
             session: self.session.clone(),
             consul_reachable: self.consul_reachable,
+            consul_denied: self.consul_denied.clone(),
             reason: self.reason.clone(),
             since: if changed {
                 SystemTime::now()
@@ -440,6 +447,7 @@ impl Shared {
                 || next.lease_until != state.lease_until
                 || next.session != state.session
                 || next.consul_reachable != state.consul_reachable
+                || next.consul_denied != state.consul_denied
                 || next.reason != state.reason;
             *state = next;
             modified
@@ -498,6 +506,7 @@ impl Elector {
                 case: ElectionCase::Normal,
                 leader: None,
                 consul_reachable: false,
+                consul_denied: None,
                 stopping: false,
                 reason: "starting: registering with Consul".into(),
             }),
@@ -628,6 +637,9 @@ async fn keep_session(shared: Arc<Shared>) {
                     shared.update(|core| {
                         core.consul_reachable = !err.is_unavailable();
                         core.reason = format!("waiting for a Consul session: {err}");
+                        if err.is_permission_denied() {
+                            core.consul_denied = Some(err.to_string());
+                        }
                     });
                     sleep_or_stop(&shared, backoff.next_delay()).await;
                 }
@@ -834,10 +846,17 @@ async fn contend(shared: Arc<Shared>) {
         let view = match fetched {
             Ok(pairs) => View::parse(keys, pairs),
             Err(err) => {
-                tracing::debug!(%err, "watch of the election key failed");
+                if err.is_permission_denied() {
+                    tracing::warn!(%err, "Consul refused the watch of the election key");
+                } else {
+                    tracing::debug!(%err, "watch of the election key failed");
+                }
                 shared.update(|core| {
-                    core.consul_reachable = false;
+                    core.consul_reachable = !err.is_unavailable();
                     core.reason = format!("cannot read the election key: {err}");
+                    if err.is_permission_denied() {
+                        core.consul_denied = Some(err.to_string());
+                    }
                 });
                 continue;
             }
@@ -1034,6 +1053,14 @@ async fn try_plan(shared: &Shared, session: &str, plan: Plan) -> Attempt {
                 Attempt::Failed
             }
         }
+        Err(err) if err.is_permission_denied() => {
+            tracing::warn!(%err, term = plan.term, "Consul refused the contend transaction");
+            shared.update(|core| {
+                core.reason = format!("cannot contend for the lock: {err}");
+                core.consul_denied = Some(err.to_string());
+            });
+            false
+        }
         Err(err) => {
             // An invalid session answers 409/500 too: the keeper finds out with a renewal.
             tracing::debug!(%err, "contend transaction failed");
@@ -1109,9 +1136,18 @@ async fn keep_report(shared: Arc<Shared>) {
             }
         };
         match shared.consul.kv_acquire(&key, &session, value).await {
-            Ok(true) => written = Some((session, report, Instant::now())),
+            Ok(true) => {
+                written = Some((session, report, Instant::now()));
+                if shared.core().consul_denied.is_some() {
+                    shared.update(|core| core.consul_denied = None);
+                }
+            }
             // A lock-delay left by a previous session of ours, or that session still holds it.
             Ok(false) => tracing::debug!(key, "cannot take our report key yet; retrying"),
+            Err(err) if err.is_permission_denied() => {
+                tracing::warn!(%err, key, "Consul refused our report; retrying");
+                shared.update(|core| core.consul_denied = Some(err.to_string()));
+            }
             Err(err) => tracing::debug!(%err, key, "writing our report failed; retrying"),
         }
     }
@@ -1171,6 +1207,7 @@ mod tests {
             case: ElectionCase::Normal,
             leader: None,
             consul_reachable: true,
+            consul_denied: None,
             stopping: false,
             reason: String::new(),
         }

@@ -188,6 +188,12 @@ pub fn classify(status: u16, retry_after: Option<&str>, leader_header: Option<&s
             }
         }
     }
+    if status == 401 {
+        return Verdict::Fatal(format!(
+            "HTTP 401: the node requires a write token: set --api-token / SIMPLELOGGERS_API_TOKEN to its --api-token ({})",
+            error_text(body)
+        ));
+    }
     let retryable =
         status == 503 || status == 507 || status == 408 || status == 429 || (500..600).contains(&status);
     if !retryable {

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`Config`] (`config`): the settings, a `clap::Args` group with environment fallbacks.
+//! - [`acl`]: ACL tokens and rules (Consul's JSON rule syntax), resolution and denial texts.
 //! - `app`: the state shared by handlers and background tasks, and the TTL timer task.
 //! - [`state`]: the pure store (index, KV, tombstones, lock-delays, sessions, services, checks).
 //! - [`duration`]: Go duration parsing/formatting; `decode`: Go-style JSON decoding.
@@ -17,6 +18,7 @@
 //! Imports flow one way: this root → `http` → endpoints → `reply` → `app` → `state`; only the
 //! root imports the router.
 
+pub mod acl;
 mod agent;
 mod app;
 mod config;
@@ -53,6 +55,9 @@ pub enum DevConsulError {
     /// The HTTP server failed.
     #[error("dev-consul server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The ACL file (`--acl-config`) cannot be read or parsed.
+    #[error("invalid --acl-config: {0}")]
+    Acl(String),
     /// The HTTP client used by HTTP checks could not be built.
     #[error("cannot build the HTTP check client: {0}")]
     Client(#[source] reqwest::Error),
@@ -67,7 +72,8 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), DevConsulError> {
-    let app = Arc::new(App::new(config, shutdown.clone()).map_err(DevConsulError::Client)?);
+    let acl = config.acl().map_err(DevConsulError::Acl)?;
+    let app = Arc::new(App::new(config, acl, shutdown.clone()).map_err(DevConsulError::Client)?);
     app.tracker.spawn(app::timer_task(app.clone()));
     app.tracker.spawn(reap_task(app.clone()));
     let addr = listener.local_addr().ok();
@@ -149,8 +155,10 @@ impl Drop for DevConsulHandle {
 /// handle. To serve on 8500 itself, bind a listener and call [`run`].
 ///
 /// # Errors
-/// The address cannot be bound.
+/// The address cannot be bound, or `--acl-config` is unreadable or invalid.
 pub async fn spawn(config: Config) -> Result<DevConsulHandle, DevConsulError> {
+    // Refused here, not only inside the task, so the caller sees a bad ACL file at once.
+    config.acl().map_err(DevConsulError::Acl)?;
     let bind = if config.listen == Config::default().listen {
         Config::ephemeral().listen
     } else {
