@@ -28,6 +28,10 @@ pub struct LeaderRecord {
     pub name: String,
     /// The address (`host:port`) others dial to reach its HTTP API.
     pub address: String,
+    /// Where followers fetch from (`host:port`) when the leader serves the internal replication
+    /// endpoint on its own listener (`--replication-listen`); absent: at `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_address: Option<String>,
     /// When it became leader (RFC 3339).
     pub since: String,
     /// The leader's term (from the term key), written by replicated electors. Records written

@@ -67,6 +67,9 @@ pub struct ElectionConfig {
     pub name: String,
     /// `host:port` others dial to reach this node's HTTP API.
     pub advertise_addr: String,
+    /// `host:port` followers dial for replication when it is served on its own listener
+    /// (`--replication-listen`); `None`: at `advertise_addr`.
+    pub replication_addr: Option<String>,
     /// Consul service name all nodes register under.
     pub service_name: String,
     /// The KV key whose lock is leadership.
@@ -93,6 +96,7 @@ impl ElectionConfig {
         Self {
             name: name.into(),
             advertise_addr: advertise_addr.into(),
+            replication_addr: None,
             service_name: crate::discovery::DEFAULT_SERVICE_NAME.into(),
             election_key: crate::discovery::DEFAULT_ELECTION_KEY.into(),
             session_ttl: DEFAULT_SESSION_TTL,
@@ -350,6 +354,8 @@ struct Core {
     /// See [`LeaderState::consul_denied`].
     consul_denied: Option<String>,
     stopping: bool,
+    /// [`Elector::resign`] has run: a second call does nothing.
+    resigned: bool,
     reason: String,
 }
 
@@ -458,6 +464,7 @@ impl Shared {
         LeaderRecord {
             name: self.config.name.clone(),
             address: self.config.advertise_addr.clone(),
+            replication_address: self.config.replication_addr.clone(),
             since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             term,
         }
@@ -508,6 +515,7 @@ impl Elector {
                 consul_reachable: false,
                 consul_denied: None,
                 stopping: false,
+                resigned: false,
                 reason: "starting: registering with Consul".into(),
             }),
             state,
@@ -555,8 +563,8 @@ impl Elector {
         &self.shared.config
     }
 
-    /// Stops taking writes and reports not-ready at once; the lock is still held so that
-    /// in-flight writes can finish. Follow with [`Elector::resign`].
+    /// Stops taking writes and reports not-ready at once; the lock is still held. Follow with
+    /// [`Elector::resign`].
     pub fn begin_shutdown(&self) {
         self.shared.stop.cancel();
         self.shared.update(|core| {
@@ -567,12 +575,16 @@ impl Elector {
 
     /// Hands leadership over: releases the lock (so no lock-delay applies), destroys the
     /// session and deregisters the service. Each step is bounded; failures are logged, since
-    /// Consul will clean up by itself through the session's checks.
+    /// Consul will clean up by itself through the session's checks. Runs once; later calls
+    /// return at once.
     pub async fn resign(&self) {
         self.begin_shutdown();
         let shared = &self.shared;
         let (session, held) = {
-            let core = shared.core();
+            let mut core = shared.core();
+            if std::mem::replace(&mut core.resigned, true) {
+                return;
+            }
             (core.session.clone(), core.holding.is_some())
         };
         let consul = shared.consul.with_timeout(RESIGN_STEP_TIMEOUT);
@@ -737,7 +749,7 @@ async fn establish_session(shared: &Shared) -> Result<String, ConsulError> {
     }
 }
 
-fn split_host_port(addr: &str) -> (String, Option<u16>) {
+pub(crate) fn split_host_port(addr: &str) -> (String, Option<u16>) {
     match addr.rsplit_once(':') {
         Some((host, port)) => match port.parse() {
             Ok(port) => (
@@ -1209,6 +1221,7 @@ mod tests {
             consul_reachable: true,
             consul_denied: None,
             stopping: false,
+            resigned: false,
             reason: String::new(),
         }
     }

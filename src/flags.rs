@@ -172,6 +172,11 @@ pub struct ReplicationArgs {
     /// for every replica. Can lose acknowledged messages; for an operator, on purpose.
     #[arg(long, env = "SIMPLELOGGERS_UNCLEAN_LEADER_ELECTION")]
     pub unclean_leader_election: bool,
+    /// Serve the internal replication endpoint on this address instead of the API's (so a
+    /// NetworkPolicy can admit only peers to it); the leader publishes where followers dial.
+    /// Unset: served on `--listen` beside the API.
+    #[arg(long, env = "SIMPLELOGGERS_REPLICATION_LISTEN")]
+    pub replication_listen: Option<std::net::SocketAddr>,
     /// Test hook: send every replication request (the follower's fetches) through this HTTP
     /// forward proxy, so tests can cut one follower off. Unset: no proxy at all, whatever
     /// `HTTP_PROXY` says. Never set in production.
@@ -188,6 +193,7 @@ impl Default for ReplicationArgs {
             replica_lag_max: DEFAULT_REPLICA_LAG_MAX,
             cluster_secret: None,
             unclean_leader_election: false,
+            replication_listen: None,
             replication_proxy: None,
         }
     }

@@ -87,3 +87,60 @@ async fn a_follower_with_the_wrong_secret_says_so() {
     assert!(error.contains("cluster secret"), "{error}");
     assert!(error.contains("--cluster-secret"), "{error}");
 }
+
+/// `--replication-listen`: the internal endpoint moves to a listener of its own (404 on the API
+/// port, so a NetworkPolicy can admit only peers to it), the leader publishes that address in
+/// its record, and the follower replicates through it: with `--min-insync 2` a write is
+/// acknowledged only once the follower has it.
+#[tokio::test]
+async fn replication_on_its_own_listener() {
+    let c = Cluster::start(
+        2,
+        &[
+            "--replicas",
+            "2",
+            "--min-insync",
+            "2",
+            "--cluster-secret",
+            SECRET,
+            "--replication-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    c.wait_isr(&[0, 1], Duration::from_secs(60)).await;
+    let holder = c.lock_holder().await.expect("the lock is held");
+    let published = holder
+        .record
+        .replication_address
+        .clone()
+        .expect("the leader publishes its replication address");
+    assert_ne!(published, holder.record.address, "a listener of its own");
+    let term = holder.term;
+    let on_api = format!("{}{END_OFFSET_PATH}?term={term}", c.url(leader));
+    let answer = c.http().get(&on_api).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(answer.status(), 404, "the API port no longer serves replication");
+    let on_own = format!("http://{published}{END_OFFSET_PATH}?term={term}");
+    let answer = c.http().get(&on_own).send().await.unwrap();
+    assert_eq!(answer.status(), 401, "the secret is still required there");
+    let answer = c.http().get(&on_own).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    let write = c
+        .http()
+        .post(format!("{}/api/v1/log", c.url(leader)))
+        .header("content-type", "text/plain")
+        .body("through the replication listener")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 200, "{:?}", write.text().await);
+    c.converge(Duration::from_secs(30)).await;
+    for (i, log) in c.logs().await {
+        assert!(
+            log.iter()
+                .any(|e| e.message.as_deref() == Some("through the replication listener")),
+            "node {i} has the message"
+        );
+    }
+}

@@ -30,6 +30,7 @@ async fn follows_acquire_and_release() {
         let record = LeaderRecord {
             name: format!("n{round}"),
             address: "127.0.0.1:1".into(),
+            replication_address: None,
             since: "t".into(),
             term: None,
         };

@@ -118,6 +118,7 @@ fn leader_state(name: &str, term: u64) -> LeaderState {
         leader: Some(LeaderRecord {
             name: name.into(),
             address: "10.1.0.7:3000".into(),
+            replication_address: None,
             since: "2026-11-25T12:00:00Z".into(),
             term: None,
         }),

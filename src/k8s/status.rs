@@ -150,6 +150,7 @@ mod tests {
             leader: Some(LeaderRecord {
                 name: "sl-1".into(),
                 address: "10.0.0.2:3000".into(),
+                replication_address: None,
                 since: "2026-11-25T10:00:00Z".into(),
                 term: None,
             }),

@@ -314,6 +314,7 @@ mod tests {
             leader: Some(LeaderRecord {
                 name: "n1".into(),
                 address: "a:1".into(),
+                replication_address: None,
                 since: String::new(),
                 term: None,
             }),

@@ -291,7 +291,24 @@ pub async fn run(
             "--retention-interval and --retention-age must be positive".into(),
         ));
     }
+    // The internal replication endpoint on its own listener, if asked: followers dial the
+    // advertise host at that port (the leader publishes it in its record).
+    let replication_listener = match config.replication.replication_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            NodeError::Config(format!("cannot listen on --replication-listen {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let mut election = ElectionConfig::new(&name, &advertise);
+    if let Some(listener) = &replication_listener {
+        let (host, _) = crate::election::split_host_port(&advertise);
+        let port = listener.local_addr()?.port();
+        election.replication_addr = Some(if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        });
+    }
     election.service_name = config.service.service_name.clone();
     election.election_key = config.cluster.election_key.clone();
     config.election.apply_to(&mut election);
@@ -411,6 +428,17 @@ pub async fn run(
     );
     tracing::info!(%name, %advertise, listen = %bound, "node started");
 
+    let replication_server = replication_listener.map(|listener| {
+        let app = replication_router(node.clone());
+        let stop = replication_stop.clone();
+        tokio::spawn(serve(
+            listener,
+            app,
+            config.http_limits.clone(),
+            metrics.clone(),
+            async move { stop.cancelled().await },
+        ))
+    });
     let app = router(node);
     let stopping = shutdown.clone();
     let elector_for_stop = elector.clone();
@@ -431,6 +459,10 @@ pub async fn run(
         // at once (a long drain would outlive the Consul check and cost a lock-delay).
         handing_over.end_long_polls();
         elector_for_stop.begin_shutdown();
+        // Resign before the listener closes: Consul's next probe of /consul-check must not find
+        // the port closed while we still hold the lock (a critical check would invalidate the
+        // session and leave a lock-delay on the key). In-flight requests finish afterwards.
+        elector_for_stop.resign().await;
     });
     let server = tokio::spawn(serving);
     shutdown.cancelled().await;
@@ -441,6 +473,11 @@ pub async fn run(
     }
     elector.resign().await;
     replication_stop.cancel();
+    if let Some(server) = replication_server {
+        if tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_err() {
+            tracing::warn!("replication requests did not finish within {DRAIN_TIMEOUT:?}");
+        }
+    }
     // The integration's last label patch and Event are bounded; do not wait longer than that.
     let _ = tokio::time::timeout(Duration::from_secs(3), k8s_task).await;
     if let Err(err) = store.close().await {
@@ -495,12 +532,27 @@ pub fn router(node: Node) -> Router {
         Some(rules) => public.route_layer(middleware::from_fn_with_state(rules, auth::require)),
         None => public,
     };
+    // The internal replication endpoint sits here unless it has a listener of its own.
+    let public = if node.config.replication.replication_listen.is_none() {
+        public.merge(crate::replication::http::router(node.replication.clone()))
+    } else {
+        public
+    };
     public
-        .merge(crate::replication::http::router(node.replication.clone()))
         .route("/readyz", get(probes::readyz))
         .route("/healthz", get(probes::healthz))
         .route("/consul-check", get(probes::consul_check))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(node.clone(), count_requests))
+        .with_state(node)
+}
+
+/// The routes of the `--replication-listen` listener: the internal replication endpoint alone.
+pub fn replication_router(node: Node) -> Router {
+    Router::new()
+        .merge(crate::replication::http::router(node.replication.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(node.clone(), count_requests))

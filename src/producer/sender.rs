@@ -849,6 +849,7 @@ mod tests {
             record: LeaderRecord {
                 name: "n".into(),
                 address: address.into(),
+                replication_address: None,
                 since: String::new(),
                 term: None,
             },

@@ -28,7 +28,7 @@ const FETCH_WAIT: Duration = Duration::from_secs(5);
 pub struct Target {
     /// Leader name.
     pub name: String,
-    /// `host:port`.
+    /// `host:port` of its replication endpoint.
     pub address: String,
     /// Its term as the election publishes it.
     pub term: u64,
@@ -42,7 +42,10 @@ pub fn target(state: &LeaderState, name: &str) -> Option<Target> {
     let leader = state.leader.as_ref().filter(|l| l.name != name)?;
     Some(Target {
         name: leader.name.clone(),
-        address: leader.address.clone(),
+        address: leader
+            .replication_address
+            .clone()
+            .unwrap_or_else(|| leader.address.clone()),
         term: state.term,
     })
 }
@@ -336,6 +339,7 @@ mod tests {
             leader: leader.map(|n| LeaderRecord {
                 name: n.into(),
                 address: format!("{n}:1"),
+                replication_address: None,
                 since: String::new(),
                 term: Some(4),
             }),

@@ -412,6 +412,7 @@ impl FakeConsul {
             let record = LeaderRecord {
                 name: name.into(),
                 address: address.into(),
+                replication_address: None,
                 since: "2026-01-01T00:00:00Z".into(),
                 term: None,
             };
