@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: help test fmt lint unit demo browser-deps chart-test bench-log bench-read bench-ingest bench-memory bench-failover kind-up kind-e2e kind-down
+.PHONY: help test fmt lint unit demo browser-deps chart-test bench bench-log bench-read bench-ingest bench-memory bench-failover bench-replication kind-up kind-e2e kind-down
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,6 +35,8 @@ unit: ## cargo test, whole workspace (unit + integration tests over loopback, de
 demo: ## the one-command local cluster
 	$(CARGO) run --release --locked -- demo
 
+bench: bench-log bench-read bench-ingest bench-replication bench-failover ## every benchmark in turn (each prints its figures and targets; bench-replication is issue 14's reference run)
+
 bench-log: ## log store benchmark: fdatasync rate, concurrent appends, batched MB/s vs disk bandwidth
 	$(CARGO) bench --locked --bench log
 
@@ -49,7 +51,7 @@ bench-memory: bench-ingest ## node VmRSS idle and under load (measured by bench-
 bench-failover: ## leader SIGKILL/SIGTERM -> first ack from the new leader, 3 nodes, default timings (TRIALS=20)
 	$(CARGO) bench --locked --bench failover
 
-bench-replication: ## 3 nodes acks=all vs 1 node acks=leader (1/16/64 conns, NDJSON batches), follower catch-up MiB/s (BENCH_CATCHUP_BYTES, default 1 GiB)
+bench-replication: ## 3 nodes acks=all vs 1 node acks=leader vs the HTTP ceiling (1/16/64 conns, NDJSON batches), disk fdatasync p50 + bandwidth, VmRSS, follower catch-up MiB/s (BENCH_CATCHUP_BYTES, default 1 GiB)
 	$(CARGO) bench --locked --bench replication
 
 chart-test: ## chart, image and kind-script tests, no cluster: Helm render + lint (Go SDK), kubernetes-validate, semantics, Consul flags, hadolint, build context, shellcheck, fake-tool script runs

@@ -7,25 +7,18 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use simpleloggers::local_cluster::{eventually, ClusterOptions, LocalCluster, LocalProcess, ProcessSpec};
+use simpleloggers::local_cluster::{eventually, ClusterOptions, LocalCluster, LocalProcess};
 use support::{
     load::{fdatasync_rate, load, WARMUP},
-    mib, proc_status_kib, BIN,
+    mib, proc_status_kib,
+    rss::RssSampler,
+    BIN,
 };
 
-/// Set in the environment of the child process that serves the HTTP ceiling.
-const CEILING_ENV: &str = "SIMPLELOGGERS_BENCH_CEILING";
 /// Concurrent keep-alive connections of the single-message phases.
 const LEVELS: [usize; 3] = [1, 16, 64];
 /// Concurrent senders of the batch phases.
@@ -34,8 +27,6 @@ const BATCH_SENDERS: [usize; 2] = [4, 16];
 const BATCH_MESSAGES: usize = 1000;
 /// Bytes per message.
 const MESSAGE_BYTES: usize = 100;
-/// How often the node's VmRSS is sampled under load.
-const RSS_EVERY: Duration = Duration::from_millis(20);
 /// Targets of issue 4.
 const TARGET_RATIO_64: f64 = 0.5;
 const TARGET_BATCH_RATE: f64 = 1_000_000.0;
@@ -43,8 +34,8 @@ const TARGET_IDLE_MIB: f64 = 30.0;
 const TARGET_LOADED_MIB: f64 = 100.0;
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os(CEILING_ENV).is_some() {
-        return ceiling_server();
+    if support::ceiling::serve_if_asked()? {
+        return Ok(());
     }
     let seconds = std::env::var("BENCH_SECONDS")
         .ok()
@@ -54,56 +45,6 @@ fn main() -> anyhow::Result<()> {
     // The client gets its own multi-threaded runtime (one worker per core, like the servers).
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(Duration::from_secs_f64(seconds)))
-}
-
-/// The HTTP ceiling: axum answering every `POST /api/v1/log` with a constant acknowledgement
-/// after reading the body, on a default multi-threaded runtime in its own process (like the
-/// node), so it competes with the client for the same cores exactly as the node does.
-fn ceiling_server() -> anyhow::Result<()> {
-    async fn ack(_body: Bytes) -> axum::Json<serde_json::Value> {
-        axum::Json(serde_json::json!({"offset": 0, "term": 1}))
-    }
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let app = axum::Router::new().route("/api/v1/log", axum::routing::post(ack));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        println!("ceiling listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, app).await?;
-        Ok(())
-    })
-}
-
-/// Samples VmRSS of `pid` every [`RSS_EVERY`] until dropped; the peak is read with
-/// [`RssSampler::peak_kib`].
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> Self {
-        let peak = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (peak.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) {
-                if let Some(kib) = proc_status_kib(pid, "VmRSS") {
-                    p.fetch_max(kib, Ordering::Relaxed);
-                }
-                tokio::time::sleep(RSS_EVERY).await;
-            }
-        });
-        RssSampler { peak, stop }
-    }
-
-    fn peak_kib(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 fn addr(server: &LocalProcess) -> anyhow::Result<SocketAddr> {
@@ -149,25 +90,14 @@ async fn run(window: Duration) -> anyhow::Result<()> {
         mib(idle_kib)
     );
 
-    let ceiling_spec = ProcessSpec::new(
-        "ceiling",
-        std::env::current_exe()?,
-        dir.path().join("ceiling.log"),
-    )
-    .env(CEILING_ENV, "1");
-    let mut ceiling = LocalProcess::spawn(ceiling_spec).await?;
-    println!(
-        "ceiling (do-nothing axum, own process) pid {} on {}",
-        ceiling.pid().context("the ceiling is not running")?,
-        ceiling.url()
-    );
+    let mut ceiling = support::ceiling::spawn(dir.path()).await?;
     let node = cluster.node(0);
 
     let single = Bytes::from(format!("{:0>width$}", "bench message", width = MESSAGE_BYTES));
     assert_eq!(single.len(), MESSAGE_BYTES);
     let fsync_before = fdatasync_rate(dir.path(), Duration::from_secs(1), MESSAGE_BYTES)?;
     println!("disk: write(100 B) + fdatasync, one writer: {fsync_before:.0}/s");
-    let rss = RssSampler::start(node_pid);
+    let rss = RssSampler::start(vec![node_pid]);
     let mut rows = Vec::new();
     let mut errors = 0;
     for conns in LEVELS {

@@ -1,12 +1,15 @@
-//! `make bench-replication`: what replication costs and how fast a follower catches up. In one
-//! run, side by side at each level: one node with `--acks leader` (nothing to wait for but its own
-//! disk) against three nodes with the defaults (`--acks all`, `--min-insync 2`), both with
-//! `--durability always` on the same disk and with the same load generator (single 100-byte
+//! `make bench-replication`: what replication costs, against what (issue 14's reference run),
+//! and how fast a follower catches up. In one run, back to back at each level: one node with
+//! `--acks leader` (nothing to wait for but its own disk), three nodes with the defaults
+//! (`--acks all`, `--min-insync 2`), both `--durability always` on the same disk, and the
+//! do-nothing HTTP ceiling (`support::ceiling`), all with the same load generator (single 100-byte
 //! messages at 1, 16 and 64 keep-alive connections, then NDJSON batches of 1000 × 100 B from 4
-//! senders): messages/s, p50/p99 and CPU per message (the leader's, and all three nodes'). Then a
-//! follower is stopped, `BENCH_CATCHUP_BYTES` (default 1 GiB) of batches are written, and the
-//! follower is restarted: the time until its log end reaches the leader's gives the catch-up rate.
-//! Every phase is bounded by time (`BENCH_SECONDS`, default 3 s; catch-up at most 10 min).
+//! senders): messages/s, p50/p99 and CPU per message (the leader's, and all three nodes'). The
+//! disk's `fdatasync` latency and sequential bandwidth are measured before and after, and every
+//! node's VmRSS idle and under load. Then a follower is stopped, `BENCH_CATCHUP_BYTES` (default
+//! 1 GiB) of batches are written, and the follower is restarted: the time until its log end
+//! reaches the leader's gives the catch-up rate. Every phase is bounded by time (`BENCH_SECONDS`,
+//! default 3 s; catch-up at most 10 min); `BENCH_SEQ_MIB` (default 256) sizes the bandwidth probe.
 
 mod support;
 
@@ -19,7 +22,10 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use simpleloggers::local_cluster::{eventually_every, ClusterOptions, LocalCluster};
 use support::{
-    load::{fdatasync_rate, load, Load},
+    disk::{fdatasync_probe, sequential_mib_per_s},
+    load::{load, Load},
+    mib, proc_status_kib,
+    rss::RssSampler,
     BIN,
 };
 
@@ -33,10 +39,21 @@ const BATCH_MESSAGES: usize = 1000;
 const MESSAGE_BYTES: usize = 100;
 /// Issue 11's target: replicated throughput at 64 connections against one node.
 const TARGET_RATIO_64: f64 = 0.8;
+/// Issue 14's targets (against the ceiling and the disk, measured in the same run).
+const TARGET_CEILING_RATIO_64: f64 = 0.5;
+const TARGET_CPU_RATIO_64: f64 = 2.0;
+const TARGET_P50_OVER_SYNC_US: f64 = 150.0;
+const TARGET_BATCH_RATE: f64 = 2_000_000.0;
+const TARGET_BATCH_SHARE: f64 = 0.6;
+const TARGET_IDLE_MIB: f64 = 30.0;
+const TARGET_LOADED_MIB: f64 = 100.0;
 /// Longest the catch-up may take before the benchmark gives up.
 const CATCHUP_LIMIT: Duration = Duration::from_secs(600);
 
 fn main() -> anyhow::Result<()> {
+    if support::ceiling::serve_if_asked()? {
+        return Ok(());
+    }
     let env_f64 = |name: &str| {
         std::env::var(name)
             .ok()
@@ -45,7 +62,8 @@ fn main() -> anyhow::Result<()> {
     };
     let window = Duration::from_secs_f64(env_f64("BENCH_SECONDS")?.unwrap_or(3.0));
     let catchup_bytes = env_f64("BENCH_CATCHUP_BYTES")?.unwrap_or(1024.0 * 1024.0 * 1024.0) as u64;
-    tokio::runtime::Runtime::new()?.block_on(run(window, catchup_bytes))
+    let seq_bytes = (env_f64("BENCH_SEQ_MIB")?.unwrap_or(256.0) * 1048576.0) as usize;
+    tokio::runtime::Runtime::new()?.block_on(run(window, catchup_bytes, seq_bytes))
 }
 
 /// A cluster under test: where to send, and whose CPU to count.
@@ -156,7 +174,15 @@ fn row(name: &str, conns: &str, (load, leader_us): &(Load, f64), per_request: us
     )
 }
 
-async fn run(window: Duration, catchup_bytes: u64) -> anyhow::Result<()> {
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+async fn run(window: Duration, catchup_bytes: u64, seq_bytes: usize) -> anyhow::Result<()> {
     let dir = support::bench_dir("replication")?;
     let single_dir = dir.path().join("single");
     let replicated_dir = dir.path().join("replicated");
@@ -176,8 +202,29 @@ async fn run(window: Duration, catchup_bytes: u64) -> anyhow::Result<()> {
             .node_args(["--durability", "always", "--replicas", "3"]),
     )
     .await?;
-    let fsync = fdatasync_rate(dir.path(), Duration::from_secs(1), MESSAGE_BYTES)?;
-    println!("disk: write(100 B) + fdatasync, one writer: {fsync:.0}/s");
+    let mut ceiling = support::ceiling::spawn(dir.path()).await?;
+    let ceiling_addr = ceiling.addr().context("the ceiling never started")?;
+    let ceiling_pid = [ceiling.pid().context("the ceiling is not running")?];
+    // Let start-up work (registration, first renewals, first fetches) settle before the idle figure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let node_pids: Vec<u32> = replicated
+        .all_pids()
+        .into_iter()
+        .chain(single.all_pids())
+        .collect();
+    let idle_kib = node_pids
+        .iter()
+        .filter_map(|&pid| proc_status_kib(pid, "VmRSS"))
+        .max()
+        .context("VmRSS")?;
+    println!("idle VmRSS, largest of the 4 nodes: {:.1} MiB", mib(idle_kib));
+    let sync_before = fdatasync_probe(dir.path(), Duration::from_secs(1), MESSAGE_BYTES)?;
+    let seq_before = sequential_mib_per_s(dir.path(), seq_bytes)?;
+    println!(
+        "disk: write(100 B) + fdatasync {:.0}/s, p50 {:.0} µs; sequential {seq_before:.0} MiB/s",
+        sync_before.rate, sync_before.p50_us
+    );
+    let rss = RssSampler::start(node_pids.clone());
 
     let message = Bytes::from("m".repeat(MESSAGE_BYTES));
     let line = format!("\"{}\"\n", "m".repeat(MESSAGE_BYTES));
@@ -185,23 +232,46 @@ async fn run(window: Duration, catchup_bytes: u64) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut errors = 0;
     let mut ratio_64 = f64::NAN;
+    // (3 nodes, ceiling) at 1 and 64 connections, for issue 14's targets.
+    let mut one = None;
+    let mut sixty_four = None;
     for conns in LEVELS {
         let s = single.load(conns, window, "text/plain", message.clone()).await?;
         let r = replicated
             .load(conns, window, "text/plain", message.clone())
             .await?;
+        let c = load(
+            ceiling_addr,
+            &ceiling_pid,
+            conns,
+            window,
+            "text/plain",
+            message.clone(),
+        )
+        .await?;
+        let c_us = c.server_us_per_request();
+        let c = (c, c_us);
         println!(
-            "{conns:>3} conns: 1 node acks=leader {:.0}/s | 3 nodes acks=all {:.0}/s | ratio {:.2}",
+            "{conns:>3} conns: 1 node acks=leader {:.0}/s | 3 nodes acks=all {:.0}/s (p50 {:.2} ms) | ceiling {:.0}/s | ratios {:.2} / {:.2}",
             s.0.per_second(),
             r.0.per_second(),
-            r.0.per_second() / s.0.per_second()
+            r.0.p(0.5),
+            c.0.per_second(),
+            r.0.per_second() / s.0.per_second(),
+            r.0.per_second() / c.0.per_second()
         );
         if conns == 64 {
             ratio_64 = r.0.per_second() / s.0.per_second();
         }
-        errors += s.0.errors + r.0.errors;
+        errors += s.0.errors + r.0.errors + c.0.errors;
         rows.push(row("1 node, acks=leader", &conns.to_string(), &s, 1));
         rows.push(row("3 nodes, acks=all", &conns.to_string(), &r, 1));
+        rows.push(row("ceiling", &conns.to_string(), &c, 1));
+        match conns {
+            1 => one = Some((r, c.0)),
+            64 => sixty_four = Some((r, c.0)),
+            _ => {}
+        }
     }
     let s = single
         .load(BATCH_SENDERS, window, "application/x-ndjson", batch.clone())
@@ -209,11 +279,38 @@ async fn run(window: Duration, catchup_bytes: u64) -> anyhow::Result<()> {
     let r = replicated
         .load(BATCH_SENDERS, window, "application/x-ndjson", batch.clone())
         .await?;
-    errors += s.0.errors + r.0.errors;
+    let c = load(
+        ceiling_addr,
+        &ceiling_pid,
+        BATCH_SENDERS,
+        window,
+        "application/x-ndjson",
+        batch.clone(),
+    )
+    .await?;
+    let c_us = c.server_us_per_request();
+    let c = (c, c_us);
+    errors += s.0.errors + r.0.errors + c.0.errors;
     let senders = format!("{BATCH_SENDERS} senders × {BATCH_MESSAGES}");
     rows.push(row("1 node, acks=leader", &senders, &s, BATCH_MESSAGES));
     rows.push(row("3 nodes, acks=all", &senders, &r, BATCH_MESSAGES));
+    rows.push(row("ceiling", &senders, &c, BATCH_MESSAGES));
     let batch_ratio = r.0.per_second() / s.0.per_second();
+    let batch_rate = r.0.per_second() * BATCH_MESSAGES as f64;
+    let peak_kib = rss.peak_kib();
+    drop(rss);
+    let hwm_kib = node_pids
+        .iter()
+        .filter_map(|&pid| proc_status_kib(pid, "VmHWM"))
+        .max()
+        .unwrap_or(0);
+    let sync_after = fdatasync_probe(dir.path(), Duration::from_secs(1), MESSAGE_BYTES)?;
+    let seq_after = sequential_mib_per_s(dir.path(), seq_bytes)?;
+    println!(
+        "disk: write(100 B) + fdatasync {:.0}/s, p50 {:.0} µs; sequential {seq_after:.0} MiB/s",
+        sync_after.rate, sync_after.p50_us
+    );
+    ceiling.kill().await;
 
     // Catch-up: stop a follower, write `catchup_bytes` of batches, restart it.
     let follower = (0..3).find(|i| *i != replicated.leader).context("no follower")?;
@@ -284,7 +381,50 @@ async fn run(window: Duration, catchup_bytes: u64) -> anyhow::Result<()> {
         written as f64 / 1048576.0,
         caught_up.as_secs_f64()
     );
-    println!("- disk fdatasync rate (one writer, 100 B): {fsync:.0}/s");
+    println!(
+        "- disk: write(100 B) + fdatasync {:.0}/s before, {:.0}/s after (p50 {:.0} / {:.0} µs); sequential {seq_before:.0} / {seq_after:.0} MiB/s",
+        sync_before.rate, sync_after.rate, sync_before.p50_us, sync_after.p50_us
+    );
+    println!("issue 14 targets (3 nodes acks=all, against the ceiling and the disk of this run):");
+    let (r64, c64) = sixty_four.as_ref().context("no 64-connection phase")?;
+    let ratio = r64.0.per_second() / c64.per_second();
+    println!(
+        "- 64 connections: {ratio:.2} × the ceiling (target >= {TARGET_CEILING_RATIO_64}): {}",
+        met(ratio >= TARGET_CEILING_RATIO_64)
+    );
+    let cpu_ratio = r64.1 / c64.server_us_per_request();
+    println!(
+        "- 64 connections: leader CPU {:.1} µs/msg = {cpu_ratio:.2} × the ceiling's {:.1} (target <= {TARGET_CPU_RATIO_64}; all 3 nodes: {:.1} µs/msg): {}",
+        r64.1,
+        c64.server_us_per_request(),
+        r64.0.server_us_per_request(),
+        met(cpu_ratio <= TARGET_CPU_RATIO_64)
+    );
+    // The faster of the two probes: the stricter bound.
+    let sync_p50 = sync_before.p50_us.min(sync_after.p50_us);
+    let (r1, _) = one.as_ref().context("no 1-connection phase")?;
+    let p50_us = r1.0.p(0.5) * 1000.0;
+    println!(
+        "- 1 connection: p50 {p50_us:.0} µs against fdatasync p50 {sync_p50:.0} µs + {TARGET_P50_OVER_SYNC_US:.0}: {}",
+        met(p50_us <= sync_p50 + TARGET_P50_OVER_SYNC_US)
+    );
+    let payload_mib = batch_rate * MESSAGE_BYTES as f64 / 1048576.0;
+    let seq = seq_before.max(seq_after);
+    println!(
+        "- NDJSON batches: {batch_rate:.0} messages/s (target >= {TARGET_BATCH_RATE:.0}): {}; payload {payload_mib:.0} MiB/s = {:.0} % of sequential {seq:.0} MiB/s (target >= {:.0} %): {}",
+        met(batch_rate >= TARGET_BATCH_RATE),
+        100.0 * payload_mib / seq,
+        100.0 * TARGET_BATCH_SHARE,
+        met(payload_mib >= TARGET_BATCH_SHARE * seq)
+    );
+    println!(
+        "- VmRSS, largest node: idle {:.1} MiB (target <= {TARGET_IDLE_MIB}): {}; under load peak {:.1} MiB, VmHWM {:.1} MiB (target <= {TARGET_LOADED_MIB}): {}",
+        mib(idle_kib),
+        met(mib(idle_kib) <= TARGET_IDLE_MIB),
+        mib(peak_kib),
+        mib(hwm_kib),
+        met(mib(peak_kib.max(hwm_kib)) <= TARGET_LOADED_MIB)
+    );
     let mut single = single;
     for problem in single
         .cluster

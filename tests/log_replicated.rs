@@ -718,3 +718,74 @@ async fn incarnation_is_stable_and_new_for_a_new_directory() -> TestResult {
     assert_ne!(log.incarnation(), first, "an emptied volume is a new incarnation");
     Ok(())
 }
+
+/// The newest valid slot's HW in `hw.checkpoint`, read from the file as a restarted node would
+/// (format: docs/log-format.md, "The high watermark"); `None` while neither slot is valid.
+fn checkpointed_hw(dir: &Path) -> Option<u64> {
+    let bytes = std::fs::read(dir.join("hw.checkpoint")).ok()?;
+    let slot = |at: usize| -> Option<(u64, u64)> {
+        let b = bytes.get(at..at + 24)?;
+        let crc = u32::from_le_bytes(b[4..8].try_into().ok()?);
+        (b[0..4] == *b"SLHW" && crc == crc32c::crc32c(&b[8..24])).then(|| {
+            (
+                u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+                u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            )
+        })
+    };
+    [slot(0), slot(4096)]
+        .into_iter()
+        .flatten()
+        .max_by_key(|&(seq, _)| seq)
+        .map(|(_, hw)| hw)
+}
+
+/// `advance_high_watermark` (what replication uses): the HW is exposed on return — readers see
+/// the records, truncation below it is refused — without waiting for `hw.checkpoint`, which a
+/// background write brings to the newest exposed value by itself; `close` leaves the exposed HW
+/// on disk, so a reopened store starts there. Never down, capped at the durable end.
+#[tokio::test]
+async fn advance_exposes_at_once_and_persists_behind() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), 1 << 20, true);
+    let log = LogStore::open(cfg.clone()).await?;
+    for i in 0..20 {
+        log.append(1, None, vec![payload(i)]).await?;
+    }
+    assert_eq!(log.advance_high_watermark(4), 4);
+    assert_eq!(log.high_watermark(), 4);
+    assert_eq!(read_all(&log, 0).await?.len(), 4, "readable on return");
+    assert!(
+        matches!(
+            log.truncate_suffix(3).await,
+            Err(LogError::BelowHighWatermark { from: 3, hw: 4 })
+        ),
+        "the exposed HW is the truncation floor at once"
+    );
+    assert_eq!(log.advance_high_watermark(2), 4, "never down");
+    assert_eq!(log.advance_high_watermark(1000), 20, "capped at the durable end");
+
+    // The background write catches up with the newest exposed HW without any further call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while checkpointed_hw(dir.path()) != Some(20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hw.checkpoint holds {:?}, not 20",
+            checkpointed_hw(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Many moves in a row, then close at once: the last exposed value is on disk after close.
+    for i in 20..60 {
+        log.append(1, None, vec![payload(i)]).await?;
+        assert_eq!(log.advance_high_watermark(i + 1), i + 1);
+    }
+    log.close().await?;
+    assert_eq!(checkpointed_hw(dir.path()), Some(60));
+    let log = LogStore::open(cfg).await?;
+    assert_eq!(log.high_watermark(), 60, "loaded on open");
+    assert_eq!(read_all(&log, 0).await?.len(), 60);
+    log.close().await?;
+    Ok(())
+}

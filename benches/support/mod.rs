@@ -1,10 +1,15 @@
-//! Shared measuring helpers of the process benchmarks (`benches/ingest.rs`, `benches/failover.rs`):
-//! the binary under test, memory and CPU of a process from `/proc`, quantiles, and a line about
-//! the machine. The processes themselves are started by `simpleloggers::local_cluster`.
+//! Shared measuring helpers of the process benchmarks (`benches/ingest.rs`,
+//! `benches/replication.rs`, `benches/failover.rs`): the binary under test, memory and CPU of a
+//! process from `/proc`, quantiles, and a line about the machine; the load generator (`load`),
+//! the HTTP ceiling (`ceiling`), disk probes (`disk`) and VmRSS sampling (`rss`). The processes
+//! themselves are started by `simpleloggers::local_cluster`.
 
 #![allow(dead_code)]
 
+pub mod ceiling;
+pub mod disk;
 pub mod load;
+pub mod rss;
 
 use std::{path::Path, time::Duration};
 

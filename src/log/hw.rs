@@ -1,8 +1,9 @@
-//! `hw.checkpoint`: the persisted high watermark. A replicated log exposes a new HW to readers only
-//! after it is on disk here, so that a restarted node never serves (nor lets truncation remove)
-//! less than it once exposed. The file holds two fixed slots, rewritten in place alternately with
-//! one `fdatasync` each: a write torn by a crash damages only the slot being written, whose value
-//! was not yet exposed, and the other slot still holds the last exposed one.
+//! `hw.checkpoint`: the persisted high watermark of a replicated log, the floor a restarted node
+//! serves reads up to and refuses truncation below. The file holds two fixed slots, rewritten in
+//! place alternately with one `fdatasync` each: a write torn by a crash damages only the slot
+//! being written, and the other slot still holds the previous value. Replication writes it behind
+//! the HW it exposes (`LogStore::advance_high_watermark`; why that is safe: docs/replication.md,
+//! "The high watermark checkpoint").
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -34,6 +35,8 @@ pub struct HwCheckpoint {
     /// Sequence of the newest valid slot (0: none); the next write uses `seq + 1`, in slot
     /// `(seq + 1) % 2`.
     seq: u64,
+    /// The high watermark in the newest valid slot (0: none).
+    hw: u64,
 }
 
 /// Encode one slot.
@@ -86,6 +89,7 @@ impl HwCheckpoint {
                         path,
                         file: None,
                         seq: 0,
+                        hw: 0,
                     },
                     None,
                 ));
@@ -110,6 +114,7 @@ impl HwCheckpoint {
                 path,
                 file: Some(Arc::new(file)),
                 seq,
+                hw: hw.unwrap_or(0),
             },
             hw,
         ))
@@ -121,10 +126,16 @@ impl HwCheckpoint {
         (self.file.clone(), self.path.clone(), self.seq + 1)
     }
 
-    /// Note a successful [`store`] of sequence `seq` through `file`.
-    pub fn stored(&mut self, file: Arc<File>, seq: u64) {
+    /// Note a successful [`store`] of `hw` as sequence `seq` through `file`.
+    pub fn stored(&mut self, file: Arc<File>, seq: u64, hw: u64) {
         self.file = Some(file);
         self.seq = seq;
+        self.hw = hw;
+    }
+
+    /// The high watermark on disk (0: none yet).
+    pub fn persisted(&self) -> u64 {
+        self.hw
     }
 }
 
@@ -171,7 +182,8 @@ mod tests {
     fn write(ck: &mut HwCheckpoint, hw: u64) {
         let (file, path, seq) = ck.next_write();
         let f = store(file, &path, seq, hw).expect("store");
-        ck.stored(f, seq);
+        ck.stored(f, seq, hw);
+        assert_eq!(ck.persisted(), hw);
     }
 
     /// Values round-trip through alternating slots; the newest valid slot wins.

@@ -66,16 +66,17 @@ pub struct BatchAck {
     pub duplicate: bool,
 }
 
-/// Splits an NDJSON body into payloads: one JSON string per non-empty line. The error names
-/// the first bad line (1-based).
-pub fn parse_ndjson(body: &[u8], max_message_bytes: usize) -> Result<Vec<Bytes>, ApiError> {
+/// Splits an NDJSON body into payloads: one JSON string per non-empty line. A string without
+/// escapes (the usual log line) is a slice of `body`, not a copy. The error names the first bad
+/// line (1-based).
+pub fn parse_ndjson(body: &Bytes, max_message_bytes: usize) -> Result<Vec<Bytes>, ApiError> {
     let mut payloads = Vec::new();
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let message: String = serde_json::from_slice(line).map_err(|e| {
+        let message = json_string(body, line).map_err(|e| {
             ApiError::BadRequest(format!("line {}: expected one JSON string per line: {e}", i + 1))
         })?;
         if message.is_empty() {
@@ -88,12 +89,22 @@ pub fn parse_ndjson(body: &[u8], max_message_bytes: usize) -> Result<Vec<Bytes>,
                 message.len()
             )));
         }
-        payloads.push(Bytes::from(message));
+        payloads.push(message);
     }
     if payloads.is_empty() {
         return Err(ApiError::BadRequest("empty batch: no message lines".into()));
     }
     Ok(payloads)
+}
+
+/// The JSON string on `line` (a part of `body`): borrowed from `body` when it has no escapes
+/// (serde_json can then hand out the text in place), decoded into a new buffer otherwise.
+fn json_string(body: &Bytes, line: &[u8]) -> Result<Bytes, serde_json::Error> {
+    match serde_json::from_slice::<&str>(line) {
+        Ok(text) if !text.is_empty() => Ok(body.slice_ref(text.as_bytes())),
+        Ok(_) => Ok(Bytes::new()),
+        Err(_) => serde_json::from_slice::<String>(line).map(Bytes::from),
+    }
 }
 
 /// Reads the idempotency headers: id and seq both or neither, and `X-Producer-Pending-From`
@@ -432,24 +443,40 @@ mod tests {
     /// NDJSON lines become payloads; blank lines and CRLF are tolerated.
     #[test]
     fn ndjson_parses() {
-        let p = parse_ndjson(b"\"a\"\r\n\n\"b c\"\n", 10).unwrap();
+        let p = parse_ndjson(&Bytes::from_static(b"\"a\"\r\n\n\"b c\"\n"), 10).unwrap();
         assert_eq!(p, vec![Bytes::from("a"), Bytes::from("b c")]);
+    }
+
+    /// A line without escapes is served from the request body itself (no copy); one with
+    /// escapes is decoded.
+    #[test]
+    fn ndjson_borrows_plain_lines_and_decodes_escapes() {
+        let body = Bytes::from_static(b"\"plain line\"\n\"tab\\there \\u00e9\"\n");
+        let p = parse_ndjson(&body, 100).unwrap();
+        assert_eq!(
+            p,
+            vec![Bytes::from("plain line"), Bytes::from("tab\there \u{e9}")]
+        );
+        let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+        assert!(range.contains(&(p[0].as_ptr() as usize)), "a slice of the body");
+        assert!(
+            !range.contains(&(p[1].as_ptr() as usize)),
+            "decoded into its own buffer"
+        );
     }
 
     /// A malformed line is named by number, and nothing is returned.
     #[test]
     fn ndjson_names_bad_line() {
-        let err = parse_ndjson(b"\"a\"\n{\"x\":1}\n\"c\"\n", 10).unwrap_err();
+        let err = parse_ndjson(&Bytes::from_static(b"\"a\"\n{\"x\":1}\n\"c\"\n"), 10).unwrap_err();
         assert!(
             matches!(&err, ApiError::BadRequest(m) if m.starts_with("line 2:")),
             "{err}"
         );
-        assert!(matches!(parse_ndjson(b"\n\n", 10), Err(ApiError::BadRequest(_))));
-        assert!(matches!(
-            parse_ndjson(b"\"toolong\"", 3),
-            Err(ApiError::TooLarge(_))
-        ));
-        assert!(matches!(parse_ndjson(b"\"\"", 3), Err(ApiError::BadRequest(_))));
+        let parse = |b: &'static [u8], max| parse_ndjson(&Bytes::from_static(b), max);
+        assert!(matches!(parse(b"\n\n", 10), Err(ApiError::BadRequest(_))));
+        assert!(matches!(parse(b"\"toolong\"", 3), Err(ApiError::TooLarge(_))));
+        assert!(matches!(parse(b"\"\"", 3), Err(ApiError::BadRequest(_))));
     }
 
     /// Idempotency headers come in pairs with a numeric sequence.

@@ -312,13 +312,11 @@ async fn fetch_loop(
                 Err(err) => return Resync::Stop(err.into()),
             }
         }
+        // Exposed at once, `hw.checkpoint` written behind it: the next fetch, which is what tells
+        // the leader this log's new end, never waits for a checkpoint `fdatasync`.
         let hw = answer.high_watermark.min(store.durable_end());
-        match store.set_high_watermark(hw).await {
-            Ok(now) => {
-                repl.metrics().replication_high_watermark.set(now as i64);
-            }
-            Err(err) => return Resync::Stop(err.into()),
-        }
+        let now = store.advance_high_watermark(hw);
+        repl.metrics().replication_high_watermark.set(now as i64);
         backoff.reset();
         repl.set_follower_error(None);
     }

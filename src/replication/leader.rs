@@ -406,12 +406,10 @@ async fn lead_term(
         // Decide with one consistent snapshot.
         let decision = repl.decide(term, &me, Instant::now(), change.is_none());
         if let Some(hw) = decision.hw {
-            match store.set_high_watermark(hw).await {
-                Ok(now) => {
-                    repl.metrics().replication_high_watermark.set(now as i64);
-                }
-                Err(err) => tracing::warn!(%err, hw, "cannot persist the high watermark; retrying"),
-            }
+            // Exposed (and writes waiting for it acknowledged) at once; `hw.checkpoint` follows in
+            // the background: the records below `hw` are already durable on every ISR member.
+            let now = store.advance_high_watermark(hw);
+            repl.metrics().replication_high_watermark.set(now as i64);
         }
         if let (Some(wanted), Some(handle), true) =
             (decision.change, isr, tokio::time::Instant::now() >= not_before)

@@ -1,8 +1,9 @@
 //! [`LogStore`]: the cheap-`Clone` handle the node uses, and the state it shares with the writer
 //! thread (visible log shape, durable end, high watermark, producer table, write health, the
 //! command queue). Reads run here, on the blocking pool, up to the high watermark only, holding no
-//! lock across disk reads; so do `read_frames` (raw frames for followers, up to the durable end)
-//! and `set_high_watermark` (which persists `hw.checkpoint` before exposing a new HW). Every
+//! lock across disk reads; so do `read_frames` (raw frames for followers, up to the durable end),
+//! `advance_high_watermark` (which exposes a new HW at once and persists `hw.checkpoint` behind
+//! it, one write at a time) and `set_high_watermark` (which persists before exposing). Every
 //! mutation of the log is a `Command` to the single writer: `writer` group-commits appends (and
 //! replicated frames, and term-start records) and poisons the store on a failed write or sync;
 //! `maintenance` rolls segments, enforces retention, truncates a suffix and recovers a poisoned
@@ -15,7 +16,7 @@ use std::{
     fs::{self, File},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
+        mpsc, Arc, Weak,
     },
     thread::JoinHandle,
     time::{SystemTime, UNIX_EPOCH},
@@ -93,8 +94,8 @@ struct LogState {
     replicated: bool,
     /// The exposed high watermark of a replicated log (at most `durable`): reads stop here.
     hw: u64,
-    /// The highest HW that may be in `hw.checkpoint` (at or above `hw`: a value being persisted
-    /// counts already), the floor below which truncation is refused.
+    /// The highest HW that is or may soon be in `hw.checkpoint` (at or above `hw`: an exposed
+    /// value and one being persisted count already), the floor below which truncation is refused.
     hw_reserved: u64,
 }
 
@@ -137,8 +138,14 @@ struct Shared {
     /// none pending): the caller holding `hw_file` persists it for every caller waiting behind it.
     hw_pending: Mutex<u64>,
     /// `hw.checkpoint`; held while one caller persists a new HW (the others wait and are usually
-    /// served by that one write).
-    hw_file: tokio::sync::Mutex<HwCheckpoint>,
+    /// served by that one write). Shared with the background checkpoint writer, which must not
+    /// keep the store alive while it waits for it.
+    hw_file: Arc<tokio::sync::Mutex<HwCheckpoint>>,
+    /// Set while a background checkpoint writer ([`persist_behind`]) runs: at most one at a time,
+    /// each writing the newest exposed HW, so a burst of HW moves costs one or two `fdatasync`s.
+    hw_persisting: AtomicBool,
+    /// The runtime the store was opened on, where the background checkpoint writer runs.
+    runtime: tokio::runtime::Handle,
     /// The data directory's incarnation (`<dir>/incarnation`).
     incarnation: String,
     /// Poisoned or not, and the failure history (written by the writer only).
@@ -323,7 +330,9 @@ impl LogStore {
             visible,
             durable,
             hw_pending: Mutex::new(0),
-            hw_file: tokio::sync::Mutex::new(checkpoint),
+            hw_file: Arc::new(tokio::sync::Mutex::new(checkpoint)),
+            hw_persisting: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
             incarnation,
             health: Mutex::new(WriteHealth::default()),
             closed: AtomicBool::new(false),
@@ -549,7 +558,11 @@ impl LogStore {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        res
+        // Let a background checkpoint write finish (the writer is stopped: no new one starts),
+        // then write the exposed HW if it is not on disk yet, so that a reopened store starts at
+        // the HW this one exposed and the directory has one `hw.checkpoint` writer at a time.
+        let persisted = persist_exposed(&inner.shared).await;
+        res.and(persisted)
     }
 
     /// If the store is poisoned (a failed write or sync), try to recover now instead of waiting
@@ -672,10 +685,43 @@ impl LogStore {
     }
 
     /// Moves the high watermark up to `hw` (capped at the durable end; never down: a lower value
-    /// is ignored), persisting it in `hw.checkpoint` before readers see it. Concurrent callers
-    /// are coalesced: the one writing persists the largest value asked meanwhile, so one
-    /// `fdatasync` serves them all. Returns the HW now exposed. Without
+    /// is ignored) and exposes it at once; `hw.checkpoint` follows in the background (one write
+    /// at a time, each of the newest HW, so the `fdatasync` is off the commit path and shared by
+    /// every move made meanwhile). Returns the HW now exposed. What replication uses: an HW is
+    /// computed from durable log ends, so the records below it are already on every in-sync
+    /// replica's disk; the checkpoint only sets where a restarted node starts serving reads and
+    /// refusing truncation (docs/replication.md, "The high watermark checkpoint"). A failed
+    /// checkpoint write is logged and retried with the next move. Without
     /// `LogConfig::replicated` it changes nothing and returns [`high_watermark`](Self::high_watermark).
+    pub fn advance_high_watermark(&self, hw: u64) -> u64 {
+        let shared = &self.inner.shared;
+        if !shared.config.replicated {
+            return self.high_watermark();
+        }
+        let exposed = {
+            let mut state = shared.state.write();
+            let target = hw.min(state.durable);
+            if target <= state.hw {
+                return state.high_watermark();
+            }
+            state.hw = target;
+            state.hw_reserved = state.hw_reserved.max(target);
+            state.high_watermark()
+        };
+        shared.refresh_visible();
+        if !shared.hw_persisting.swap(true, Ordering::AcqRel) {
+            shared.runtime.spawn(persist_behind(Arc::downgrade(shared)));
+        }
+        exposed
+    }
+
+    /// Moves the high watermark up to `hw` (capped at the durable end; never down: a lower value
+    /// is ignored), persisting it in `hw.checkpoint` before readers see it (and with it any HW
+    /// [`advance_high_watermark`](Self::advance_high_watermark) exposed before). Concurrent
+    /// callers are coalesced: the one writing persists the largest value asked meanwhile, so one
+    /// `fdatasync` serves them all. Returns the HW now exposed, which is on disk when this returns.
+    /// Without `LogConfig::replicated` it changes nothing and returns
+    /// [`high_watermark`](Self::high_watermark).
     ///
     /// # Errors
     /// I/O errors writing the checkpoint (the HW then stays where it was).
@@ -693,22 +739,32 @@ impl LogStore {
             let mut state = shared.state.write();
             // Take what every caller waiting so far asked; they find it done when their turn comes.
             let asked = std::mem::take(&mut *shared.hw_pending.lock()).max(hw);
-            let target = asked.min(state.durable);
-            if target <= state.hw {
-                return Ok(state.hw);
-            }
+            // At least what is exposed already, which may not be on disk yet.
+            let target = asked.min(state.durable).max(state.hw);
             state.hw_reserved = state.hw_reserved.max(target);
-            target
+            if target <= checkpoint.persisted() {
+                // On disk already (a checkpoint loaded past a log end that was cut back holds
+                // more): only expose it.
+                state.hw = target;
+                None
+            } else {
+                Some(target)
+            }
+        };
+        let Some(target) = target else {
+            drop(checkpoint);
+            shared.refresh_visible();
+            return Ok(self.high_watermark());
         };
         let (file, path, seq) = checkpoint.next_write();
         let file = tokio::task::spawn_blocking(move || hw::store(file, &path, seq, target))
             .await
             .map_err(|_| LogError::Closed)??;
-        checkpoint.stored(file, seq);
+        checkpoint.stored(file, seq, target);
         let exposed = {
             let mut state = shared.state.write();
             state.hw = state.hw.max(target.min(state.durable));
-            state.hw
+            state.high_watermark()
         };
         drop(checkpoint);
         shared.refresh_visible();
@@ -722,6 +778,68 @@ impl LogStore {
     pub fn incarnation(&self) -> String {
         self.inner.shared.incarnation.clone()
     }
+}
+
+/// The background checkpoint writer started by [`LogStore::advance_high_watermark`]: writes the
+/// exposed HW to `hw.checkpoint` until the file holds the newest one, then ends. Holds the store
+/// only through `shared` (weak) and never across a wait, so it never keeps a closed store's
+/// directory locked; it stops once the store is closed or gone.
+async fn persist_behind(shared: Weak<Shared>) {
+    loop {
+        let Some(file) = shared.upgrade().map(|s| s.hw_file.clone()) else {
+            return;
+        };
+        let mut checkpoint = file.lock_owned().await;
+        let target = {
+            let Some(s) = shared.upgrade() else { return };
+            if s.closed.load(Ordering::Acquire) {
+                s.hw_persisting.store(false, Ordering::Release);
+                return;
+            }
+            let target = s.state.read().hw;
+            if target <= checkpoint.persisted() {
+                s.hw_persisting.store(false, Ordering::Release);
+                // An advance between the look and the flag saw it still set and started nobody.
+                if s.state.read().hw <= checkpoint.persisted() || s.hw_persisting.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+                continue;
+            }
+            target
+        };
+        let (file, path, seq) = checkpoint.next_write();
+        match tokio::task::spawn_blocking(move || hw::store(file, &path, seq, target)).await {
+            Ok(Ok(file)) => checkpoint.stored(file, seq, target),
+            Ok(Err(err)) => {
+                tracing::warn!(%err, hw = target, "cannot persist the high watermark; retrying with its next move");
+                if let Some(s) = shared.upgrade() {
+                    s.hw_persisting.store(false, Ordering::Release);
+                }
+                return;
+            }
+            // The runtime is shutting down.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Write the exposed HW to `hw.checkpoint` unless it is there already (after `close`).
+///
+/// # Errors
+/// I/O errors writing the checkpoint.
+async fn persist_exposed(shared: &Arc<Shared>) -> Result<(), LogError> {
+    let mut checkpoint = shared.hw_file.lock().await;
+    let target = shared.state.read().hw;
+    if !shared.config.replicated || target <= checkpoint.persisted() {
+        return Ok(());
+    }
+    let (file, path, seq) = checkpoint.next_write();
+    let file = tokio::task::spawn_blocking(move || hw::store(file, &path, seq, target))
+        .await
+        .map_err(|_| LogError::Closed)??;
+    checkpoint.stored(file, seq, target);
+    Ok(())
 }
 
 /// Fetched chunks up to this size are verified on the calling task; larger ones on the blocking

@@ -37,7 +37,8 @@ const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// admitted (one `fdatasync` still covers the whole group): the copy into the page cache then
 /// reads data that is still in the CPU cache instead of a cold multi-MiB buffer.
 const WRITE_CHUNK: usize = 1024 * 1024;
-/// How long the writer polls for the next append before sleeping (see `Writer::recv_soon`).
+/// How long the writer polls for the next append before sleeping (see `Writer::recv_soon`), when
+/// the last group had more than one command.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 /// A poisoned store retries its recovery by itself after this long, doubling per failed attempt
 /// up to [`RECOVERY_RETRY_MAX`] (a re-verification reads the active segment from disk).
@@ -254,6 +255,7 @@ pub(super) fn spawn(
         syncer,
         poison: None,
         lost: None,
+        crowded: false,
     };
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
@@ -281,6 +283,11 @@ pub(super) struct Writer {
     /// Offsets `from .. to` that were acknowledged (visible) but dropped by a recovery because
     /// their sync failed; the next flush or close reports them instead of claiming success.
     pub(super) lost: Option<(u64, u64)>,
+    /// Whether the last group gathered more than one command: several appenders are active, so
+    /// the next one is likely to arrive within [`SPIN_BEFORE_SLEEP`]. A lone appender (one HTTP
+    /// connection, a follower's fetch loop) comes back only after a network round trip; spinning
+    /// for it burned the CPU the rest of the node needs (issue 14).
+    crowded: bool,
 }
 
 impl Writer {
@@ -334,7 +341,9 @@ impl Writer {
                 return;
             }
             // Group commit: take everything already queued into the same write + sync.
+            let mut grouped = 1usize;
             while let Ok(cmd) = self.rx.try_recv() {
+                grouped += 1;
                 if self.process(cmd) {
                     return;
                 }
@@ -343,6 +352,7 @@ impl Writer {
                 }
             }
             self.commit_part();
+            self.crowded = grouped > 1;
             if let Durability::Interval(every) = self.config().durability {
                 if self.st.dirty && self.st.last_sync.elapsed() >= every {
                     self.background_sync();
@@ -354,11 +364,12 @@ impl Writer {
         }
     }
 
-    /// Under `always`, poll the queue for a short while before sleeping: acknowledged appenders
-    /// usually send again within microseconds, and catching them without a futex sleep/wake
-    /// round trip shortens every group-commit cycle. Otherwise (or after the spin) block.
+    /// Under `always`, after a group of several commands, poll the queue for a short while before
+    /// sleeping: concurrent appenders usually send again within microseconds, and catching them
+    /// without a futex sleep/wake round trip shortens every group-commit cycle. Otherwise (or
+    /// after the spin) block.
     fn recv_soon(&mut self) -> Result<Command, mpsc::RecvError> {
-        if self.config().durability == Durability::Always {
+        if self.config().durability == Durability::Always && self.crowded {
             let deadline = Instant::now() + SPIN_BEFORE_SLEEP;
             while Instant::now() < deadline {
                 match self.rx.try_recv() {
