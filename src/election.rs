@@ -556,9 +556,9 @@ impl Elector {
         });
     }
 
-    /// Hands leadership over: deletes this node's report, releases the lock (so no lock-delay
-    /// applies), destroys the session and deregisters the service. Each step is bounded;
-    /// failures are logged, since Consul will clean up by itself through the session's checks.
+    /// Hands leadership over: releases the lock (so no lock-delay applies), destroys the
+    /// session and deregisters the service. Each step is bounded; failures are logged, since
+    /// Consul will clean up by itself through the session's checks.
     pub async fn resign(&self) {
         self.begin_shutdown();
         let shared = &self.shared;
@@ -568,13 +568,6 @@ impl Elector {
         };
         let consul = shared.consul.with_timeout(RESIGN_STEP_TIMEOUT);
         if let Some(session) = &session {
-            // Deleted first: before the session goes, so no lock-delay is left on it for our
-            // next start, and before the lock is released, so the next leader's first look at
-            // the reports already finds us gone and drops us from the ISR at once.
-            let report = shared.keys.report(&shared.config.name);
-            if let Err(err) = consul.kv_delete(&report, &DeleteOptions::default()).await {
-                tracing::debug!(%err, "could not delete our report");
-            }
             if held {
                 let value = serde_json::to_vec(&shared.our_record(None)).unwrap_or_default();
                 match consul
@@ -585,6 +578,11 @@ impl Elector {
                     Ok(false) => tracing::warn!("the leader lock was no longer ours to release"),
                     Err(err) => tracing::warn!(%err, "could not release the leader lock"),
                 }
+            }
+            // Deleted before the session goes, so no lock-delay is left on it for our next start.
+            let report = shared.keys.report(&shared.config.name);
+            if let Err(err) = consul.kv_delete(&report, &DeleteOptions::default()).await {
+                tracing::debug!(%err, "could not delete our report");
             }
             if let Err(err) = consul.session_destroy(session).await {
                 tracing::warn!(%err, "could not destroy the session");
