@@ -123,26 +123,37 @@ async fn handovers_raise_the_term_and_followers_see_it() {
         Settings::replicas(2),
     )
     .await;
-    // With 2 replicas and a majority of 2, cluster start needs both empty reports; `a` is smallest.
-    let first = leads_above(&consul, &a, 0).await;
+    // With 2 replicas and a majority of 2, cluster start needs one empty report (2 − 2 + 1): the
+    // node whose first check passes first (Consul staggers it within the interval) may start it.
+    let is_leader = |s: &LeaderState| s.role == Role::Leader;
+    let a_leads = tokio::select! {
+        _ = a.wait_for("leader", is_leader) => true,
+        _ = b.wait_for("leader", is_leader) => false,
+    };
+    let (leader, follower) = if a_leads { (&a, &b) } else { (&b, &a) };
+    let first = leads_above(&consul, leader, 0).await;
     assert_eq!(first.term, 1);
     // repl-core adds caught-up followers to the ISR; here the leader does it through its handle.
-    let isr = a.elector.isr();
-    let current = a.wait_isr().await;
+    let isr = leader.elector.isr();
+    let current = leader.wait_isr().await;
     let mut state = current.state.clone();
-    state.members.push(b.member());
+    state.members.push(follower.member());
     isr.change(first.session.as_deref().unwrap(), current.index, state)
         .await
         .expect("the leader widens the ISR");
-    let seen = b
-        .wait_for("following a in term 1", |s| {
+    let seen = follower
+        .wait_for("following the leader in term 1", |s| {
             s.role == Role::Follower && s.term == 1 && s.case == ElectionCase::Normal
         })
         .await;
-    assert_eq!(seen.leader.unwrap().name, "a");
+    assert_eq!(seen.leader.unwrap().name, leader.name);
 
-    a.elector.resign().await;
-    let second = leads_above(&consul, &b, first.term).await;
+    leader.elector.resign().await;
+    let second = leads_above(&consul, follower, first.term).await;
     assert_eq!((second.term, &second.case), (2, &ElectionCase::Normal));
-    b.stop().await;
+    if a_leads {
+        b.stop().await;
+    } else {
+        a.stop().await;
+    }
 }

@@ -89,10 +89,10 @@ async fn retries_the_named_leader_at_a_short_pace() {
         Hooks::default(),
     ));
 
-    // Note when each attempt arrives while `a` refuses for 3 s (a grown back-off would leave
-    // gaps of 0.8 s and 1.6 s in that time).
+    // Note when each attempt arrives while `a` refuses for 4 s (the back-off alone, 50 ms
+    // doubling, would put attempts at about 0, 0.05, 0.15, 0.35, 0.75, 1.55 and 3.15 s).
     let mut arrivals = Vec::new();
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
     while tokio::time::Instant::now() < until {
         let n = a.requests().len();
         if n > arrivals.len() {
