@@ -25,6 +25,14 @@ SERVICE="${FULLNAME}"
 # simpleloggers.consulServerName: the full name cut to 49 characters, then -consul-server.
 CONSUL="${FULLNAME:0:49}"
 CONSUL="${CONSUL%-}-consul-server"
+# simpleloggers.tokenSecretName: the full name cut to 48 characters, then -api-token or
+# -read-token (the chart's generated token Secrets; override for node.auth.*.existingSecret).
+TOKEN_PREFIX="${FULLNAME:0:48}"
+TOKEN_PREFIX="${TOKEN_PREFIX%-}"
+API_TOKEN_SECRET="${API_TOKEN_SECRET:-${TOKEN_PREFIX}-api-token}"
+API_TOKEN_KEY="${API_TOKEN_KEY:-api-token}"
+READ_TOKEN_SECRET="${READ_TOKEN_SECRET:-${TOKEN_PREFIX}-read-token}"
+READ_TOKEN_KEY="${READ_TOKEN_KEY:-read-token}"
 KUBECTL=(kubectl --context "kind-${CLUSTER}" --namespace "${NAMESPACE}")
 NODE_SELECTOR="app.kubernetes.io/instance=${RELEASE},app.kubernetes.io/component=node"
 
@@ -90,4 +98,18 @@ wait_for_one_ready() {
     fi
     sleep 1
   done
+}
+
+# secret_value SECRET KEY: the decoded value under KEY of SECRET; empty when there is no such
+# Secret (the chart creates a token's Secret only while the token is on); fails with kubectl.
+secret_value() {
+  local encoded
+  encoded="$("${KUBECTL[@]}" get secret "$1" --ignore-not-found -o "jsonpath={.data.$2}")" || return 1
+  [[ -z "$encoded" ]] || base64 --decode <<<"$encoded"
+}
+
+# bearer_header TOKEN FILE: writes `Authorization: Bearer TOKEN` to FILE for `curl -H @FILE`
+# (printf is a builtin, so the token appears in no command line); nothing for an empty token.
+bearer_header() {
+  [[ -z "$1" ]] || printf 'Authorization: Bearer %s\n' "$1" >"$2"
 }

@@ -161,6 +161,23 @@ simpleloggers.validate: fails rendering on contradictory values that the schema 
 {{- if and $minInsync (gt (int $minInsync) (int .Values.node.replicas)) -}}
 {{- fail (printf "node.replication.minInsync (%d) must not exceed node.replicas (%d): the leader would refuse every write" (int $minInsync) (int .Values.node.replicas)) -}}
 {{- end -}}
+{{- range $name, $token := .Values.node.auth -}}
+{{- if and $token.enabled (not $token.create) (not $token.existingSecret) -}}
+{{- fail (printf "node.auth.%s.enabled=true needs a Secret: set node.auth.%s.existingSecret, or node.auth.%s.create=true to generate one (or node.auth.%s.enabled=false to leave that API open)" $name $name $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- $secret := .Values.node.replication.clusterSecret -}}
+{{- if and (gt (int .Values.node.replicas) 1) (not $secret.create) (not $secret.existingSecret) (not $secret.allowNone) -}}
+{{- fail (printf "node.replication.clusterSecret: with node.replicas=%d and neither create nor existingSecret, anything that reaches a node pod could fetch the whole log from the replication endpoint: set create=true or existingSecret, or allowNone=true to accept that" (int .Values.node.replicas)) -}}
+{{- end -}}
+{{- $secretEnv := include "simpleloggers.secretEnvNames" . | splitList " " -}}
+{{- range $where, $env := dict "node.extraEnv" .Values.node.extraEnv "producer.extraEnv" .Values.producer.extraEnv -}}
+{{- range $env -}}
+{{- if and (has .name $secretEnv) (hasKey . "value") -}}
+{{- fail (printf "%s sets %s as a plain value: secrets never go in values; the chart sets it from a Secret (see the chart README, Access)" $where .name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if not .Values.consul.server.enabled -}}
 {{- if and (not .Values.consul.agent.enabled) (not .Values.consul.external.address) -}}
 {{- fail "consul.server.enabled=false and consul.agent.enabled=false: set consul.external.address" -}}
@@ -431,13 +448,104 @@ empty (no secret: the internal replication endpoint is open).
 {{- end -}}
 
 {{/*
-simpleloggers.existingClusterSecret: the base64 value under .key of the Secret .name in
-.namespace as the cluster holds it now (`lookup`), or empty when there is no such Secret or key
-(a first install, or `helm template`, which cannot look up). Takes a dict: namespace, name, key.
+simpleloggers.heldSecretValue: the base64 value under .key of the Secret .name in .namespace as
+the cluster holds it now (`lookup`), or empty when there is no such Secret or key (a first
+install, or `helm template`, which cannot look up). Every Secret the chart generates (cluster
+secret, API tokens, Consul ACL tokens, gossip key) reads its held value back through this one
+define, so an upgrade keeps what the pods already use. Takes a dict: namespace, name, key.
 */}}
-{{- define "simpleloggers.existingClusterSecret" -}}
+{{- define "simpleloggers.heldSecretValue" -}}
 {{- $secret := lookup "v1" "Secret" .namespace .name -}}
 {{- if and $secret (hasKey $secret "data") (hasKey $secret.data .key) -}}
 {{- index $secret.data .key -}}
 {{- end -}}
+{{- end -}}
+
+
+{{/*
+simpleloggers.generatedSecret: a whole Opaque Secret the chart generates and keeps: for each
+entry of .data (key -> a freshly generated value, used only when the cluster does not hold one
+under that key yet) the value the Secret already holds (simpleloggers.heldSecretValue), else the
+fresh one. Takes a dict: root (the root context), name, component, data.
+*/}}
+{{- define "simpleloggers.generatedSecret" -}}
+{{- $ns := include "simpleloggers.namespace" .root -}}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ .name }}
+  namespace: {{ $ns }}
+  labels:
+    {{- include "simpleloggers.labels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+type: Opaque
+data:
+{{- range $key, $fresh := .data }}
+{{- $held := include "simpleloggers.heldSecretValue" (dict "namespace" $ns "name" $.name "key" $key) }}
+  {{ $key }}: {{ $held | default ($fresh | b64enc) | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.tokenSecretName: the Secret an API token (node.auth.apiToken or
+node.auth.readToken, given as .token) is read from: its existingSecret, else the generated
+<fullname>-<.suffix> when create is on, else empty; always empty while the token is disabled.
+Takes a dict: root, token, suffix.
+*/}}
+{{- define "simpleloggers.tokenSecretName" -}}
+{{- if .token.enabled -}}
+{{- if .token.existingSecret -}}
+{{- .token.existingSecret -}}
+{{- else if .token.create -}}
+{{- printf "%s-%s" (include "simpleloggers.fullname" .root | trunc 48 | trimSuffix "-") .suffix -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.apiTokenSecretName: the Secret of the write API token (SIMPLELOGGERS_API_TOKEN),
+or empty when node.auth.apiToken is disabled.
+*/}}
+{{- define "simpleloggers.apiTokenSecretName" -}}
+{{- include "simpleloggers.tokenSecretName" (dict "root" . "token" .Values.node.auth.apiToken "suffix" "api-token") -}}
+{{- end -}}
+
+{{/*
+simpleloggers.readTokenSecretName: the Secret of the read API token (SIMPLELOGGERS_READ_TOKEN),
+or empty when node.auth.readToken is disabled.
+*/}}
+{{- define "simpleloggers.readTokenSecretName" -}}
+{{- include "simpleloggers.tokenSecretName" (dict "root" . "token" .Values.node.auth.readToken "suffix" "read-token") -}}
+{{- end -}}
+
+{{/*
+simpleloggers.tokenEnv: the env entries giving a container the API tokens it sends or checks,
+each through a secretKeyRef (never a plain value): SIMPLELOGGERS_API_TOKEN when .write and the
+write token is on, SIMPLELOGGERS_READ_TOKEN when .read and the read token is on. Takes a dict:
+root, write, read.
+*/}}
+{{- define "simpleloggers.tokenEnv" -}}
+{{- $auth := .root.Values.node.auth -}}
+{{- with (and .write (include "simpleloggers.apiTokenSecretName" .root)) }}
+- name: SIMPLELOGGERS_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $auth.apiToken.key }}
+{{- end }}
+{{- with (and .read (include "simpleloggers.readTokenSecretName" .root)) }}
+- name: SIMPLELOGGERS_READ_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $auth.readToken.key }}
+{{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.secretEnvNames: the variables that carry secrets. The chart sets each from a
+Secret; simpleloggers.validate refuses an extraEnv entry that gives one a plain `value`.
+*/}}
+{{- define "simpleloggers.secretEnvNames" -}}
+SIMPLELOGGERS_API_TOKEN SIMPLELOGGERS_READ_TOKEN SIMPLELOGGERS_CLUSTER_SECRET CONSUL_HTTP_TOKEN
 {{- end -}}
