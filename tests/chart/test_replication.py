@@ -32,6 +32,7 @@ from conftest import (
     render_as,
     selects,
 )
+from netpol import Pod, allows
 
 SECRET = f"{FULLNAME}-cluster-secret"
 KUBE_VERSION = "1.34.0"
@@ -245,8 +246,8 @@ def test_replication_endpoint_reachable_pod_to_pod(value_set, objects_of):
     """The internal endpoint is on the node's HTTP port at the address the node advertises in
     Consul: POD_IP (downward API) with the listen port, as no advertise address is set and the
     node listens on every interface. The headless peers Service publishes not-Ready pods
-    (followers) on that same port and is the StatefulSet's serviceName (per-pod DNS), and no
-    NetworkPolicy stands between the node pods."""
+    (followers) on that same port and is the StatefulSet's serviceName (per-pod DNS), and the
+    NetworkPolicies let node pods reach each other there."""
     objects = objects_of(value_set)
     node = _node(objects)
     env = env_of(node)
@@ -260,7 +261,9 @@ def test_replication_endpoint_reachable_pod_to_pod(value_set, objects_of):
     assert [(p["port"], p["targetPort"]) for p in peers["spec"]["ports"]] == [(int(port), "http")]
     assert selects(peers["spec"]["selector"], node_sts(objects)["spec"]["template"]["metadata"]["labels"])
     assert node_sts(objects)["spec"]["serviceName"] == peers["metadata"]["name"]
-    assert of_kind(objects, "NetworkPolicy") == []
+    policies = of_kind(objects, "NetworkPolicy")
+    node = Pod(node_sts(objects)["spec"]["template"]["metadata"]["labels"], NAMESPACE)
+    assert allows(policies, node, node, int(port)), "the nodes must reach each other on the node port"
 
 
 def test_every_replication_value_at_once_validates():

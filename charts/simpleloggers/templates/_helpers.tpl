@@ -170,6 +170,9 @@ simpleloggers.validate: fails rendering on contradictory values that the schema 
 {{- if and (gt (int .Values.node.replicas) 1) (not $secret.create) (not $secret.existingSecret) (not $secret.allowNone) -}}
 {{- fail (printf "node.replication.clusterSecret: with node.replicas=%d and neither create nor existingSecret, anything that reaches a node pod could fetch the whole log from the replication endpoint: set create=true or existingSecret, or allowNone=true to accept that" (int .Values.node.replicas)) -}}
 {{- end -}}
+{{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress.enabled (not .Values.networkPolicy.egress.kubeApi) -}}
+{{- fail "networkPolicy.egress.enabled=true needs networkPolicy.egress.kubeApi (the API server's address as NetworkPolicy peers, e.g. [{ipBlock: {cidr: 172.18.0.2/32}}]): the nodes' Kubernetes integration calls it" -}}
+{{- end -}}
 {{- $secretEnv := include "simpleloggers.secretEnvNames" . | splitList " " -}}
 {{- range $where, $env := dict "node.extraEnv" .Values.node.extraEnv "producer.extraEnv" .Values.producer.extraEnv -}}
 {{- range $env -}}
@@ -548,4 +551,99 @@ Secret; simpleloggers.validate refuses an extraEnv entry that gives one a plain 
 */}}
 {{- define "simpleloggers.secretEnvNames" -}}
 SIMPLELOGGERS_API_TOKEN SIMPLELOGGERS_READ_TOKEN SIMPLELOGGERS_CLUSTER_SECRET CONSUL_HTTP_TOKEN
+{{- end -}}
+
+{{/*
+simpleloggers.releasePeer: a NetworkPolicy peer (a list item) selecting this release's pods
+whose app.kubernetes.io/component is one of .components, in the release namespace. Takes a
+dict: root, components (a list).
+*/}}
+{{- define "simpleloggers.releasePeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "simpleloggers.selectorLabels" .root | nindent 6 }}
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values:
+          {{- toYaml .components | nindent 10 }}
+{{- end -}}
+
+{{/*
+simpleloggers.consulAgentComponents: the components whose pods run a Consul agent (gossip
+members): the in-chart servers, and the node and producer pods while they carry the agent
+sidecar (the producer not when it sends to producer.target, which needs no Consul).
+*/}}
+{{- define "simpleloggers.consulAgentComponents" -}}
+{{- $components := list -}}
+{{- if .Values.consul.server.enabled -}}
+{{- $components = append $components "consul-server" -}}
+{{- end -}}
+{{- if .Values.consul.agent.enabled -}}
+{{- $components = append $components "node" -}}
+{{- if and .Values.producer.enabled (not .Values.producer.target) -}}
+{{- $components = append $components "producer" -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $components -}}
+{{- end -}}
+
+{{/*
+simpleloggers.gossipIngress: the ingress rule (a list item) letting every Consul agent and
+server of the release, and networkPolicy.consulExtraFrom, reach Serf LAN gossip (8301, TCP and
+UDP).
+*/}}
+{{- define "simpleloggers.gossipIngress" -}}
+- ports:
+    - port: 8301
+      protocol: TCP
+    - port: 8301
+      protocol: UDP
+  from:
+    {{- include "simpleloggers.releasePeer" (dict "root" . "components" (include "simpleloggers.consulAgentComponents" . | fromJsonArray)) | nindent 4 }}
+    {{- with .Values.networkPolicy.consulExtraFrom }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.consulEgress: the egress rule (a list item) letting a Consul agent or server
+reach every other gossip member (8301, TCP and UDP) and the in-chart servers' RPC (8300) and
+HTTP API (8500), or an external Consul's peers (networkPolicy.egress.consulExternal).
+*/}}
+{{- define "simpleloggers.consulEgress" -}}
+- ports:
+    - port: 8301
+      protocol: TCP
+    - port: 8301
+      protocol: UDP
+  to:
+    {{- include "simpleloggers.releasePeer" (dict "root" . "components" (include "simpleloggers.consulAgentComponents" . | fromJsonArray)) | nindent 4 }}
+{{- if .Values.consul.server.enabled }}
+- ports:
+    - port: 8300
+      protocol: TCP
+    - port: 8500
+      protocol: TCP
+  to:
+    {{- include "simpleloggers.releasePeer" (dict "root" . "components" (list "consul-server")) | nindent 4 }}
+{{- end }}
+{{- with .Values.networkPolicy.egress.consulExternal }}
+- to:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.dnsEgress: the egress rule (a list item) letting a pod resolve names: port 53, UDP
+and TCP, to networkPolicy.egress.dns.
+*/}}
+{{- define "simpleloggers.dnsEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  to:
+    {{- toYaml .Values.networkPolicy.egress.dns | nindent 4 }}
 {{- end -}}
