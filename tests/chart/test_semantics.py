@@ -398,12 +398,12 @@ def test_kind_nodes_run_a_pinned_supported_kubernetes():
 
 
 def test_image_pull_secrets_reach_every_pod():
-    """global.imagePullSecrets lands in every pod spec: nodes, producer, Consul servers and the
-    `helm test` pod."""
+    """global.imagePullSecrets lands in every pod spec: nodes, producer, Consul servers, the
+    ACL bootstrap Job and the `helm test` pod."""
     objects = parse(render({"global": {"imagePullSecrets": [{"name": "regcred"}]}, "consul": {"server": {"replicas": 3}}}))
     pods = pod_specs(objects)
-    assert {n.split("/")[0] for n, _, _ in pods} == {"StatefulSet", "Deployment", "Pod"}
-    assert len(pods) == 4
+    assert {n.split("/")[0] for n, _, _ in pods} == {"StatefulSet", "Deployment", "Job", "Pod"}
+    assert len(pods) == 5
     for name, _, spec in pods:
         assert spec.get("imagePullSecrets") == [{"name": "regcred"}], name
 

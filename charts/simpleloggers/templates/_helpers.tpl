@@ -193,21 +193,17 @@ simpleloggers.validate: fails rendering on contradictory values that the schema 
 
 {{/*
 simpleloggers.consulEnv: the Consul client environment shared by the node and the producer
-(address, ACL token from a Secret, TLS CA path).
+(address, ACL token from a Secret, TLS CA path). Takes a dict: root, role (node or producer,
+whose token it gets).
 */}}
 {{- define "simpleloggers.consulEnv" -}}
+{{- $root := .root -}}
 - name: CONSUL_HTTP_ADDR
-  value: {{ include "simpleloggers.consulHttpAddr" . | quote }}
-{{- if and (not .Values.consul.server.enabled) .Values.consul.external.tokenSecret.name }}
-- name: CONSUL_HTTP_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.consul.external.tokenSecret.name }}
-      key: {{ .Values.consul.external.tokenSecret.key }}
-{{- end }}
-{{- if and (not .Values.consul.server.enabled) (not .Values.consul.agent.enabled) .Values.consul.external.caSecret.name }}
+  value: {{ include "simpleloggers.consulHttpAddr" $root | quote }}
+{{- include "simpleloggers.consulTokenEnv" . }}
+{{- if and (not $root.Values.consul.server.enabled) (not $root.Values.consul.agent.enabled) $root.Values.consul.external.caSecret.name }}
 - name: CONSUL_CACERT
-  value: /etc/consul-ca/{{ .Values.consul.external.caSecret.key }}
+  value: /etc/consul-ca/{{ $root.Values.consul.external.caSecret.key }}
 {{- end }}
 {{- end -}}
 
@@ -365,16 +361,17 @@ root context.
     {{- if include "simpleloggers.consulAgentToken" . }}
     - -config-file=/consul/acl/agent-token.json
     {{- end }}
+    {{- if include "simpleloggers.consulAcl" . }}
+    - -config-file=/consul/acl-config/client-acl.json
+    {{- end }}
+    {{- if include "simpleloggers.gossipSecretName" . }}
+    - -encrypt=$(CONSUL_GOSSIP_KEY)
+    {{- end }}
   env:
     {{- include "simpleloggers.consulContainerEnv" . | nindent 4 }}
-    {{- if and (not .Values.consul.server.enabled) .Values.consul.external.tokenSecret.name }}
-    # For the consul CLI of the startup probe.
-    - name: CONSUL_HTTP_TOKEN
-      valueFrom:
-        secretKeyRef:
-          name: {{ .Values.consul.external.tokenSecret.name }}
-          key: {{ .Values.consul.external.tokenSecret.key }}
-    {{- end }}
+    {{- include "simpleloggers.gossipEnv" . | nindent 4 }}
+    # For the consul CLI of the startup probe: the agent's own token.
+    {{- include "simpleloggers.consulTokenEnv" (dict "root" . "role" "client-agent") | nindent 4 }}
   ports:
     - name: serf-lan
       containerPort: 8301
@@ -405,6 +402,11 @@ root context.
       mountPath: /consul/acl
       readOnly: true
     {{- end }}
+    {{- if include "simpleloggers.consulAcl" . }}
+    - name: consul-acl-config
+      mountPath: /consul/acl-config
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/*
@@ -424,6 +426,14 @@ and, with an agent token, the token Secret and the in-memory dir the agent's ACL
 - name: consul-agent-acl
   emptyDir:
     medium: Memory
+{{- end }}
+{{- if include "simpleloggers.consulAcl" . }}
+- name: consul-acl-config
+  secret:
+    secretName: {{ include "simpleloggers.consulAclSecretName" . }}
+    items:
+      - key: client-acl.json
+        path: client-acl.json
 {{- end }}
 {{- end -}}
 
@@ -646,4 +656,172 @@ and TCP, to networkPolicy.egress.dns.
       protocol: TCP
   to:
     {{- toYaml .Values.networkPolicy.egress.dns | nindent 4 }}
+{{- end -}}
+
+{{/*
+simpleloggers.consulAcl: true (non-empty) when the chart runs ACLs on its own Consul servers
+(consul.server.enabled and consul.acl.enabled).
+*/}}
+{{- define "simpleloggers.consulAcl" -}}
+{{- if and .Values.consul.server.enabled .Values.consul.acl.enabled -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulAclSecretName: the Secret holding the in-chart Consul's ACL secret IDs
+(initial management token, each role's accessor and secret) and the agents' ACL configuration.
+*/}}
+{{- define "simpleloggers.consulAclSecretName" -}}
+{{- printf "%s-acl" (include "simpleloggers.consulServerName" .) -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulAclRoles: the roles that get a Consul token (and a policy of their own):
+each server's agent, each client agent (sidecar), the nodes, the producers.
+*/}}
+{{- define "simpleloggers.consulAclRoles" -}}
+server-agent client-agent node producer
+{{- end -}}
+
+{{/*
+simpleloggers.consulAclIds: the ACL Secret's IDs as JSON (key -> plain value):
+management-token, and <role>-accessor and <role>-token per role; each the value the cluster's
+Secret already holds (simpleloggers.heldSecretValue), else a fresh uuidv4. Consul takes
+caller-chosen accessor and secret IDs, so the bootstrap Job needs no way to write them back.
+*/}}
+{{- define "simpleloggers.consulAclIds" -}}
+{{- $ns := include "simpleloggers.namespace" . -}}
+{{- $name := include "simpleloggers.consulAclSecretName" . -}}
+{{- $keys := list "management-token" -}}
+{{- range (include "simpleloggers.consulAclRoles" . | splitList " ") -}}
+{{- $keys = concat $keys (list (printf "%s-accessor" .) (printf "%s-token" .)) -}}
+{{- end -}}
+{{- $ids := dict -}}
+{{- range $keys -}}
+{{- $held := include "simpleloggers.heldSecretValue" (dict "namespace" $ns "name" $name "key" .) -}}
+{{- $_ := set $ids . (ternary ($held | b64dec) uuidv4 (ne $held "")) -}}
+{{- end -}}
+{{- toJson $ids -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulAclConfig: an agent's ACL configuration as JSON: ACLs on, default deny,
+cached decisions kept while the servers are unreachable (extend-cache), tokens set through the
+API kept on disk, and the given tokens (.tokens: acl.tokens keys -> secret IDs).
+*/}}
+{{- define "simpleloggers.consulAclConfig" -}}
+{{- dict "acl" (dict "enabled" true "default_policy" "deny" "down_policy" "extend-cache" "enable_token_persistence" true "tokens" .tokens) | toJson -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulAclPolicy: the rules (HCL) of one role's policy (.role), the least each
+needs (docs/consul-acl.md): a server agent and a client agent write only their own nodes (the
+StatefulSet's pods by name, the producer's by its pod-name prefix) and read services; a node
+registers its service, holds sessions on its agent's node (its pod's, or a server's when
+agentless), writes the election key and what lives under it, and reads nodes (health); a
+producer reads the election key. Takes a dict: root, role.
+*/}}
+{{- define "simpleloggers.consulAclPolicy" -}}
+{{- $root := .root -}}
+{{- $fullname := include "simpleloggers.fullname" $root -}}
+{{- $server := include "simpleloggers.consulServerName" $root -}}
+{{- if eq .role "server-agent" -}}
+node_prefix "{{ $server }}-" {
+  policy = "write"
+}
+service_prefix "" {
+  policy = "read"
+}
+{{- else if eq .role "client-agent" -}}
+{{- range $i := until (int $root.Values.node.replicas) }}
+node "{{ $fullname }}-{{ $i }}" {
+  policy = "write"
+}
+{{- end }}
+node_prefix "{{ $fullname }}-producer-" {
+  policy = "write"
+}
+service_prefix "" {
+  policy = "read"
+}
+{{- else if eq .role "node" -}}
+service "{{ $root.Values.node.serviceName }}" {
+  policy = "write"
+}
+{{- if $root.Values.consul.agent.enabled }}
+{{- range $i := until (int $root.Values.node.replicas) }}
+session "{{ $fullname }}-{{ $i }}" {
+  policy = "write"
+}
+{{- end }}
+{{- else }}
+session_prefix "{{ $server }}-" {
+  policy = "write"
+}
+{{- end }}
+key_prefix "{{ $root.Values.node.electionKey }}" {
+  policy = "write"
+}
+node_prefix "" {
+  policy = "read"
+}
+{{- else if eq .role "producer" -}}
+key "{{ $root.Values.node.electionKey }}" {
+  policy = "read"
+}
+{{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.consulTokenEnv: CONSUL_HTTP_TOKEN for a container talking to Consul as .role
+(node, producer, client-agent), from the in-chart ACL Secret, or consul.external.tokenSecret
+with an external Consul; nothing without ACLs. Takes a dict: root, role.
+*/}}
+{{- define "simpleloggers.consulTokenEnv" -}}
+{{- $v := .root.Values -}}
+{{- if include "simpleloggers.consulAcl" .root }}
+- name: CONSUL_HTTP_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "simpleloggers.consulAclSecretName" .root }}
+      key: {{ .role }}-token
+{{- else if and (not $v.consul.server.enabled) $v.consul.external.tokenSecret.name }}
+- name: CONSUL_HTTP_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.consul.external.tokenSecret.name }}
+      key: {{ $v.consul.external.tokenSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.gossipSecretName: the Secret every Consul agent and server of the release reads
+its gossip encryption key from: consul.gossipEncryption.existingSecret, else (in-chart servers)
+the generated <consul server name>-gossip; empty when gossip is not encrypted (off, or an
+external Consul without an existingSecret, whose key the chart cannot know).
+*/}}
+{{- define "simpleloggers.gossipSecretName" -}}
+{{- $g := .Values.consul.gossipEncryption -}}
+{{- if $g.enabled -}}
+{{- if $g.existingSecret -}}
+{{- $g.existingSecret -}}
+{{- else if .Values.consul.server.enabled -}}
+{{- printf "%s-gossip" (include "simpleloggers.consulServerName" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.gossipEnv: CONSUL_GOSSIP_KEY from the gossip Secret, for `-encrypt=$(CONSUL_GOSSIP_KEY)`;
+nothing when gossip is not encrypted.
+*/}}
+{{- define "simpleloggers.gossipEnv" -}}
+{{- with include "simpleloggers.gossipSecretName" . }}
+- name: CONSUL_GOSSIP_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.consul.gossipEncryption.key }}
+{{- end }}
 {{- end -}}
