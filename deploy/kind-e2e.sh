@@ -26,6 +26,7 @@ token="$(secret_value "$API_TOKEN_SECRET" "$API_TOKEN_KEY")" || fail "cannot rea
 bearer_header "$token" "$headers/write"
 read_token="$(secret_value "$READ_TOKEN_SECRET" "$READ_TOKEN_KEY")" || fail "cannot read the Secret ${READ_TOKEN_SECRET}"
 bearer_header "$read_token" "$headers/read"
+load_consul_token || fail "cannot read the Secret ${CONSUL_ACL_SECRET}"
 write_auth=()
 [[ -z "$token" ]] || write_auth=(-H "@$headers/write")
 read_auth=()

@@ -33,6 +33,8 @@ SYSTEM_TOOLS = ["bash", "sh", "env", "dirname", "grep", "awk", "sed", "sort", "w
                 "mktemp", "rm", "cat", "head", "perl", "base64"]
 # The write token the recorded cluster's Secret holds (node.auth.apiToken, generated).
 API_TOKEN = "Zq8rT2mWb5XkP0vNc7JyH4sLd1GfA9Ue"
+# The producer's Consul ACL token in the recorded ACL Secret (consul.acl, a uuidv4).
+CONSUL_TOKEN = "3f0c2a7e-9b1d-4c5e-8a6f-2d7b9e1c4a30"
 IMAGE_ID = "sha256:5f0b6c8e1d3a47c2b9e6f81a0d4c7e2b93a58f1c6d0e7b24a9c3f5e8d1b6a72c"
 
 
@@ -207,7 +209,7 @@ def secret_jsonpath(encoded: str) -> dict:
 
 def e2e_rules(release="simpleloggers", *, endpoints_start=None, holder_start="0", failover_endpoints=None,
               post=None, offsets=(4, 29), restarts="0", helm_test=None, api_token=API_TOKEN, read_token=None,
-              token_secret=None):
+              token_secret=None, consul_token=CONSUL_TOKEN):
     """A passing kind-e2e recording, with the answers a failing test swaps in."""
     f = fullname(release)
     tokens = f[:48].removesuffix("-")
@@ -228,10 +230,13 @@ def e2e_rules(release="simpleloggers", *, endpoints_start=None, holder_start="0"
         rule("kubectl", re.escape(f"{ns} get endpointslices -l kubernetes.io/service-name={f} -o jsonpath="),
              *(failover_endpoints or [out(endpoints(release, set())), out(endpoints(release, set())),
                                       out(endpoints(release, {1}))]), when="failover"),
-        rule("kubectl", re.escape(f"{ns} exec statefulset/{consul} -c consul -- consul kv get -detailed service/simpleloggers/leader"),
-             out(kv_detailed(holder_start)), when="start"),
-        rule("kubectl", re.escape(f"{ns} exec statefulset/{consul} -c consul -- consul kv get -detailed service/simpleloggers/leader"),
-             out(kv_detailed(f"{f}-1", "10.244.3.9:3000")), when="failover"),
+        rule("kubectl", re.escape(f"{ns} get secret {consul}-acl --ignore-not-found -o jsonpath={{.data.producer-token}}"),
+             secret_jsonpath(b64(consul_token))),
+        rule("kubectl", re.escape(f"{ns} exec -i statefulset/{consul} -c consul -- sh -c ") + ".*" +
+             re.escape(" lock_holder service/simpleloggers/leader"), out(kv_detailed(holder_start)), when="start"),
+        rule("kubectl", re.escape(f"{ns} exec -i statefulset/{consul} -c consul -- sh -c ") + ".*" +
+             re.escape(" lock_holder service/simpleloggers/leader"), out(kv_detailed(f"{f}-1", "10.244.3.9:3000")),
+             when="failover"),
         rule("kubectl", re.escape(f"{ns} port-forward svc/{f} 13000:3000"),
              out("Forwarding from 127.0.0.1:13000 -> 3000\n", block=30)),
         rule("kubectl", re.escape(f"{ns} delete pod {f}-0 --wait=false"), out(f'pod "{f}-0" deleted\n', phase="failover")),
@@ -316,6 +321,35 @@ def test_e2e_writes_with_the_token_from_the_secret(harness):
     assert set(_curl_headers(r, "http://localhost:3000/api/v1/status")) == {""}
     assert not [c for c in r.calls if any(API_TOKEN in a for a in c["args"])]
     assert not list((harness.dir).glob("simpleloggers-e2e.*")), "header files are removed on exit"
+
+
+def _stdin_of_kubectl_exec(tmp_path: Path, rules: list[dict]) -> list[str]:
+    """Runs the e2e with a kubectl wrapper that also records what `kubectl exec -i` reads on
+    stdin (the fake tool ignores stdin), and returns those inputs."""
+    log = tmp_path / "stdin.log"
+    fake = Path(__file__).resolve().parent / "fake_tool.py"
+    wrapper = (f"#!/bin/sh\ncase \" $* \" in *' exec -i '*) cat >>'{log}'; echo >>'{log}' ;; esac\n"
+               f"exec '{sys.executable}' '{fake}' kubectl \"$@\"\n")
+    h = Harness(tmp_path, extra_bin={"kubectl": wrapper})
+    r = h.run("deploy/kind-e2e.sh", rules, env={"FAILOVER_LIMIT_MS": "20000"})
+    assert r.rc == 0, r.stderr
+    return log.read_text().splitlines()
+
+
+def test_e2e_reads_the_lock_with_the_producer_consul_token(tmp_path):
+    """With the chart's Consul ACLs the lock holder is read with the producer's token (read on
+    the election key only), from the ACL Secret, passed on stdin: on no command line."""
+    inputs = _stdin_of_kubectl_exec(tmp_path, e2e_rules())
+    assert inputs and set(inputs) == {CONSUL_TOKEN}
+    calls = [json.loads(line) for line in (tmp_path / "fake" / "calls.jsonl").read_text().splitlines()]
+    assert not [c for c in calls if any(CONSUL_TOKEN in a for a in c["args"])]
+    execs = [c["args"] for c in calls if "exec" in c["args"]]
+    assert all('CONSUL_HTTP_TOKEN="$(cat)"' in " ".join(a) for a in execs)
+
+
+def test_e2e_reads_the_lock_anonymously_without_acls(tmp_path):
+    """ACLs off: no ACL Secret, so the CLI gets an empty token (anonymous) and the run passes."""
+    assert set(_stdin_of_kubectl_exec(tmp_path, e2e_rules(consul_token=None))) == {""}
 
 
 def test_e2e_reads_with_the_read_token_when_on(harness):
