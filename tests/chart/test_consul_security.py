@@ -172,7 +172,8 @@ def test_bootstrap_job_runs_per_revision_without_rbac():
     assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
     c = container(spec, "acl-bootstrap")
     env = env_of(c)
-    assert env["CONSUL_HTTP_ADDR"]["value"] == f"http://{SERVER}.{NAMESPACE}.svc:8500"
+    assert env["CONSUL_HTTP_ADDR"]["value"] == f"https://{SERVER}.{NAMESPACE}.svc:8501"
+    assert env["CONSUL_CACERT"]["value"] == "/consul/tls/ca.crt"
     assert env["CONSUL_HTTP_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": ACL_SECRET, "key": "management-token"}
     assert env["ROLES"]["value"].split() == ROLES
     with helm.Chart.load(CHART) as chart:
@@ -203,7 +204,7 @@ def _run_bootstrap(tmp_path: Path, rules_: list[dict], timeout_s: str = "60"):
     objects = parse(render(None))
     script, rules, ids = _bootstrap_files(tmp_path, objects)
     h = Harness(tmp_path, fakes=["consul", "sleep"], system_tools=SCRIPT_TOOLS)
-    env = {"CONSUL_HTTP_ADDR": f"http://{SERVER}.{NAMESPACE}.svc:8500", "ROLES": " ".join(ROLES),
+    env = {"CONSUL_HTTP_ADDR": f"https://{SERVER}.{NAMESPACE}.svc:8501", "ROLES": " ".join(ROLES),
            "POLICY_PREFIX": FULLNAME, "RELEASE": RELEASE, "RULES_DIR": str(rules), "ACL_IDS_DIR": str(ids),
            "TIMEOUT_SECONDS": timeout_s}
     (h.dir / "scenario.json").write_text(json.dumps({"rules": rules_}))
@@ -277,7 +278,7 @@ def test_bootstrap_gives_up_without_a_leader(tmp_path):
     proc, calls, _, _ = _run_bootstrap(tmp_path, [rule("consul", "^acl token read -self$", NO_LEADER), rule("sleep")],
                                        timeout_s="0")
     assert proc.returncode == 1
-    assert f"no Consul leader at http://{SERVER}.{NAMESPACE}.svc:8500 accepted the initial management token within 0s" in proc.stderr
+    assert f"no Consul leader at https://{SERVER}.{NAMESPACE}.svc:8501 accepted the initial management token within 0s" in proc.stderr
     assert "No cluster leader" in proc.stderr
     assert not [c for c in calls if c["args"][:2] == ["acl", "policy"]]
 
@@ -365,3 +366,152 @@ def test_gossip_key_sources(values, secret, agents):
             assert env_of(c)["CONSUL_GOSSIP_KEY"]["valueFrom"]["secretKeyRef"]["name"] == secret
         else:
             assert not [a for a in c["args"] if a.startswith("-encrypt")] and "CONSUL_GOSSIP_KEY" not in env_of(c)
+
+
+# --- TLS -------------------------------------------------------------------------------------------
+
+TLS_SECRET = f"{SERVER}-tls"
+HEADLESS = f"{SERVER}-headless"
+
+
+def _handshake(tmp_path: Path, data: dict[str, str], hostname: str) -> None:
+    """A TLS handshake in memory: a server presenting tls.crt/tls.key, a client trusting only
+    ca.crt and checking `hostname`, as Consul's verify_server_hostname and the API clients do.
+    Raises ssl.SSLError (e.g. a hostname mismatch) when the certificate does not do."""
+    import ssl
+
+    for k in ("ca.crt", "tls.crt", "tls.key"):
+        (tmp_path / k).write_text(data[k])
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=hostname)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"c": False, "s": False}
+    for _ in range(20):
+        for side, obj in (("c", client), ("s", server)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def test_tls_material_is_a_ca_and_a_server_certificate_it_signs(tmp_path):
+    """The TLS Secret holds a CA and a server certificate that a client trusting only that CA
+    accepts for server.<dc>.consul (verify_server_hostname), each server's headless name, the
+    client Service and localhost; and refuses for any other name."""
+    import ssl
+
+    data = _secret_data(parse(render(None)), TLS_SECRET)
+    assert set(data) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
+    for host in ("server.dc1.consul", f"{SERVER}-0.{HEADLESS}.{NAMESPACE}.svc", f"{SERVER}-4.{HEADLESS}.{NAMESPACE}.svc",
+                 f"{SERVER}.{NAMESPACE}.svc", "localhost"):
+        _handshake(tmp_path, data, host)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(tmp_path, data, "server.dc2.consul")
+    other = _secret_data(parse(render(None)), TLS_SECRET)
+    assert other["ca.crt"] != data["ca.crt"], "a new install draws a new CA"
+
+
+def test_tls_material_kept_across_upgrades(tmp_path):
+    """An upgrade renders back the CA and certificate the cluster holds, byte for byte."""
+    from test_access import _chart_whose_cluster_holds
+
+    held = {k: base64.b64encode(v.encode()).decode() for k, v in _secret_data(parse(render(None)), TLS_SECRET).items()}
+    chart = _chart_whose_cluster_holds(tmp_path, {TLS_SECRET: held})
+    with helm.Chart.load(chart) as loaded:
+        objects = parse(loaded.render(values={"consul": {"server": {"replicas": 5}}}, name=RELEASE, namespace=NAMESPACE,
+                                      revision=2, is_upgrade=True))
+    assert find(objects, "Secret", TLS_SECRET)["data"] == held
+
+
+def _unquote(value):
+    """python-hcl2 keeps string literals' quotes and marks blocks: drop both, everywhere."""
+    if isinstance(value, dict):
+        return {k: _unquote(v) for k, v in value.items() if k != "__is_block__"}
+    if isinstance(value, list):
+        return [_unquote(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _hcl_args(c) -> dict:
+    """The merged -hcl fragments of a Consul container, parsed."""
+    out = {}
+    for a in c["args"]:
+        if a.startswith("-hcl="):
+            out.update(_unquote(hcl2.loads(a[len("-hcl="):])))
+    return out
+
+
+def test_servers_and_agents_verify_each_other(objects_of):
+    """Servers: the CA and their certificate, verify_outgoing, verify_incoming on internal RPC
+    (not HTTPS), verify_server_hostname, auto_encrypt for the agents, HTTPS on 8501 and plain
+    HTTP on loopback only. Agents: the CA, verify_outgoing, verify_server_hostname and their own
+    certificate through auto_encrypt; their HTTP API stays on loopback (-client=127.0.0.1), which
+    is how the app in the same pod reaches them. Servers mount ca.crt, tls.crt and tls.key, the
+    others only ca.crt; ca.key is mounted nowhere."""
+    objects = objects_of("default")
+    for name, spec, c in _consul_containers(objects):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounted = {i["key"] for m in c.get("volumeMounts", []) for i in
+                   volumes.get(m["name"], {}).get("secret", {}).get("items", [])
+                   if volumes[m["name"]]["secret"]["secretName"] == TLS_SECRET}
+        if c.get("command"):  # the ACL Job
+            assert mounted == {"ca.crt"}, name
+            continue
+        hcl = _hcl_args(c)
+        tls = hcl["tls"][0]
+        defaults = tls["defaults"][0]
+        assert defaults["ca_file"] == "/consul/tls/ca.crt" and defaults["verify_outgoing"] is True, name
+        assert tls["internal_rpc"][0]["verify_server_hostname"] is True, name
+        if "consul-server" in name:
+            assert mounted == {"ca.crt", "tls.crt", "tls.key"}
+            assert defaults["cert_file"] == "/consul/tls/tls.crt" and defaults["key_file"] == "/consul/tls/tls.key"
+            assert tls["internal_rpc"][0]["verify_incoming"] is True and tls["https"][0]["verify_incoming"] is False
+            assert hcl["auto_encrypt"][0] == {"allow_tls": True}
+            assert hcl["ports"][0] == {"https": 8501}
+            assert hcl["addresses"][0] == {"http": "127.0.0.1", "https": "0.0.0.0"}
+            assert {p["containerPort"] for p in c["ports"]} >= {8500, 8501}
+        else:
+            assert mounted == {"ca.crt"}, name
+            assert hcl["auto_encrypt"][0] == {"tls": True} and "cert_file" not in defaults
+            assert "-client=127.0.0.1" in c["args"]
+    app = container(find(objects, "StatefulSet", FULLNAME)["spec"]["template"]["spec"], "node")
+    assert env_of(app)["CONSUL_HTTP_ADDR"]["value"] == "http://127.0.0.1:8500"
+
+
+def test_tls_off_renders_no_tls():
+    """consul.tls.enabled=false: no TLS Secret, no TLS configuration, no 8501."""
+    objects = parse(render({"consul": {"tls": {"enabled": False}}}))
+    assert TLS_SECRET not in {s["metadata"]["name"] for s in of_kind(objects, "Secret")}
+    for name, _, c in _consul_containers(objects):
+        assert "tls" not in _hcl_args(c) if not c.get("command") else True, name
+    assert [p["port"] for p in find(objects, "Service", SERVER)["spec"]["ports"]] == [8500]
+
+
+@pytest.mark.parametrize("ca, volume", [
+    ({"caSecret": {"name": "consul-ca", "key": "ca.pem"}}, {"secret": {"secretName": "consul-ca", "items": [{"key": "ca.pem", "path": "ca.pem"}]}}),
+    ({"caConfigMap": {"name": "consul-ca-bundle", "key": "ca.pem"}}, {"configMap": {"name": "consul-ca-bundle", "items": [{"key": "ca.pem", "path": "ca.pem"}]}}),
+], ids=["secret", "configmap"])
+def test_external_tls_ca_from_a_file(ca, volume):
+    """An external Consul over TLS: the CA from a Secret or a ConfigMap is mounted as a file,
+    and the app gets CONSUL_HTTP_SSL=true and CONSUL_CACERT=<that file>."""
+    values = {"consul": {"server": {"enabled": False}, "agent": {"enabled": False},
+                         "external": {"address": "https://consul.example:8501", **ca}}}
+    objects = parse(render(values))
+    spec = find(objects, "StatefulSet", FULLNAME)["spec"]["template"]["spec"]
+    env = env_of(container(spec, "node"))
+    assert env["CONSUL_HTTP_SSL"]["value"] == "true" and env["CONSUL_CACERT"]["value"] == "/etc/consul-ca/ca.pem"
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "consul-ca"]
+    assert {k: v for k, v in vol.items() if k != "name"} == volume
+    assert {"name": "consul-ca", "mountPath": "/etc/consul-ca", "readOnly": True} in container(spec, "node")["volumeMounts"]

@@ -117,18 +117,25 @@ def test_gossip_only_among_the_release_agents(value_set, objects_of):
 
 
 def test_consul_servers_reached_by_node_pods_and_servers(objects_of):
-    """The servers' HTTP API: node pods and other servers (and the producer only while
-    agentless); RPC (8300): the release's agents and servers; nobody else, the helm test pod
-    and a Prometheus included."""
+    """The servers' HTTPS API (8501; with TLS plain 8500 is loopback only, and closed to the
+    network too): node pods, other servers and the ACL bootstrap Job (and the producer only
+    while agentless); RPC (8300): the release's agents and servers; nobody else, the helm test
+    pod and a Prometheus included."""
     for value_set, producer_http in (("default", False), ("agentless", True), ("ha-consul", False)):
         objects = objects_of(value_set)
         policies, pods = _policies(objects), _pods(objects)
         server = pods["consul-server"]
-        assert allows(policies, pods["node"], server, 8500) and allows(policies, server, server, 8500)
-        assert allows(policies, pods["producer"], server, 8500) is producer_http, value_set
+        assert allows(policies, pods["node"], server, 8501) and allows(policies, server, server, 8501)
+        assert allows(policies, pods["consul-acl-bootstrap"], server, 8501)
+        assert allows(policies, pods["producer"], server, 8501) is producer_http, value_set
         for outsider in (STRANGER, PROMETHEUS, CLIENT, pods["test"]):
-            assert not allows(policies, outsider, server, 8500) and not allows(policies, outsider, server, 8300)
+            assert not allows(policies, outsider, server, 8501) and not allows(policies, outsider, server, 8300)
+        assert not allows(policies, pods["node"], server, 8500)
         assert allows(policies, pods["node"], server, 8300) is (not producer_http)
+    plain = parse(render({"consul": {"tls": {"enabled": False}}}))
+    policies, pods = _policies(plain), _pods(plain)
+    assert allows(policies, pods["node"], pods["consul-server"], 8500)
+    assert not allows(policies, STRANGER, pods["consul-server"], 8500)
 
 
 def test_producer_accepts_only_gossip(objects_of):
@@ -196,7 +203,7 @@ def test_egress_allows_what_each_component_calls_and_nothing_else():
     assert allows(policies, node, API_SERVER, 6443) and not allows(policies, producer, API_SERVER, 6443)
     for pod in (node, producer):
         assert allows(policies, pod, server, 8300) and allows(policies, pod, server, 8301, "UDP")
-    assert allows(policies, node, server, 8500) and allows(policies, server, server, 8300)
+    assert allows(policies, node, server, 8501) and allows(policies, server, server, 8300)
     assert allows(policies, server, node, 8301, "UDP") and not allows(policies, server, node, 3000)
 
 

@@ -147,7 +147,7 @@ loopback, else (agentless) the in-chart server Service, else consul.external.add
 {{- if .Values.consul.agent.enabled -}}
 http://127.0.0.1:8500
 {{- else if .Values.consul.server.enabled -}}
-{{- printf "http://%s.%s.svc:8500" (include "simpleloggers.consulServerName" .) (include "simpleloggers.namespace" .) -}}
+{{- include "simpleloggers.consulServerUrl" . -}}
 {{- else -}}
 {{- .Values.consul.external.address -}}
 {{- end -}}
@@ -201,9 +201,12 @@ whose token it gets).
 - name: CONSUL_HTTP_ADDR
   value: {{ include "simpleloggers.consulHttpAddr" $root | quote }}
 {{- include "simpleloggers.consulTokenEnv" . }}
-{{- if and (not $root.Values.consul.server.enabled) (not $root.Values.consul.agent.enabled) $root.Values.consul.external.caSecret.name }}
+{{- with include "simpleloggers.consulCaSource" $root | fromJson }}
+# TLS to Consul: the CA that signed its certificate, mounted from {{ .kind }}/{{ .name }}.
+- name: CONSUL_HTTP_SSL
+  value: "true"
 - name: CONSUL_CACERT
-  value: /etc/consul-ca/{{ $root.Values.consul.external.caSecret.key }}
+  value: /etc/consul-ca/{{ .key }}
 {{- end }}
 {{- end -}}
 
@@ -224,13 +227,57 @@ format of each.
 {{- end -}}
 
 {{/*
-simpleloggers.consulCaVolume: true (non-empty) when the app mounts the external Consul CA.
-The CA matters only when the app talks to Consul directly (agentless).
+simpleloggers.consulCaSource: where the app's Consul CA comes from, as JSON {kind, name, key}
+(kind Secret or ConfigMap), or {} when it needs none. The CA matters only when the app talks to
+Consul over the network (agentless; with a sidecar it talks to its agent over loopback HTTP):
+the in-chart CA when the chart runs TLS, else consul.external.caSecret or caConfigMap.
+*/}}
+{{- define "simpleloggers.consulCaSource" -}}
+{{- $ext := .Values.consul.external -}}
+{{- if .Values.consul.agent.enabled -}}
+{}
+{{- else if .Values.consul.server.enabled -}}
+{{- if include "simpleloggers.consulTls" . -}}
+{{- dict "kind" "Secret" "name" (include "simpleloggers.consulTlsSecretName" .) "key" "ca.crt" | toJson -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- else if $ext.caSecret.name -}}
+{{- dict "kind" "Secret" "name" $ext.caSecret.name "key" $ext.caSecret.key | toJson -}}
+{{- else if $ext.caConfigMap.name -}}
+{{- dict "kind" "ConfigMap" "name" $ext.caConfigMap.name "key" $ext.caConfigMap.key | toJson -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulCaVolume: true (non-empty) when the app mounts a Consul CA
+(simpleloggers.consulCaSource).
 */}}
 {{- define "simpleloggers.consulCaVolume" -}}
-{{- if and (not .Values.consul.server.enabled) (not .Values.consul.agent.enabled) .Values.consul.external.caSecret.name -}}
+{{- if include "simpleloggers.consulCaSource" . | fromJson -}}
 true
 {{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulCaVolumeSource: the consul-ca volume (a list item): the CA key of
+simpleloggers.consulCaSource, mounted at /etc/consul-ca.
+*/}}
+{{- define "simpleloggers.consulCaVolumeSource" -}}
+{{- $src := include "simpleloggers.consulCaSource" . | fromJson -}}
+- name: consul-ca
+  {{- if eq $src.kind "Secret" }}
+  secret:
+    secretName: {{ $src.name }}
+  {{- else }}
+  configMap:
+    name: {{ $src.name }}
+  {{- end }}
+    items:
+      - key: {{ $src.key }}
+        path: {{ $src.key }}
 {{- end -}}
 
 {{/*
@@ -367,6 +414,9 @@ root context.
     {{- if include "simpleloggers.gossipSecretName" . }}
     - -encrypt=$(CONSUL_GOSSIP_KEY)
     {{- end }}
+    {{- if include "simpleloggers.consulTls" . }}
+    - {{ printf "-hcl=%s" (include "simpleloggers.consulClientTlsHcl" .) | toJson }}
+    {{- end }}
   env:
     {{- include "simpleloggers.consulContainerEnv" . | nindent 4 }}
     {{- include "simpleloggers.gossipEnv" . | nindent 4 }}
@@ -407,6 +457,11 @@ root context.
       mountPath: /consul/acl-config
       readOnly: true
     {{- end }}
+    {{- if include "simpleloggers.consulTls" . }}
+    - name: consul-tls-ca
+      mountPath: /consul/tls
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/*
@@ -434,6 +489,14 @@ and, with an agent token, the token Secret and the in-memory dir the agent's ACL
     items:
       - key: client-acl.json
         path: client-acl.json
+{{- end }}
+{{- if include "simpleloggers.consulTls" . }}
+- name: consul-tls-ca
+  secret:
+    secretName: {{ include "simpleloggers.consulTlsSecretName" . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
 {{- end }}
 {{- end -}}
 
@@ -633,7 +696,7 @@ HTTP API (8500), or an external Consul's peers (networkPolicy.egress.consulExter
 - ports:
     - port: 8300
       protocol: TCP
-    - port: 8500
+    - port: {{ ternary 8501 8500 (ne (include "simpleloggers.consulTls" .) "") }}
       protocol: TCP
   to:
     {{- include "simpleloggers.releasePeer" (dict "root" . "components" (list "consul-server")) | nindent 4 }}
@@ -824,4 +887,103 @@ nothing when gossip is not encrypted.
       name: {{ . }}
       key: {{ $.Values.consul.gossipEncryption.key }}
 {{- end }}
+{{- end -}}
+
+{{/*
+simpleloggers.consulTls: true (non-empty) when the chart runs TLS on its own Consul
+(consul.server.enabled and consul.tls.enabled).
+*/}}
+{{- define "simpleloggers.consulTls" -}}
+{{- if and .Values.consul.server.enabled .Values.consul.tls.enabled -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulTlsSecretName: the Secret with the in-chart Consul's CA (ca.crt, ca.key)
+and server certificate (tls.crt, tls.key).
+*/}}
+{{- define "simpleloggers.consulTlsSecretName" -}}
+{{- printf "%s-tls" (include "simpleloggers.consulServerName" .) -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulServerUrl: the in-chart servers' HTTP API through their client Service:
+https on 8501 with TLS, else http on 8500.
+*/}}
+{{- define "simpleloggers.consulServerUrl" -}}
+{{- $host := printf "%s.%s.svc" (include "simpleloggers.consulServerName" .) (include "simpleloggers.namespace" .) -}}
+{{- if include "simpleloggers.consulTls" . -}}
+{{- printf "https://%s:8501" $host -}}
+{{- else -}}
+{{- printf "http://%s:8500" $host -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulServerTlsSans: the server certificate's DNS names: server.<dc>.consul (what
+verify_server_hostname checks), each server's stable name in the headless Service (a wildcard,
+so a changed consul.server.replicas needs no new certificate), the client Service (agentless
+apps, the ACL Job) and localhost. As JSON.
+*/}}
+{{- define "simpleloggers.consulServerTlsSans" -}}
+{{- $ns := include "simpleloggers.namespace" . -}}
+{{- $server := include "simpleloggers.consulServerName" . -}}
+{{- $headless := include "simpleloggers.consulServerHeadlessName" . -}}
+{{- list (printf "server.%s.consul" .Values.consul.datacenter) (printf "*.%s.%s.svc" $headless $ns) (printf "*.%s.%s.svc.cluster.local" $headless $ns) (printf "%s.%s.svc" $server $ns) (printf "%s.%s.svc.cluster.local" $server $ns) $server "localhost" | toJson -}}
+{{- end -}}
+
+{{/*
+simpleloggers.consulServerTlsHcl: the servers' TLS configuration (HCL, for -hcl): the generated
+CA and server certificate, verify_outgoing everywhere, verify_incoming on internal RPC (agents
+present the certificates auto_encrypt gave them) but not on HTTPS (API clients have none),
+verify_server_hostname, auto_encrypt for the agents, HTTPS on 8501 on every address and plain
+HTTP on loopback only (the probes and `kubectl exec` CLI).
+*/}}
+{{- define "simpleloggers.consulServerTlsHcl" -}}
+tls {
+  defaults {
+    ca_file = "/consul/tls/ca.crt"
+    cert_file = "/consul/tls/tls.crt"
+    key_file = "/consul/tls/tls.key"
+    verify_outgoing = true
+  }
+  internal_rpc {
+    verify_incoming = true
+    verify_server_hostname = true
+  }
+  https {
+    verify_incoming = false
+  }
+}
+auto_encrypt {
+  allow_tls = true
+}
+ports {
+  https = 8501
+}
+addresses {
+  http = "127.0.0.1"
+  https = "0.0.0.0"
+}
+{{- end -}}
+
+{{/*
+simpleloggers.consulClientTlsHcl: an agent sidecar's TLS configuration (HCL, for -hcl): the CA
+to verify the servers (verify_outgoing, verify_server_hostname) and its own certificate from
+the servers (auto_encrypt); its HTTP API stays on loopback, inside the pod.
+*/}}
+{{- define "simpleloggers.consulClientTlsHcl" -}}
+tls {
+  defaults {
+    ca_file = "/consul/tls/ca.crt"
+    verify_outgoing = true
+  }
+  internal_rpc {
+    verify_server_hostname = true
+  }
+}
+auto_encrypt {
+  tls = true
+}
 {{- end -}}
