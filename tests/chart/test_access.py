@@ -244,3 +244,13 @@ def test_cluster_secret_off_when_allowed_or_alone(values):
     objects = parse(render(values))
     assert CLUSTER_SECRET not in _secret_names(objects)
     assert "SIMPLELOGGERS_CLUSTER_SECRET" not in env_of(_node(objects))
+
+
+def test_only_node_pods_mount_a_service_account_token(value_set, objects_of):
+    """Only the nodes call the Kubernetes API (src/k8s/); every other pod (producer, Consul
+    servers, the ACL Job, the helm test pod) opts out of the ServiceAccount token."""
+    for name, _, spec in pod_specs(objects_of(value_set)):
+        if name == f"StatefulSet/{FULLNAME}":
+            assert spec.get("automountServiceAccountToken", True) is not False
+        else:
+            assert spec.get("automountServiceAccountToken") is False, name
