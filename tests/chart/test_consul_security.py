@@ -515,3 +515,13 @@ def test_external_tls_ca_from_a_file(ca, volume):
     (vol,) = [v for v in spec["volumes"] if v["name"] == "consul-ca"]
     assert {k: v for k, v in vol.items() if k != "name"} == volume
     assert {"name": "consul-ca", "mountPath": "/etc/consul-ca", "readOnly": True} in container(spec, "node")["volumeMounts"]
+
+
+def test_notes_tell_how_to_read_the_management_token():
+    """With ACLs, NOTES.txt shows how to read the management token; without, it says nothing."""
+    def notes(values):
+        return next(v for k, v in render(values).items() if k.endswith("NOTES.txt"))
+
+    line = f"kubectl -n {NAMESPACE} get secret {ACL_SECRET} -o jsonpath='{{.data.management-token}}' | base64 -d"
+    assert line in notes(None)
+    assert "management-token" not in notes({"consul": {"acl": {"enabled": False}}})
