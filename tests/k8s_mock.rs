@@ -124,6 +124,7 @@ fn leader_state(name: &str, term: u64) -> LeaderState {
         lease_until: None,
         session: Some("sess".into()),
         consul_reachable: true,
+        consul_denied: None,
         reason: "holds the lock".into(),
         since: SystemTime::now(),
         transitions: 1,

@@ -3,6 +3,10 @@
 // on api/v1/log/stream, which reconnects by itself and resumes with Last-Event-ID. Replication
 // (HW, ISR with each member's lag, election case, refused writes and truncations) comes from
 // the members' own reports in the same view, so a follower's page shows it too.
+// A node started with --read-token answers 401 without it: the page takes the token from
+// `?token=` (then drops it from the address bar) or asks once, keeps it in sessionStorage (this
+// tab only), sends it as `Authorization: Bearer` and, for EventSource (which cannot set headers),
+// as the `access_token` query parameter.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +14,53 @@ const POLL_MS = 1000;
 const MAX_BACKOFF_MS = 5000;
 const RATE_POINTS = 120;
 const TAIL_LINES = 50;
+
+const TOKEN_KEY = "simpleloggers-read-token";
+(function takeTokenFromUrl() {
+  const url = new URL(window.location.href);
+  const token = url.searchParams.get("token");
+  if (token !== null) {
+    sessionStorage.setItem(TOKEN_KEY, token);
+    url.searchParams.delete("token");
+    window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+})();
+
+function readToken() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+let asked = false;
+// Asks for the token once per 401 streak (not on every poll); an empty answer keeps the old one.
+function askToken() {
+  if (asked) return;
+  asked = true;
+  const token = window.prompt("This node requires a read token (its --read-token):");
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+// fetch() with the read token; a 401 asks for the token and retries once.
+async function apiFetch(path) {
+  const call = () => {
+    const token = readToken();
+    const headers = token ? { Authorization: "Bearer " + token } : {};
+    return fetch(path, { cache: "no-store", headers });
+  };
+  let resp = await call();
+  if (resp.status === 401) {
+    askToken();
+    resp = await call();
+  } else {
+    asked = false;
+  }
+  return resp;
+}
+
+function withToken(path) {
+  const token = readToken();
+  if (!token) return path;
+  return path + (path.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token);
+}
 
 let pollOk = false;
 let streamOk = false;
@@ -156,7 +207,12 @@ function renderReplication(view) {
       li.textContent = m.name + ": " + words;
       alerts.appendChild(li);
     };
-    if (mr.writes_refused) alert("writes refused: " + mr.writes_refused);
+    const w = m.writes;
+    // The machine-readable reason (consul_unreachable, lease_expired, ...) says exactly why;
+    // a follower refusing because it follows is not news.
+    if (w && !w.accepting && w.reason !== "not_leader") alert("writes refused (" + w.reason + "): " + w.detail);
+    else if (mr.writes_refused) alert("writes refused: " + mr.writes_refused);
+    if (mr.follower_error) alert("cannot replicate: " + mr.follower_error);
     const t = mr.truncation_refused;
     if (t) alert("truncation refused: diverged at " + text(t.divergence) + ", below the high watermark " + text(t.high_watermark) + (t.reason ? ": " + t.reason : ""));
     if (caseDetail(mr.case)) alert("election case " + caseText(mr.case));
@@ -263,7 +319,7 @@ async function poll() {
   let delay = POLL_MS;
   for (;;) {
     try {
-      const resp = await fetch("api/v1/cluster", { cache: "no-store" });
+      const resp = await apiFetch("api/v1/cluster");
       const view = await resp.json();
       if (!resp.ok) throw new Error(view.error || resp.status);
       $("observed-by").textContent = view.observed_by;
@@ -299,7 +355,7 @@ let lastEventId = null;
 let streamDelay = 1000;
 
 function openStream(from) {
-  const source = new EventSource(from === null ? "api/v1/log/stream" : "api/v1/log/stream?from=" + from);
+  const source = new EventSource(withToken(from === null ? "api/v1/log/stream" : "api/v1/log/stream?from=" + from));
   source.onopen = () => { streamOk = true; streamDelay = 1000; showConnection(); };
   source.onerror = () => {
     streamOk = false;
@@ -325,7 +381,7 @@ function openStream(from) {
 function stream() {
   // Start a few messages back so the tail is not empty on a quiet cluster; on reconnect
   // EventSource resends the last id, which the node honours over `from`.
-  fetch("api/v1/status", { cache: "no-store" })
+  apiFetch("api/v1/status")
     .then((r) => r.json())
     .then((s) => {
       $("tail-node").textContent = s.name;

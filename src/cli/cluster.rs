@@ -76,6 +76,9 @@ pub struct Member {
     /// unreachable or when the node predates replication.
     #[serde(default)]
     pub replication: Option<ReplicationStatus>,
+    /// Whether the member takes writes and why not (`writes` of its status; older nodes: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<WritesStatus>,
     /// Whether it is in the ISR Consul holds, as the leader (else any node) reports it; `None`
     /// when no node reports replication.
     #[serde(default)]
@@ -106,6 +109,7 @@ impl Member {
             replication: None,
             in_isr: None,
             follower_progress: None,
+            writes: None,
         }
     }
 
@@ -132,8 +136,21 @@ impl Member {
         self.session = parsed.session;
         self.role_since = parsed.role_since;
         self.replication = replication::from_status(status);
+        self.writes = parsed.writes;
         Ok(())
     }
+}
+
+/// A member's `writes` (see `crate::node::Writes`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WritesStatus {
+    /// Whether a write sent to it now is accepted.
+    pub accepting: bool,
+    /// `accepting` or the machine-readable reason it refuses (`consul_unreachable`, ...).
+    pub reason: String,
+    /// The reason in words.
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// What a node's `/api/v1/status` answers (the fields this view uses).
@@ -146,6 +163,8 @@ struct NodeStatus {
     log_end_offset: u64,
     session: Option<String>,
     role_since: Option<String>,
+    #[serde(default)]
+    writes: Option<WritesStatus>,
 }
 
 /// Takes a view of the cluster: the health of `service` and the election key from Consul (any
@@ -205,6 +224,10 @@ pub fn instance_address(entry: &ServiceEntry) -> String {
     format!("{host}:{}", entry.service.port)
 }
 
+/// A member's answer to a status request without the right token.
+const UNAUTHORIZED: &str =
+    "refused (401): set --read-token / SIMPLELOGGERS_READ_TOKEN to the nodes' --read-token (or --api-token)";
+
 async fn member(
     http: &reqwest::Client,
     entry: &ServiceEntry,
@@ -219,18 +242,21 @@ async fn member(
         &entry.service.id,
         entry.aggregated_status().as_str(),
     );
-    let fetched = async {
+    let fetched: Result<Result<Value, &str>, reqwest::Error> = async {
         let resp = http
             .get(format!("http://{address}/api/v1/status"))
             .timeout(timeout)
             .send()
-            .await?
-            .error_for_status()?;
-        resp.json::<Value>().await
+            .await?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(Err(UNAUTHORIZED));
+        }
+        resp.error_for_status()?.json::<Value>().await.map(Ok)
     }
     .await;
     match fetched {
-        Ok(status) => {
+        Ok(Err(refused)) => m.error = Some(refused.to_string()),
+        Ok(Ok(status)) => {
             if let Err(err) = m.absorb_status(&status, leader) {
                 m.error = Some(format!("unreadable /api/v1/status: {err}"));
             }

@@ -54,6 +54,9 @@ pub struct ReplicationStatus {
     /// A truncation this follower refused because it would remove committed records.
     #[serde(default, deserialize_with = "lenient")]
     pub truncation_refused: Option<TruncationRefused>,
+    /// This follower's last failure to fetch from its leader, e.g. a refused cluster secret.
+    #[serde(default, deserialize_with = "lenient")]
+    pub follower_error: Option<String>,
 }
 
 /// What the leader knows about one follower (an entry of `replication.members`).
@@ -270,6 +273,9 @@ pub fn notes(members: &[Member]) -> String {
         let Some(r) = &m.replication else { continue };
         if let Some(why) = &r.writes_refused {
             let _ = writeln!(out, "{}: writes refused: {why}", m.name);
+        }
+        if let Some(why) = &r.follower_error {
+            let _ = writeln!(out, "{}: cannot replicate: {why}", m.name);
         }
         if let Some(t) = &r.truncation_refused {
             let at = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());

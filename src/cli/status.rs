@@ -33,6 +33,10 @@ pub struct StatusConfig {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
+    /// The nodes' read token (their `--read-token`, or their write token), sent as
+    /// `Authorization: Bearer` to every member's `/api/v1/status`.
+    #[arg(long = "read-token", env = "SIMPLELOGGERS_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
     /// Consul and the election key.
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -48,6 +52,10 @@ pub struct StatusConfig {
 pub async fn run(config: &StatusConfig) -> Result<String, ConsulError> {
     let consul = ConsulClient::new(&config.cluster.consul)?;
     let http = reqwest::Client::builder()
+        .default_headers(
+            crate::node::auth::bearer_headers(config.read_token.as_deref(), "--read-token")
+                .map_err(ConsulError::Config)?,
+        )
         .connect_timeout(config.member_timeout)
         .build()
         .map_err(|e| ConsulError::Config(format!("cannot build the HTTP client: {e}")))?;
@@ -69,12 +77,13 @@ pub fn render(view: &ClusterView, output: Output) -> String {
     match output {
         Output::Table if view.members.is_empty() => {
             format!(
-                "no instances of service {:?} are registered in Consul\n",
+                "no instances of service {:?} are registered in Consul (with Consul ACLs on, the \
+                 token also needs service:read on it and node:read: docs/consul-acl.md)\n",
                 view.service
             )
         }
         Output::Table => {
-            let notes = replication::notes(&view.members);
+            let notes = replication::notes(&view.members) + &write_notes(&view.members);
             let table = cluster::render_table(view);
             if notes.is_empty() {
                 table
@@ -84,6 +93,25 @@ pub fn render(view: &ClusterView, output: Output) -> String {
         }
         Output::Json => serde_json::to_string_pretty(&view.members).unwrap_or_else(|_| "[]".into()) + "\n",
     }
+}
+
+/// One line per member that refuses writes for a reason other than being a follower (Consul
+/// unreachable or denying, a lapsed lease, too few replicas, ...).
+fn write_notes(members: &[cluster::Member]) -> String {
+    let mut out = String::new();
+    for m in members {
+        if let Some(w) = m
+            .writes
+            .as_ref()
+            .filter(|w| !w.accepting && w.reason != "not_leader")
+        {
+            out.push_str(&format!(
+                "{}: writes refused ({}): {}\n",
+                m.name, w.reason, w.detail
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ pub struct TailConfig {
     /// How long to wait for a leader to be elected.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    /// The nodes' read token (their `--read-token`, or their write token), sent as
+    /// `Authorization: Bearer`.
+    #[arg(long = "read-token", env = "SIMPLELOGGERS_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
     /// Consul and the election key that names the leader.
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -72,9 +76,25 @@ pub enum TailError {
         /// What went wrong.
         message: String,
     },
+    /// The leader answered 401: it requires a read token this `tail` did not present.
+    #[error("the leader at {leader} refused the read (401): set --read-token / SIMPLELOGGERS_READ_TOKEN to the nodes' --read-token (or --api-token)")]
+    Unauthorized {
+        /// The leader's address.
+        leader: String,
+    },
     /// Standard output failed.
     #[error("cannot write to standard output: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The HTTP client of `tail`, presenting `--read-token` when given.
+fn http_client(config: &TailConfig, builder: reqwest::ClientBuilder) -> Result<reqwest::Client, TailError> {
+    let headers = crate::node::auth::bearer_headers(config.read_token.as_deref(), "--read-token")
+        .map_err(ConsulError::Config)?;
+    Ok(builder
+        .default_headers(headers)
+        .build()
+        .map_err(|e| ConsulError::Config(format!("cannot build the HTTP client: {e}")))?)
 }
 
 /// One entry as the node serializes it (`read.rs` `Entry`).
@@ -149,10 +169,10 @@ async fn print_existing(
     out: &mut (impl Write + Send),
     leader: &CurrentLeader,
 ) -> Result<u64, TailError> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| ConsulError::Config(format!("cannot build the HTTP client: {e}")))?;
+    let http = http_client(
+        config,
+        reqwest::Client::builder().timeout(Duration::from_secs(10)),
+    )?;
     let read_err = |message: String| TailError::Read {
         leader: leader.record.address.clone(),
         message,
@@ -167,6 +187,11 @@ async fn print_existing(
         }
         let resp = http.get(&url).send().await.map_err(|e| read_err(e.to_string()))?;
         let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(TailError::Unauthorized {
+                leader: leader.record.address.clone(),
+            });
+        }
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
             return Err(read_err(format!("{status}: {body}")));
@@ -200,10 +225,10 @@ async fn follow(
     mut leaders: tokio::sync::watch::Receiver<Option<CurrentLeader>>,
     shutdown: CancellationToken,
 ) -> Result<u64, TailError> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| ConsulError::Config(format!("cannot build the HTTP client: {e}")))?;
+    let http = http_client(
+        config,
+        reqwest::Client::builder().connect_timeout(Duration::from_secs(2)),
+    )?;
     // Next offset to print: offsets are the same on every node (the log is replicated).
     let mut next: Option<u64> = None;
     let mut printed = 0;
@@ -223,8 +248,16 @@ async fn follow(
         let url = format!("{}/api/v1/log/stream?from={from}", leader.record.url());
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return Ok(printed),
-            resp = http.get(&url).send() => resp.and_then(|r| r.error_for_status()),
+            resp = http.get(&url).send() => resp,
         };
+        if let Ok(resp) = &connected {
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(TailError::Unauthorized {
+                    leader: leader.record.address.clone(),
+                });
+            }
+        }
+        let connected = connected.and_then(|r| r.error_for_status());
         let resp = match connected {
             Ok(resp) => {
                 eprintln!(

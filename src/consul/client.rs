@@ -319,7 +319,7 @@ impl ConsulClient {
         let message = resp.text().await.unwrap_or_default().trim().to_string();
         Err(match status {
             StatusCode::NOT_FOUND => ConsulError::NotFound { message },
-            StatusCode::FORBIDDEN => ConsulError::PermissionDenied { message },
+            StatusCode::FORBIDDEN => ConsulError::permission_denied(message),
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
                 ConsulError::BadRequest { status, message }
             }

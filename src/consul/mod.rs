@@ -17,7 +17,7 @@ pub use agent::{AgentSelf, CheckDefinition, CheckStatus, ServiceRegistration};
 pub use client::{operation, ConsulClient, QueryMeta, QueryOptions, RequestObserver};
 pub use config::{ConsulConfig, DEFAULT_ADDR, DEFAULT_TIMEOUT};
 pub use duration::format_go_duration;
-pub use error::ConsulError;
+pub use error::{ConsulError, MissingPermission};
 pub use health::{HealthCheck, HealthNode, HealthService, ServiceEntry};
 pub use kv::{DeleteOptions, KvPair, PutOptions};
 pub use session::{Behavior, ServiceCheckRef, SessionInfo, SessionRequest};

@@ -175,15 +175,21 @@ impl ConsulClient {
     /// Applies `ops` atomically.
     ///
     /// # Errors
-    /// A malformed transaction (400), permission, or transport failures. A transaction that
-    /// Consul rolled back is `Ok(TxnOutcome::RolledBack)`.
+    /// A malformed transaction (400), permission (403, or an operation an ACL denied:
+    /// [`ConsulError::PermissionDenied`]), or transport failures. A transaction that Consul rolled
+    /// back for any other reason is `Ok(TxnOutcome::RolledBack)`.
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome> {
         let wire: Vec<OpWire<'_>> = ops.iter().map(TxnOp::wire).collect();
         let req = self.request(Method::PUT, self.url("txn", ""), &[]).json(&wire);
         let resp = self.send(req).await?;
         if resp.status() == StatusCode::CONFLICT {
             let body: TxnBody = self.json(resp, "a rolled-back txn").await?;
-            return Ok(TxnOutcome::RolledBack(body.errors.unwrap_or_default()));
+            let errors = body.errors.unwrap_or_default();
+            // An ACL denial is not a lost race: report it as the 403 it is.
+            if let Some(denied) = errors.iter().find(|e| e.what.starts_with("Permission denied")) {
+                return Err(ConsulError::permission_denied(denied.what.clone()));
+            }
+            return Ok(TxnOutcome::RolledBack(errors));
         }
         let resp = self.check(resp).await?;
         let body: TxnBody = self.json(resp, "txn").await?;

@@ -86,6 +86,7 @@ mod tests {
             lease_until: None,
             session: None,
             consul_reachable: true,
+            consul_denied: None,
             reason: reason.into(),
             since: SystemTime::now(),
             transitions: 1,

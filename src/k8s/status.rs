@@ -156,6 +156,7 @@ mod tests {
             lease_until: None,
             session: Some("s".into()),
             consul_reachable: true,
+            consul_denied: None,
             reason: "holds the lock".into(),
             since: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
             transitions: 2,

@@ -65,6 +65,9 @@ pub enum ApiError {
     /// The request body did not arrive within `--http-body-timeout`.
     #[error(transparent)]
     BodyTimeout(#[from] super::BodyTimeout),
+    /// The request lacks the bearer token its access needs (`--api-token` / `--read-token`).
+    #[error("missing or wrong bearer token: this node requires its {} token here; {}", .0.node_flag(), .0.client_hint())]
+    Unauthorized(super::auth::Access),
     /// Every request slot is taken; retry later.
     #[error("overloaded: already handling {limit} requests (--http-max-concurrent-requests); retry later")]
     Overloaded {
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::Forward { .. } => StatusCode::BAD_GATEWAY,
             ApiError::NotFound(_) | ApiError::UnknownProducer(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -148,6 +152,7 @@ impl IntoResponse for ApiError {
             ApiError::Log(LogError::SequenceOverflow { .. }) => body["code"] = json!("sequence_overflow"),
             ApiError::Log(LogError::Poisoned { .. }) => body["code"] = json!("log_recovering"),
             ApiError::UnknownProducer(_) => body["code"] = json!("unknown_producer"),
+            ApiError::Unauthorized(_) => body["code"] = json!("unauthorized"),
             _ => {}
         }
         let mut response = (status, Json(body)).into_response();
@@ -155,6 +160,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"simpleloggers\""),
+            );
         }
         if let Some(leader) = leader_header {
             response.headers_mut().insert("x-simpleloggers-leader", leader);

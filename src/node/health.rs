@@ -320,6 +320,7 @@ mod tests {
             lease_until: Some(now + Duration::from_secs(1)),
             session: Some("s".into()),
             consul_reachable: true,
+            consul_denied: None,
             reason: "holds the lock".into(),
             since: SystemTime::now(),
             transitions: 0,

@@ -4,6 +4,7 @@
 //! hands leadership over fastest: not-ready → no new writes → drain → release → destroy →
 //! deregister → close the log.
 
+pub mod auth;
 mod dashboard;
 mod error;
 mod fault_file;
@@ -35,7 +36,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 pub use dashboard::ClusterCache;
 pub use error::ApiError;
 pub use health::{admit, admit_replicated, LogFacts, LogHealth, Refusal};
-pub use probes::{readiness, Readiness, Status};
+pub use probes::{readiness, writes, Readiness, Status, Writes};
 pub use read::{parse_read_params, Entry, ReadAnswer};
 pub use retention::parse_byte_size;
 pub use server::{serve, BodyTimeout, HttpLimits};
@@ -142,6 +143,9 @@ pub struct NodeConfig {
     /// Replicas, acks and the in-sync set.
     #[command(flatten)]
     pub replication: ReplicationArgs,
+    /// The write and read tokens of the API.
+    #[command(flatten)]
+    pub access: auth::AccessArgs,
 }
 
 /// The settings after defaults and derivations, shared by the handlers.
@@ -161,6 +165,8 @@ pub struct Settings {
     pub election_key: String,
     /// Requests handled at once (`--http-max-concurrent-requests`).
     pub max_concurrent_requests: usize,
+    /// The API's token rules (`--api-token`, `--read-token`); `None` when the API is open.
+    pub access: Option<auth::AccessRules>,
 }
 
 /// The state every handler shares. Cheap to clone.
@@ -374,6 +380,7 @@ pub async fn run(
             service_name: config.service.service_name.clone(),
             election_key: config.cluster.election_key.clone(),
             max_concurrent_requests: config.http_limits.max_concurrent_requests,
+            access: config.access.rules(),
         }),
         elector: elector.clone(),
         store: store.clone(),
@@ -381,6 +388,10 @@ pub async fn run(
         metrics: metrics.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .default_headers(
+                auth::bearer_headers(config.access.own_credential(), "--api-token/--read-token")
+                    .map_err(NodeError::Config)?,
+            )
             .build()
             .map_err(|e| {
                 NodeError::Config(format!("cannot build the HTTP client used for forwarding: {e}"))
@@ -466,7 +477,7 @@ pub fn router(node: Node) -> Router {
         permits: Arc::new(Semaphore::new(node.config.max_concurrent_requests)),
         limit: node.config.max_concurrent_requests,
     };
-    Router::new()
+    let public = Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
         .route("/api/v1/cluster", get(dashboard::cluster))
@@ -477,10 +488,14 @@ pub fn router(node: Node) -> Router {
         // The routes above share --http-max-concurrent-requests. The probes and /metrics below
         // do not: an overloaded node must not also be declared dead (restarted by the kubelet,
         // its session invalidated by Consul) or go blind.
-        .route_layer(middleware::from_fn_with_state(slots, limit_requests))
-        // The internal replication endpoint (its own cluster-secret check) is not limited by
-        // the public request slots: long polls would take them, and an overloaded public API
-        // must not stop replication.
+        .route_layer(middleware::from_fn_with_state(slots, limit_requests));
+    // Outside the slots, so unauthenticated requests cannot take them; not installed at all
+    // when no token is set (docs: README "Access").
+    let public = match node.config.access.clone() {
+        Some(rules) => public.route_layer(middleware::from_fn_with_state(rules, auth::require)),
+        None => public,
+    };
+    public
         .merge(crate::replication::http::router(node.replication.clone()))
         .route("/readyz", get(probes::readyz))
         .route("/healthz", get(probes::healthz))

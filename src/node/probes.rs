@@ -9,7 +9,7 @@ use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
 use serde::Serialize;
 
 use super::{
-    health::{admit_replicated, LogFacts},
+    health::{admit_replicated, LogFacts, Refusal},
     Node,
 };
 use crate::{
@@ -57,6 +57,66 @@ pub fn readiness(
         leader: state.leader.as_ref().map(|l| l.name.clone()),
         term: state.term,
         reason,
+    }
+}
+
+/// Whether this node takes writes now and, when not, why: a stable machine-readable `reason`
+/// (`/api/v1/status` `writes`, `simpleloggers status`, the dashboard) and the words.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Writes {
+    /// True exactly when `/readyz` is 200: a write sent here now is accepted.
+    pub accepting: bool,
+    /// `accepting`, or why not: `not_leader`, `consul_unreachable`, `consul_permission_denied`,
+    /// `lease_expired`, `log_unavailable`, `not_enough_replicas`, `term_starting`, `deposed`,
+    /// `isr_unknown`, `shutting_down`.
+    pub reason: &'static str,
+    /// The details in words (the refusal; for a follower the leader to write to instead).
+    pub detail: String,
+}
+
+/// Decides [`Writes`] from the same facts as [`readiness`] (`consul_denied` and
+/// `consul_reachable` of `state` tell a follower's Consul trouble from a healthy follower).
+pub fn writes(
+    state: &LeaderState,
+    now: Instant,
+    log: &LogFacts,
+    replication: impl FnOnce(u64) -> Result<(), WriteRefusal>,
+) -> Writes {
+    let refusal = match admit_replicated(state, now, log, replication) {
+        Ok(_) => {
+            return Writes {
+                accepting: true,
+                reason: "accepting",
+                detail: "leader with a valid lease".into(),
+            }
+        }
+        Err(refusal) => refusal,
+    };
+    let detail = refusal.reason();
+    let reason = match &refusal {
+        Refusal::NotLeader(_) if state.role == Role::Stopping => "shutting_down",
+        Refusal::NotLeader(_) if state.consul_denied.is_some() => "consul_permission_denied",
+        Refusal::NotLeader(_) if state.role == Role::Leader => "lease_expired",
+        Refusal::NotLeader(_) if !state.consul_reachable => "consul_unreachable",
+        Refusal::NotLeader(_) => "not_leader",
+        Refusal::Log(_) => "log_unavailable",
+        Refusal::Replication(WriteRefusal::NotEnoughReplicas { .. }) => "not_enough_replicas",
+        Refusal::Replication(WriteRefusal::TermStarting { .. }) => "term_starting",
+        Refusal::Replication(WriteRefusal::Deposed { .. }) => "deposed",
+        Refusal::Replication(WriteRefusal::HandingOver) => "shutting_down",
+        Refusal::Replication(WriteRefusal::IsrUnknown) => "isr_unknown",
+    };
+    let detail = match (reason, &state.consul_denied, &state.leader) {
+        ("consul_permission_denied", Some(denied), _) => denied.clone(),
+        ("not_leader", _, Some(leader)) if !leader.address.is_empty() => {
+            format!("{detail}; the leader is {} at {}", leader.name, leader.address)
+        }
+        _ => detail,
+    };
+    Writes {
+        accepting: false,
+        reason,
+        detail,
     }
 }
 
@@ -140,6 +200,12 @@ pub struct Status {
     pub consul_reachable: bool,
     /// This node's Consul session.
     pub session: Option<String>,
+    /// The last permission Consul's ACLs denied this node, naming what to grant (absent when
+    /// none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consul_denied: Option<String>,
+    /// Whether writes are accepted here now, and why not.
+    pub writes: Writes,
     /// Why the local log cannot append right now (absent when it can).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_problem: Option<String>,
@@ -165,6 +231,7 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
     let now = Instant::now();
     let facts = node.health.facts();
     let ready = readiness(&state, now, &facts, |term| node.replication.admit(term)).ready;
+    let writes = writes(&state, now, &facts, |term| node.replication.admit(term));
     let write_term = state.write_term(now).ok();
     let replication = node.replication.status(
         state.leader.as_ref().map(|l| l.name.clone()),
@@ -190,6 +257,8 @@ pub async fn status(State(node): State<Node>) -> Json<Status> {
         log_start_offset: node.store.start_offset(),
         consul_reachable: state.consul_reachable,
         session: state.session.clone(),
+        consul_denied: state.consul_denied.clone(),
+        writes,
         log_problem: facts.problem,
         replication,
     })
@@ -221,10 +290,55 @@ mod tests {
             lease_until: lease.map(|d| now + d),
             session: Some("s".into()),
             consul_reachable: true,
+            consul_denied: None,
             reason: "because".into(),
             since: SystemTime::now(),
             transitions: 0,
         }
+    }
+
+    /// Every refusal gets its machine-readable reason; a follower's Consul trouble is told apart
+    /// from being a healthy follower.
+    #[test]
+    fn writes_reasons() {
+        let now = Instant::now();
+        let healthy = LogFacts::default();
+        let ok = |_| Ok(());
+        let leader = state(Role::Leader, Some(Duration::from_secs(1)), now);
+        let w = writes(&leader, now, &healthy, ok);
+        assert_eq!((w.accepting, w.reason), (true, "accepting"));
+        let lapsed = writes(&leader, now + Duration::from_secs(2), &healthy, ok);
+        assert_eq!((lapsed.accepting, lapsed.reason), (false, "lease_expired"));
+        let follower = state(Role::Follower, None, now);
+        let w = writes(&follower, now, &healthy, ok);
+        assert_eq!(w.reason, "not_leader");
+        assert!(w.detail.contains("the leader is n1 at a:1"), "{}", w.detail);
+        let cut_off = LeaderState {
+            consul_reachable: false,
+            ..state(Role::Follower, None, now)
+        };
+        assert_eq!(writes(&cut_off, now, &healthy, ok).reason, "consul_unreachable");
+        let denied = LeaderState {
+            consul_denied: Some("Consul denied session:write on \"n\"".into()),
+            ..state(Role::Starting, None, now)
+        };
+        let w = writes(&denied, now, &healthy, ok);
+        assert_eq!(w.reason, "consul_permission_denied");
+        assert!(w.detail.contains("session:write"), "{}", w.detail);
+        let full = LogFacts {
+            problem: Some("disk full".into()),
+            last_term: None,
+        };
+        assert_eq!(writes(&leader, now, &full, ok).reason, "log_unavailable");
+        let short = writes(&leader, now, &healthy, |_| {
+            Err(WriteRefusal::NotEnoughReplicas {
+                isr: 1,
+                min_insync: 2,
+            })
+        });
+        assert_eq!(short.reason, "not_enough_replicas");
+        let stopping = state(Role::Stopping, None, now);
+        assert_eq!(writes(&stopping, now, &healthy, ok).reason, "shutting_down");
     }
 
     /// Ready only as leader, with a lease in the future, a log that can append and a term the

@@ -112,6 +112,10 @@ pub struct Config {
     /// (asked before the first batch; 0 if it knows none).
     #[arg(long, env = "SIMPLELOGGERS_FIRST_SEQ")]
     pub first_seq: Option<u64>,
+    /// The nodes' write token (their `--api-token`), sent as `Authorization: Bearer` on every
+    /// request; a node that requires one answers 401 without it, which stops the producer.
+    #[arg(long = "api-token", env = "SIMPLELOGGERS_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// Consul and the election key that names the leader (used unless `--target` is given).
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -140,6 +144,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             producer_id: None,
             first_seq: None,
+            api_token: None,
         }
     }
 
@@ -268,6 +273,10 @@ pub async fn run_with(
     config.validate()?;
     let (producer_id, start) = identity(&config);
     let client = reqwest::Client::builder()
+        .default_headers(
+            crate::node::auth::bearer_headers(config.api_token.as_deref(), "--api-token")
+                .map_err(ProducerError::Config)?,
+        )
         .timeout(config.request_timeout)
         .connect_timeout(config.connect_timeout.min(config.request_timeout))
         .build()

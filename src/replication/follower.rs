@@ -114,7 +114,13 @@ pub async fn run(
                 }
             }
             Ended::Retry(error) => {
-                tracing::debug!(leader = %leader.name, %error, "replication: backing off");
+                // Logged as a warning once per streak of the same error (a refused secret must
+                // not go unnoticed), then at debug on every retry.
+                if repl.follower_status().last_error.as_deref() == Some(error.as_str()) {
+                    tracing::debug!(leader = %leader.name, %error, "replication: backing off");
+                } else {
+                    tracing::warn!(leader = %leader.name, %error, "cannot replicate from the leader; retrying with back-off");
+                }
                 repl.set_follower_error(Some(error));
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -336,6 +342,7 @@ mod tests {
             lease_until: Some(Instant::now()),
             session: Some("s".into()),
             consul_reachable: true,
+            consul_denied: None,
             reason: String::new(),
             since: SystemTime::now(),
             transitions: 0,

@@ -245,7 +245,7 @@ pub enum FetchRefusal {
         log_start: u64,
     },
     /// 401 `unauthorized`: the cluster secret is missing or wrong.
-    #[error("the cluster secret is missing or wrong")]
+    #[error("the cluster secret is missing or wrong: every node needs the same --cluster-secret (SIMPLELOGGERS_CLUSTER_SECRET)")]
     Unauthorized,
     /// 503 `not_leader`: this node does not lead (or has not begun its term).
     #[error("not the leader: {reason}")]

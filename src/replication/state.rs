@@ -152,6 +152,9 @@ pub struct ReplicationStatus {
     pub writes_refused: Option<String>,
     /// A truncation this follower refused (replication stopped).
     pub truncation_refused: Option<TruncationRefused>,
+    /// The follower's last failure to fetch from its leader (cleared by the next successful
+    /// fetch), e.g. the leader refusing this node's cluster secret.
+    pub follower_error: Option<String>,
 }
 
 /// What the leader loop should do now.
@@ -640,6 +643,7 @@ impl Replication {
             leader,
             writes_refused: write_term.and_then(|term| self.admit(term).err().map(|r| r.to_string())),
             truncation_refused: follower.truncation_refused,
+            follower_error: follower.last_error,
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    acl::{Level, Resource},
     app::App,
     decode::{
         decode_object, get_bool, get_duration, get_i64, get_str, get_str_list, get_str_map, Field, Schema,
@@ -256,6 +257,8 @@ pub(crate) fn register(ctx: &Ctx) -> ApiResult {
     if name.is_empty() {
         return Err(ApiError::bad_request("Missing service name"));
     }
+    // Consul's vetServiceRegister: the service and its checks need service:write on its name.
+    ctx.require(Resource::Service, &name, Level::Write)?;
     let address = s("Address")?.unwrap_or_default();
     if address == "0.0.0.0" || address == "::" || address == "[::]" {
         return Err(ApiError::bad_request("Invalid service address"));
@@ -335,6 +338,13 @@ pub(crate) fn register(ctx: &Ctx) -> ApiResult {
 /// `PUT /v1/agent/service/deregister/:id` (rule A6).
 pub(crate) fn deregister(ctx: &Ctx) -> ApiResult {
     let id = ctx.rest.clone();
+    // Consul's vetServiceUpdate: service:write on the registered service's name.
+    let name = ctx
+        .app
+        .read(|store| store.services.get(&id).map(|s| s.name.clone()));
+    if let Some(name) = &name {
+        ctx.require(Resource::Service, name, Level::Write)?;
+    }
     let removed = ctx.app.write(|store, now| store.service_deregister(&id, now));
     match removed {
         Some(checks) => {
@@ -352,9 +362,31 @@ pub(crate) fn deregister(ctx: &Ctx) -> ApiResult {
     }
 }
 
+/// Consul's vetCheckUpdate: a service's check needs `service:write` on the service's name, a node
+/// check `node:write` on the node; an unknown check passes (the endpoint answers 404).
+fn require_check_write(ctx: &Ctx, id: &str) -> Result<(), ApiError> {
+    if ctx.authz.is_none() {
+        return Ok(());
+    }
+    let owner = ctx.app.read(|store| {
+        store.checks.get(id).map(|c| {
+            if c.service_id.is_empty() {
+                (Resource::Node, store.node.clone())
+            } else {
+                (Resource::Service, c.service_name.clone())
+            }
+        })
+    });
+    match owner {
+        Some((resource, name)) => ctx.require(resource, &name, Level::Write),
+        None => Ok(()),
+    }
+}
+
 /// `PUT /v1/agent/check/deregister/:id`.
 pub(crate) fn check_deregister(ctx: &Ctx) -> ApiResult {
     let id = ctx.rest.clone();
+    require_check_write(ctx, &id)?;
     if !ctx.app.write(|store, now| store.check_deregister(&id, now)) {
         return Err(ApiError::not_found(format!(
             "Unknown check ID \"{id}\". Ensure that the check ID is passed, not the check name."
@@ -369,6 +401,7 @@ pub(crate) fn check_deregister(ctx: &Ctx) -> ApiResult {
 /// `PUT /v1/agent/check/pass|warn|fail/:id?note=` (`status` given) or `update/:id` (body).
 pub(crate) fn ttl_update(ctx: &Ctx, status: Option<Status>) -> ApiResult {
     let id = ctx.rest.clone();
+    require_check_write(ctx, &id)?;
     let (status, output) = match status {
         Some(status) => (status, ctx.query.get("note").unwrap_or("").to_string()),
         None => {
@@ -413,6 +446,7 @@ pub(crate) fn services(ctx: &Ctx) -> ApiResult {
         let map: Map<String, Value> = store
             .services
             .values()
+            .filter(|s| ctx.can(Resource::Service, &s.name, Level::Read))
             .map(|s| {
                 let v = js!({
                     "ID": s.id, "Service": s.name, "Tags": s.tags, "Meta": s.meta, "Port": s.port,
@@ -466,6 +500,13 @@ pub(crate) fn checks(ctx: &Ctx) -> ApiResult {
             .checks
             .values()
             .filter(|c| !matches!(c.kind, CheckKind::Serf))
+            .filter(|c| {
+                if c.service_id.is_empty() {
+                    ctx.can(Resource::Node, &store.node, Level::Read)
+                } else {
+                    ctx.can(Resource::Service, &c.service_name, Level::Read)
+                }
+            })
             .map(|c| (c.id.clone(), check_json(c, &store.node)))
             .collect::<Map<String, Value>>()
     });
@@ -492,12 +533,24 @@ fn start_runner(app: &Arc<App>, id: String, kind: CheckKind) {
     app.tracker.spawn(run_probe(app.clone(), id, kind, token));
 }
 
-/// Probes a check every interval until cancelled.
+/// Probes a check every interval until cancelled. As Consul's agent does, an interval below
+/// `--check-interval-min` (Consul: `checks.MinInterval`, 1 s) is raised to it with a warning (the
+/// registered definition keeps the requested value), and the first probe comes after a random
+/// stagger within one interval.
 async fn run_probe(app: Arc<App>, id: String, kind: CheckKind, token: CancellationToken) {
-    let interval = match &kind {
+    let requested = match &kind {
         CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => *interval,
         _ => return,
     };
+    let interval = requested.max(app.config.check_interval_min);
+    if interval != requested {
+        tracing::warn!(check = %id, ?requested, minimum_interval = ?interval, "check has interval below minimum");
+    }
+    let stagger = interval.mul_f64(rand::random::<f64>());
+    tokio::select! {
+        () = token.cancelled() => return,
+        () = tokio::time::sleep(stagger) => {}
+    }
     loop {
         let started = Instant::now();
         let result = tokio::select! {

@@ -13,7 +13,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::Config, state::Store};
+use crate::{acl::Acl, config::Config, state::Store};
 
 /// State shared by every request handler and background task.
 pub(crate) struct App {
@@ -27,6 +27,8 @@ pub(crate) struct App {
     runners: Mutex<HashMap<String, CancellationToken>>,
     /// Settings.
     pub(crate) config: Config,
+    /// The enforced ACLs; `None` when ACLs are off (the dev default).
+    pub(crate) acl: Option<Arc<Acl>>,
     /// Client for HTTP checks.
     pub(crate) client: reqwest::Client,
     /// Client for HTTP checks with `TLSSkipVerify`.
@@ -42,7 +44,11 @@ impl App {
     ///
     /// # Errors
     /// The HTTP check clients cannot be built.
-    pub(crate) fn new(config: Config, shutdown: CancellationToken) -> Result<App, reqwest::Error> {
+    pub(crate) fn new(
+        config: Config,
+        acl: Option<Arc<Acl>>,
+        shutdown: CancellationToken,
+    ) -> Result<App, reqwest::Error> {
         let client = reqwest::Client::builder().build()?;
         let insecure_client = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
@@ -56,6 +62,7 @@ impl App {
             timers: Notify::new(),
             runners: Mutex::new(HashMap::new()),
             config,
+            acl,
             client,
             insecure_client,
             shutdown,

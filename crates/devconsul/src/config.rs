@@ -1,7 +1,9 @@
 //! The dev server's settings: the `simpleloggers dev-consul` flags (a `clap::Args` group with
 //! `SIMPLELOGGERS_DEV_CONSUL_*` environment fallbacks) and the defaults tests and the demo use.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use crate::acl::Acl;
 
 /// Parses a human duration (`10s`, `1m`, `500ms`) for flags.
 fn parse_flag_duration(s: &str) -> Result<Duration, humantime::DurationError> {
@@ -21,10 +23,19 @@ pub struct Config {
     /// Shortest session TTL accepted (Consul's `session_ttl_min`, default 10s); lower it for tests.
     #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_SESSION_TTL_MIN", default_value = "10s", value_parser = parse_flag_duration)]
     pub session_ttl_min: Duration,
+    /// Shortest interval an HTTP/TCP check runs at (Consul's `checks.MinInterval`, 1s: a lower
+    /// `Interval` is registered but probed once a second); lower it for fast tests.
+    #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_CHECK_INTERVAL_MIN", default_value = "1s", value_parser = parse_flag_duration)]
+    pub check_interval_min: Duration,
     /// When set, ACLs are enforced: every request must carry this token (`?token=`,
     /// `X-Consul-Token` or `Authorization: Bearer`), except `/v1/status/leader`.
     #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_ACL_TOKEN", hide_env_values = true)]
     pub acl_token: Option<String>,
+    /// When set, ACLs are enforced with the tokens and rules of this JSON file (Consul's JSON
+    /// rule syntax; docs/dev-consul.md "ACLs"); `--acl-token`, if also given, is a management
+    /// token next to them.
+    #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_ACL_CONFIG")]
+    pub acl_config: Option<PathBuf>,
     /// Name of the single emulated node.
     #[arg(
         long,
@@ -48,7 +59,9 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8500)),
             session_ttl_min: Duration::from_secs(10),
+            check_interval_min: Duration::from_secs(1),
             acl_token: None,
+            acl_config: None,
             node_name: "dev-consul".to_string(),
             datacenter: "dc1".to_string(),
             check_reap_interval: Duration::from_secs(30),
@@ -58,6 +71,26 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The ACL system to enforce: from `--acl-config`, plus `--acl-token` as a management token;
+    /// `None` (ACLs off) when neither is set.
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed (the message names it).
+    pub fn acl(&self) -> Result<Option<Arc<Acl>>, String> {
+        let acl = match (&self.acl_config, self.acl_token.as_deref()) {
+            (None, None) => return Ok(None),
+            (None, Some(token)) => Acl::single(token),
+            (Some(path), token) => {
+                let acl = Acl::load(path)?;
+                match token {
+                    Some(token) => acl.with_management(token),
+                    None => acl,
+                }
+            }
+        };
+        Ok(Some(Arc::new(acl)))
+    }
+
     /// The defaults, but listening on `127.0.0.1:0` (any free port): what tests want.
     pub fn ephemeral() -> Self {
         Config {

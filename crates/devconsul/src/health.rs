@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{json as js, Map, Value};
 
 use crate::{
+    acl::{Level, Resource},
     agent::check_json,
     reply::{blocking, json, with_meta, ApiError, ApiResult, Ctx},
     state::{Service, Status, Store},
@@ -42,6 +43,12 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// Whether an instance of `service` on the node is listed (Consul filters health and catalog
+/// entries the token cannot `service:read` and `node:read`).
+fn visible(ctx: &Ctx, store: &crate::state::Store, service: &str) -> bool {
+    ctx.can(Resource::Service, service, Level::Read) && ctx.can(Resource::Node, &store.node, Level::Read)
+}
+
 /// `GET /v1/health/service/:name[?passing]`.
 pub(crate) async fn service(ctx: &Ctx) -> ApiResult {
     if ctx.rest.is_empty() {
@@ -57,7 +64,7 @@ pub(crate) async fn service(ctx: &Ctx) -> ApiResult {
     blocking(ctx, |store| {
         let mut out = Vec::new();
         for s in store.service_instances(&ctx.rest) {
-            if tag.as_ref().is_some_and(|t| !s.tags.contains(t)) {
+            if tag.as_ref().is_some_and(|t| !s.tags.contains(t)) || !visible(ctx, store, &s.name) {
                 continue;
             }
             let checks = store.instance_checks(&s.id);
@@ -82,6 +89,7 @@ pub(crate) async fn catalog_service(ctx: &Ctx) -> ApiResult {
         let out: Vec<Value> = store
             .service_instances(&ctx.rest)
             .into_iter()
+            .filter(|s| visible(ctx, store, &s.name))
             .map(|s| {
                 js!({
                     "ID": store.node_id, "Node": store.node, "Address": NODE_ADDR, "Datacenter": dc,
@@ -105,6 +113,9 @@ pub(crate) async fn catalog_services(ctx: &Ctx) -> ApiResult {
     blocking(ctx, |store| {
         let mut out: Map<String, Value> = Map::new();
         for s in store.services.values() {
+            if !ctx.can(Resource::Service, &s.name, Level::Read) {
+                continue;
+            }
             let entry = out
                 .entry(s.name.clone())
                 .or_insert_with(|| Value::Array(Vec::new()));
@@ -125,10 +136,12 @@ pub(crate) async fn catalog_services(ctx: &Ctx) -> ApiResult {
 pub(crate) async fn catalog_nodes(ctx: &Ctx) -> ApiResult {
     let dc = ctx.app.config.datacenter.clone();
     blocking(ctx, |store| {
-        Ok(with_meta(
-            json(StatusCode::OK, &[node_json(store, &dc)]),
-            store.node_index,
-        ))
+        let nodes: Vec<Value> = if ctx.can(Resource::Node, &store.node, Level::Read) {
+            vec![node_json(store, &dc)]
+        } else {
+            Vec::new()
+        };
+        Ok(with_meta(json(StatusCode::OK, &nodes), store.node_index))
     })
     .await
 }
@@ -144,7 +157,7 @@ pub(crate) fn agent_self(ctx: &Ctx) -> ApiResult {
             "NodeID": node_id, "Server": true, "Revision": "simpleloggers-dev",
             "Version": version, "BuildDate": "", "PartitionOrEmpty": "",
         },
-        "DebugConfig": {"SessionTTLMin": format!("{:?}", cfg.session_ttl_min), "ACLsEnabled": cfg.acl_token.is_some()},
+        "DebugConfig": {"SessionTTLMin": format!("{:?}", cfg.session_ttl_min), "ACLsEnabled": ctx.app.acl.is_some()},
         "Coord": {"Vec": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Error": 1.5, "Adjustment": 0.0, "Height": 1e-5},
         "Member": {
             "Name": cfg.node_name, "Addr": NODE_ADDR, "Port": 8301,

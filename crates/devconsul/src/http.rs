@@ -1,5 +1,5 @@
 //! The router: a single dispatcher over Consul's route table (404 for unknown `/v1` paths, 405
-//! with `Allow`, OPTIONS), ACL enforcement, the checks common to every request (`ns`, `dc`,
+//! with `Allow`, OPTIONS), token resolution (each endpoint checks its own permissions), the checks common to every request (`ns`, `dc`,
 //! `stale`+`consistent`, body limits), `?pretty`, then the endpoint. Only the crate root imports it.
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use axum::{
 };
 
 use crate::{
+    acl::{Level, Resource},
     agent,
     app::App,
     health, kv,
@@ -105,11 +106,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
 
 /// Entry point for every request: handles it, then adds the ACL policy header (rule G7).
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
-    let policy = if app.config.acl_token.is_some() {
-        "deny"
-    } else {
-        "allow"
-    };
+    let policy = if app.acl.is_some() { "deny" } else { "allow" };
     let pretty = Query::parse(req.uri().query()).has("pretty");
     let mut resp = match handle(app, req).await {
         Ok(resp) => resp,
@@ -196,25 +193,13 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult {
         return Ok(resp);
     }
     let query = Query::parse(parts.uri.query());
-    if let Some(required) = &app.config.acl_token {
-        if route != Route::StatusLeader {
-            match request_token(&query, &parts.headers) {
-                Some(t) if t == required => {}
-                Some(_) => {
-                    return Err(ApiError {
-                        status: StatusCode::FORBIDDEN,
-                        message: "ACL not found".into(),
-                    })
-                }
-                None => {
-                    return Err(ApiError {
-                        status: StatusCode::FORBIDDEN,
-                        message: "Permission denied".into(),
-                    })
-                }
-            }
+    // Rule T1; `/v1/status/*` needs no ACL (rule H4).
+    let authz = match &app.acl {
+        Some(acl) if !matches!(route, Route::StatusLeader | Route::StatusPeers) => {
+            Some(acl.resolve(request_token(&query, &parts.headers))?)
         }
-    }
+        _ => None,
+    };
     let ns_header = parts
         .headers
         .get("X-Consul-Namespace")
@@ -264,6 +249,7 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult {
         rest,
         query,
         body,
+        authz,
     };
     match route {
         Route::Kv => kv::handle(&ctx).await,
@@ -283,7 +269,10 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult {
         Route::CheckDeregister => agent::check_deregister(&ctx),
         Route::AgentServices => agent::services(&ctx),
         Route::AgentChecks => agent::checks(&ctx),
-        Route::AgentSelf => health::agent_self(&ctx),
+        Route::AgentSelf => {
+            ctx.require(Resource::Agent, &ctx.app.config.node_name, Level::Read)?;
+            health::agent_self(&ctx)
+        }
         Route::HealthService => health::service(&ctx).await,
         Route::CatalogService => health::catalog_service(&ctx).await,
         Route::CatalogServices => health::catalog_services(&ctx).await,

@@ -1,9 +1,14 @@
 //! `/v1/kv/<key>`: GET (single, `recurse`, `keys`+`separator`, `raw`, blocking), PUT (plain, `cas`,
-//! `acquire`, `release`, `flags`) and DELETE (`recurse`, `cas`), rules K1–K17.
+//! `acquire`, `release`, `flags`) and DELETE (`recurse`, `cas`), rules K1–K17; with ACLs, reads
+//! need `key:read` (lists are filtered), writes `key:write`, recursive deletes write on the
+//! whole prefix (Consul's `kvsPreApply`).
 
 use axum::http::{Method, StatusCode};
 
-use crate::reply::{blocking, json, raw, text, with_meta, ApiError, ApiResult, Ctx};
+use crate::{
+    acl::{Level, Resource},
+    reply::{blocking, json, raw, text, with_meta, ApiError, ApiResult, Ctx},
+};
 
 /// Dispatches on the method.
 pub(crate) async fn handle(ctx: &Ctx) -> ApiResult {
@@ -67,6 +72,9 @@ async fn get(ctx: &Ctx) -> ApiResult {
             let index = store.kv_prefix_index(&key);
             let mut keys: Vec<String> = Vec::new();
             for entry in store.kv_list(&key) {
+                if !ctx.can(Resource::Key, &entry.key, Level::Read) {
+                    continue;
+                }
                 let after = &entry.key[key.len()..];
                 let cut = match after.find(&sep) {
                     Some(pos) if !sep.is_empty() => entry.key[..key.len() + pos + sep.len()].to_string(),
@@ -86,7 +94,8 @@ async fn get(ctx: &Ctx) -> ApiResult {
     if q.has("recurse") {
         return blocking(ctx, |store| {
             let index = store.kv_prefix_index(&key);
-            let entries = store.kv_list(&key);
+            let mut entries = store.kv_list(&key);
+            entries.retain(|e| ctx.can(Resource::Key, &e.key, Level::Read));
             if entries.is_empty() {
                 return Ok(with_meta(text(StatusCode::NOT_FOUND, ""), index));
             }
@@ -97,6 +106,7 @@ async fn get(ctx: &Ctx) -> ApiResult {
     if key.is_empty() {
         return Err(ApiError::bad_request("Missing key name"));
     }
+    ctx.require(Resource::Key, &key, Level::Read)?;
     let want_raw = q.has("raw");
     blocking(ctx, |store| {
         let index = store.kv_key_index(&key);
@@ -124,6 +134,7 @@ fn put(ctx: &Ctx) -> ApiResult {
             q.encode()
         )));
     }
+    ctx.require(Resource::Key, &key, Level::Write)?;
     let flags = q.get("flags").map(parse_u64).transpose()?.unwrap_or(0);
     let cas = q.get("cas").map(parse_u64).transpose()?;
     let value = ctx.body.to_vec();
@@ -159,6 +170,13 @@ fn delete(ctx: &Ctx) -> ApiResult {
         )));
     }
     let cas = q.get("cas").map(parse_u64).transpose()?;
+    if recurse {
+        if let Some(authz) = ctx.authz.as_ref().filter(|a| !a.allows_write_prefix(&key)) {
+            return Err(authz.denied(Resource::Key, &key, Level::Write).into());
+        }
+    } else {
+        ctx.require(Resource::Key, &key, Level::Write)?;
+    }
     let result = if recurse {
         ctx.app.write(|store, _| store.kv_delete_tree(&key));
         true

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`Config`] (`config`): the settings, a `clap::Args` group with environment fallbacks.
+//! - [`acl`]: ACL tokens and rules (Consul's JSON rule syntax), resolution and denial texts.
 //! - `app`: the state shared by handlers and background tasks, and the TTL timer task.
 //! - [`state`]: the pure store (index, KV, tombstones, lock-delays, sessions, services, checks).
 //! - [`duration`]: Go duration parsing/formatting; `decode`: Go-style JSON decoding.
@@ -17,6 +18,7 @@
 //! Imports flow one way: this root → `http` → endpoints → `reply` → `app` → `state`; only the
 //! root imports the router.
 
+pub mod acl;
 mod agent;
 mod app;
 mod config;
@@ -53,6 +55,9 @@ pub enum DevConsulError {
     /// The HTTP server failed.
     #[error("dev-consul server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The ACL file (`--acl-config`) cannot be read or parsed.
+    #[error("invalid --acl-config: {0}")]
+    Acl(String),
     /// The HTTP client used by HTTP checks could not be built.
     #[error("cannot build the HTTP check client: {0}")]
     Client(#[source] reqwest::Error),
@@ -67,7 +72,8 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), DevConsulError> {
-    let app = Arc::new(App::new(config, shutdown.clone()).map_err(DevConsulError::Client)?);
+    let acl = config.acl().map_err(DevConsulError::Acl)?;
+    let app = Arc::new(App::new(config, acl, shutdown.clone()).map_err(DevConsulError::Client)?);
     app.tracker.spawn(app::timer_task(app.clone()));
     app.tracker.spawn(reap_task(app.clone()));
     let addr = listener.local_addr().ok();
@@ -80,6 +86,22 @@ pub async fn run(
     app.tracker.close();
     app.tracker.wait().await;
     result.map_err(DevConsulError::Serve)
+}
+
+/// The router over a fresh store, without a listener and without the session-TTL timer and reaper
+/// tasks: for the in-process property tests (`tests/fuzz_*.rs`) and fuzz targets (`fuzz/`), whose
+/// requests go through exactly the code a served request does. Check runners it starts stop when
+/// `shutdown` is cancelled. Hidden; not a stable API.
+///
+/// # Errors
+/// The HTTP check client cannot be built.
+#[doc(hidden)]
+pub fn router_in_process(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<axum::Router, DevConsulError> {
+    let app = Arc::new(App::new(config, shutdown).map_err(DevConsulError::Client)?);
+    Ok(http::router(app))
 }
 
 /// Reaps services whose checks stayed critical past `DeregisterCriticalServiceAfter` (rule A7).
@@ -149,8 +171,10 @@ impl Drop for DevConsulHandle {
 /// handle. To serve on 8500 itself, bind a listener and call [`run`].
 ///
 /// # Errors
-/// The address cannot be bound.
+/// The address cannot be bound, or `--acl-config` is unreadable or invalid.
 pub async fn spawn(config: Config) -> Result<DevConsulHandle, DevConsulError> {
+    // Refused here, not only inside the task, so the caller sees a bad ACL file at once.
+    config.acl().map_err(DevConsulError::Acl)?;
     let bind = if config.listen == Config::default().listen {
         Config::ephemeral().listen
     } else {

@@ -13,7 +13,12 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
 
-use crate::{app::App, duration::parse_go_duration, state::Store};
+use crate::{
+    acl::{Authz, Denied, Level, Resource},
+    app::App,
+    duration::parse_go_duration,
+    state::Store,
+};
 
 /// Consul's `kv_max_value_size`.
 pub(crate) const MAX_VALUE_SIZE: usize = 524_288;
@@ -51,6 +56,15 @@ impl ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: message.into(),
+        }
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: denied.message,
         }
     }
 }
@@ -140,6 +154,25 @@ pub(crate) struct Ctx {
     pub query: Query,
     /// Request body.
     pub body: Bytes,
+    /// What the request's token may do; `None` when ACLs are off.
+    pub authz: Option<Authz>,
+}
+
+impl Ctx {
+    /// `Ok` when ACLs are off or the token grants `level` on `resource` `name`; else Consul's 403.
+    pub fn require(&self, resource: Resource, name: &str, level: Level) -> Result<(), ApiError> {
+        match &self.authz {
+            Some(authz) => authz.require(resource, name, level).map_err(ApiError::from),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a listed item is shown (lists filter instead of refusing, rule T3).
+    pub fn can(&self, resource: Resource, name: &str, level: Level) -> bool {
+        self.authz
+            .as_ref()
+            .is_none_or(|authz| authz.allows(resource, name, level))
+    }
 }
 
 /// Adds the read headers of rule B5 (index 0 is sent as 1).

@@ -1,11 +1,14 @@
 //! `/v1/session/*`: create (body parsing, check fix-ups, TTL and Behavior validation), renew,
-//! destroy, info, list and node (rules S1–S12).
+//! destroy, info, list and node (rules S1–S12). With ACLs: create, renew and destroy need
+//! `session:write` on the session's node; info, list and node show only sessions whose node the
+//! token may `session:read` (Consul's session endpoint).
 
 use axum::http::StatusCode;
 use serde_json::Value;
 use tokio::time::Duration;
 
 use crate::{
+    acl::{Level, Resource},
     decode::{decode_object, get_str, get_str_list, Field, Schema},
     duration::{format_go_duration, parse_go_duration},
     reply::{blocking, decode_failed, json, with_meta, ApiError, ApiResult, Ctx},
@@ -144,6 +147,7 @@ fn parse_create(ctx: &Ctx) -> Result<NewSession, ApiError> {
 /// `PUT /v1/session/create` → `{"ID": …}`.
 pub(crate) fn create(ctx: &Ctx) -> ApiResult {
     let new = parse_create(ctx)?;
+    ctx.require(Resource::Session, &new.node, Level::Write)?;
     let session = ctx
         .app
         .write(|store, now| store.session_create(new, now))
@@ -152,11 +156,27 @@ pub(crate) fn create(ctx: &Ctx) -> ApiResult {
     Ok(json(StatusCode::OK, &serde_json::json!({ "ID": session.id })))
 }
 
+/// `session:write` on the node of the session `ctx.rest` names (an unknown session passes: the
+/// endpoint answers for it as without ACLs).
+fn require_on_node(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.authz.is_none() {
+        return Ok(());
+    }
+    let node = ctx
+        .app
+        .read(|store| store.sessions.get(&ctx.rest).map(|s| s.node.clone()));
+    match node {
+        Some(node) => ctx.require(Resource::Session, &node, Level::Write),
+        None => Ok(()),
+    }
+}
+
 /// `PUT /v1/session/destroy/:id` → `true`, known or not (rule S10).
 pub(crate) fn destroy(ctx: &Ctx) -> ApiResult {
     if ctx.rest.is_empty() {
         return Err(ApiError::bad_request("Missing session"));
     }
+    require_on_node(ctx)?;
     ctx.app
         .write(|store, now| store.session_invalidate(&ctx.rest, &Invalidation::Destroyed, now));
     Ok(json(StatusCode::OK, &true))
@@ -167,6 +187,7 @@ pub(crate) fn renew(ctx: &Ctx) -> ApiResult {
     if ctx.rest.is_empty() {
         return Err(ApiError::bad_request("Missing session"));
     }
+    require_on_node(ctx)?;
     match ctx.app.write(|store, now| store.session_renew(&ctx.rest, now)) {
         Some(session) => Ok(json(StatusCode::OK, &[session])),
         None => Err(ApiError::not_found(format!(
@@ -182,7 +203,12 @@ pub(crate) async fn info(ctx: &Ctx) -> ApiResult {
         return Err(ApiError::bad_request("Missing session"));
     }
     blocking(ctx, |store| {
-        let found: Vec<&Session> = store.sessions.get(&ctx.rest).into_iter().collect();
+        let found: Vec<&Session> = store
+            .sessions
+            .get(&ctx.rest)
+            .into_iter()
+            .filter(|s| ctx.can(Resource::Session, &s.node, Level::Read))
+            .collect();
         Ok(with_meta(json(StatusCode::OK, &found), store.sessions_index))
     })
     .await
@@ -191,7 +217,11 @@ pub(crate) async fn info(ctx: &Ctx) -> ApiResult {
 /// `GET /v1/session/list`.
 pub(crate) async fn list(ctx: &Ctx) -> ApiResult {
     blocking(ctx, |store| {
-        let all: Vec<&Session> = store.sessions.values().collect();
+        let all: Vec<&Session> = store
+            .sessions
+            .values()
+            .filter(|s| ctx.can(Resource::Session, &s.node, Level::Read))
+            .collect();
         Ok(with_meta(json(StatusCode::OK, &all), store.sessions_index))
     })
     .await
@@ -203,7 +233,11 @@ pub(crate) async fn node(ctx: &Ctx) -> ApiResult {
         return Err(ApiError::bad_request("Missing node name"));
     }
     blocking(ctx, |store| {
-        let found: Vec<&Session> = store.sessions.values().filter(|s| s.node == ctx.rest).collect();
+        let found: Vec<&Session> = store
+            .sessions
+            .values()
+            .filter(|s| s.node == ctx.rest && ctx.can(Resource::Session, &s.node, Level::Read))
+            .collect();
         Ok(with_meta(json(StatusCode::OK, &found), store.sessions_index))
     })
     .await

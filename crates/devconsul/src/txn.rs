@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
+    acl::{Level, Resource},
     decode::{get_i64, get_str, normalize, Field, Schema},
     reply::{json, with_meta, ApiError, ApiResult, Ctx, MAX_VALUE_SIZE},
     state::{DirEntry, Store},
@@ -262,10 +263,45 @@ fn collapse(store: &mut Store, base: u64, results: &mut [DirEntry]) {
     store.index = one;
 }
 
+/// Consul's `preCheck` (via `kvsPreApply`): every op the token may not do, with the denial as
+/// its `What`. `get`/`get-tree` are filtered on output instead; `check-index`/`check-session`
+/// need `key:read`; `delete-tree` write on the whole prefix; every other verb `key:write`.
+fn acl_errors(ctx: &Ctx, ops: &[KvOp]) -> Vec<TxnError> {
+    let Some(authz) = &ctx.authz else {
+        return Vec::new();
+    };
+    ops.iter()
+        .enumerate()
+        .filter_map(|(i, op)| {
+            let denied = match op.verb.as_str() {
+                "get" | "get-tree" => None,
+                "check-index" | "check-session" => authz.require(Resource::Key, &op.key, Level::Read).err(),
+                "delete-tree" => (!authz.allows_write_prefix(&op.key))
+                    .then(|| authz.denied(Resource::Key, &op.key, Level::Write)),
+                _ => authz.require(Resource::Key, &op.key, Level::Write).err(),
+            };
+            denied.map(|d| TxnError {
+                op_index: i,
+                what: d.message,
+            })
+        })
+        .collect()
+}
+
 /// `PUT /v1/txn`.
 pub(crate) fn handle(ctx: &Ctx) -> ApiResult {
     let ops = parse(&ctx.body)?;
     let read_only = ops.iter().all(|op| is_read(&op.verb));
+    let denied = acl_errors(ctx, &ops);
+    if !denied.is_empty() {
+        return Ok(json(
+            StatusCode::CONFLICT,
+            &TxnResponse {
+                results: None,
+                errors: Some(denied),
+            },
+        ));
+    }
     let outcome = ctx.app.write(|store, now| {
         // Pre-checks done before the write in Consul: lock-delay on lock ops.
         let delayed: Vec<TxnError> = ops
@@ -302,7 +338,11 @@ pub(crate) fn handle(ctx: &Ctx) -> ApiResult {
     });
     let (resp, index) = match outcome {
         (Ok(results), index) => {
-            let results = results.into_iter().map(|kv| TxnResult { kv }).collect();
+            let results = results
+                .into_iter()
+                .filter(|kv| ctx.can(Resource::Key, &kv.key, Level::Read))
+                .map(|kv| TxnResult { kv })
+                .collect();
             (
                 json(
                     StatusCode::OK,

@@ -247,7 +247,8 @@ async fn b8_stale_and_consistent() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// T1/T2: with an ACL token, requests without it are 403 `Permission denied`, a wrong one 403; the token
+/// T1/T2: with an ACL token, requests without it are 403 `Permission denied` (lists come back
+/// empty instead), a wrong one 403 `ACL not found`; the token
 /// is accepted from `?token=`, `X-Consul-Token` and `Authorization: Bearer`; status/leader needs none (H4).
 #[tokio::test]
 async fn t1_t2_acl_token() -> anyhow::Result<()> {
@@ -260,7 +261,10 @@ async fn t1_t2_acl_token() -> anyhow::Result<()> {
     assert_eq!(resp.status(), 403);
     assert_eq!(header(&resp, "X-Consul-Default-ACL-Policy"), "deny");
     assert!(resp.text().await?.starts_with("Permission denied"));
-    assert_eq!(dev.get("/v1/session/list").await?.status(), 403);
+    // Lists filter instead of refusing (rule T3): the anonymous token sees no session.
+    let list = dev.get("/v1/session/list").await?;
+    assert_eq!(list.status(), 200);
+    assert_eq!(list.json::<Value>().await?, json!([]));
     assert_eq!(dev.get("/v1/kv/x?token=wrong").await?.status(), 403);
     assert_eq!(dev.put("/v1/kv/x?token=s3cret", "v").await?.status(), 200);
     let h = dev
