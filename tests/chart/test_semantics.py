@@ -434,9 +434,6 @@ def test_notes_tell_the_right_wait_and_the_port_forward_caveat(value_set, notes_
 
 # Read by src/k8s/ (the k8s branch); until it merges, these are not in this tree's src/.
 K8S_ENV = {"POD_NAME", "SIMPLELOGGERS_K8S_NAMESPACE", "SIMPLELOGGERS_STATEFULSET", "SIMPLELOGGERS_LOGCLUSTER", "SIMPLELOGGERS_K8S_ROLLOUT"}
-# Read by src/node/auth.rs and the clients (the access branch, issue 13): let through only while
-# src/ reads neither (then the check covers them).
-AUTH_ENV = {"SIMPLELOGGERS_API_TOKEN", "SIMPLELOGGERS_READ_TOKEN"}
 # Set only to be referenced as $(VAR) by later entries, or read by a library (RUST_LOG).
 PLUMBING_ENV = {"POD_NAMESPACE", "RUST_LOG"}
 
@@ -450,11 +447,10 @@ def test_every_env_var_the_chart_sets_is_read_by_the_binary(value_set, objects_o
     for path in (ROOT / "src").rglob("*.rs"):
         read |= set(re.findall(r'"((?:SIMPLELOGGERS|CONSUL|POD)_[A-Z_]+)"', path.read_text()))
     assert {"SIMPLELOGGERS_NAME", "CONSUL_HTTP_ADDR", "POD_IP"} <= read
-    pending = set() if AUTH_ENV & read else AUTH_ENV
     objects = objects_of(value_set)
     for name, _, spec in pod_specs(objects):
         if name.startswith("Pod/") or "consul-server" in name:
             continue
         for c in spec["containers"]:
-            unknown = set(env_of(c)) - read - K8S_ENV - pending - PLUMBING_ENV
+            unknown = set(env_of(c)) - read - K8S_ENV - PLUMBING_ENV
             assert not unknown, f"{name}:{c['name']} sets {unknown}, which no code reads"
