@@ -1059,7 +1059,7 @@ async fn try_plan(shared: &Shared, session: &str, plan: Plan) -> Attempt {
                 core.reason = format!("cannot contend for the lock: {err}");
                 core.consul_denied = Some(err.to_string());
             });
-            false
+            Attempt::Failed
         }
         Err(err) => {
             // An invalid session answers 409/500 too: the keeper finds out with a renewal.

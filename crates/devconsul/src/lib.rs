@@ -94,13 +94,14 @@ pub async fn run(
 /// `shutdown` is cancelled. Hidden; not a stable API.
 ///
 /// # Errors
-/// The HTTP check client cannot be built.
+/// The ACL file (`--acl-config`) is unusable or the HTTP check client cannot be built.
 #[doc(hidden)]
 pub fn router_in_process(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<axum::Router, DevConsulError> {
-    let app = Arc::new(App::new(config, shutdown).map_err(DevConsulError::Client)?);
+    let acl = config.acl().map_err(DevConsulError::Acl)?;
+    let app = Arc::new(App::new(config, acl, shutdown).map_err(DevConsulError::Client)?);
     Ok(http::router(app))
 }
 
