@@ -25,6 +25,16 @@ SERVICE="${FULLNAME}"
 # simpleloggers.consulServerName: the full name cut to 49 characters, then -consul-server.
 CONSUL="${FULLNAME:0:49}"
 CONSUL="${CONSUL%-}-consul-server"
+# simpleloggers.tokenSecretName: the full name cut to 48 characters, then -api-token or
+# -read-token (the chart's generated token Secrets; override for node.auth.*.existingSecret).
+TOKEN_PREFIX="${FULLNAME:0:48}"
+TOKEN_PREFIX="${TOKEN_PREFIX%-}"
+API_TOKEN_SECRET="${API_TOKEN_SECRET:-${TOKEN_PREFIX}-api-token}"
+API_TOKEN_KEY="${API_TOKEN_KEY:-api-token}"
+READ_TOKEN_SECRET="${READ_TOKEN_SECRET:-${TOKEN_PREFIX}-read-token}"
+READ_TOKEN_KEY="${READ_TOKEN_KEY:-read-token}"
+# simpleloggers.consulAclSecretName: the in-chart Consul's ACL IDs (absent with ACLs off).
+CONSUL_ACL_SECRET="${CONSUL}-acl"
 KUBECTL=(kubectl --context "kind-${CLUSTER}" --namespace "${NAMESPACE}")
 NODE_SELECTOR="app.kubernetes.io/instance=${RELEASE},app.kubernetes.io/component=node"
 
@@ -68,8 +78,13 @@ ready_endpoints() {
 }
 
 # lock_holder: the node named in the election key while a session holds it (empty otherwise).
+# With the chart's Consul ACLs it reads with CONSUL_READ_TOKEN (load it once with
+# load_consul_token), which reaches the consul CLI on stdin, never on a command line.
 lock_holder() {
-  "${KUBECTL[@]}" exec "statefulset/${CONSUL}" -c consul -- consul kv get -detailed "$ELECTION_KEY" 2>/dev/null |
+  # shellcheck disable=SC2016 # expanded by the pod's shell, not this one
+  printf '%s' "${CONSUL_READ_TOKEN:-}" |
+    "${KUBECTL[@]}" exec -i "statefulset/${CONSUL}" -c consul -- sh -c \
+      'CONSUL_HTTP_TOKEN="$(cat)"; export CONSUL_HTTP_TOKEN; exec consul kv get -detailed "$1"' lock_holder "$ELECTION_KEY" 2>/dev/null |
     awk '$1 == "Session" { held = ($2 != "-") } $1 == "Value" { value = $2 }
          END { if (held && match(value, /"name":"[^"]*"/)) print substr(value, RSTART + 8, RLENGTH - 9) }'
 }
@@ -90,4 +105,24 @@ wait_for_one_ready() {
     fi
     sleep 1
   done
+}
+
+# secret_value SECRET KEY: the decoded value under KEY of SECRET; empty when there is no such
+# Secret (the chart creates a token's Secret only while the token is on); fails with kubectl.
+secret_value() {
+  local encoded
+  encoded="$("${KUBECTL[@]}" get secret "$1" --ignore-not-found -o "jsonpath={.data.$2}")" || return 1
+  [[ -z "$encoded" ]] || base64 --decode <<<"$encoded"
+}
+
+# bearer_header TOKEN FILE: writes `Authorization: Bearer TOKEN` to FILE for `curl -H @FILE`
+# (printf is a builtin, so the token appears in no command line); nothing for an empty token.
+bearer_header() {
+  [[ -z "$1" ]] || printf 'Authorization: Bearer %s\n' "$1" >"$2"
+}
+
+# load_consul_token: sets CONSUL_READ_TOKEN to the producer's Consul token (it may only read the
+# election key) from the chart's ACL Secret; empty with ACLs off. Fails with kubectl.
+load_consul_token() {
+  CONSUL_READ_TOKEN="$(secret_value "$CONSUL_ACL_SECRET" producer-token)"
 }

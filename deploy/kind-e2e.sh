@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end checks on the kind cluster deploy/kind-up.sh made:
 #  1. the Service has exactly one ready endpoint, and it is the Consul lock holder;
-#  2. a message goes through `kubectl port-forward svc/...`;
+#  2. a message goes through `kubectl port-forward svc/...` (with the write token from its Secret);
 #  3. deleting the leader pod: time until the single ready endpoint is the new leader;
 #  4. the producer's messages keep being acknowledged (the leader's log end offset grows);
 #  5. `helm test`.
@@ -10,11 +10,27 @@ cd "$(dirname "$0")/.."
 # shellcheck source=deploy/kind-common.sh
 source deploy/kind-common.sh
 
-require kubectl helm curl
+require kubectl helm curl base64
 PORT="${PF_PORT:-13000}"
 FAILOVER_LIMIT_MS="${FAILOVER_LIMIT_MS:-15000}"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
+
+pf=""
+headers="$(mktemp -d "${TMPDIR:-/tmp}/simpleloggers-e2e.XXXXXX")"
+trap '[[ -z "$pf" ]] || kill "$pf" 2>/dev/null || true; rm -rf "$headers"' EXIT
+
+# The API tokens from the chart's Secrets (node.auth): writes send the write token, reads the
+# read token, each through a header file; a token that is off has no Secret and is not sent.
+token="$(secret_value "$API_TOKEN_SECRET" "$API_TOKEN_KEY")" || fail "cannot read the Secret ${API_TOKEN_SECRET}"
+bearer_header "$token" "$headers/write"
+read_token="$(secret_value "$READ_TOKEN_SECRET" "$READ_TOKEN_KEY")" || fail "cannot read the Secret ${READ_TOKEN_SECRET}"
+bearer_header "$read_token" "$headers/read"
+load_consul_token || fail "cannot read the Secret ${CONSUL_ACL_SECRET}"
+write_auth=()
+[[ -z "$token" ]] || write_auth=(-H "@$headers/write")
+read_auth=()
+[[ -z "$read_token" ]] || read_auth=(-H "@$headers/read")
 
 # one_leader: prints the single ready endpoint if it is also the lock holder, else fails.
 one_leader() {
@@ -28,7 +44,7 @@ one_leader() {
 
 # end_offset: the log end offset of the node the NodePort (localhost:3000) reaches.
 end_offset() {
-  curl -fsS --max-time 2 http://localhost:3000/api/v1/status | grep -o '"log_end_offset":[0-9]*' | cut -d: -f2
+  curl -fsS --max-time 2 ${read_auth[@]+"${read_auth[@]}"} http://localhost:3000/api/v1/status | grep -o '"log_end_offset":[0-9]*' | cut -d: -f2
 }
 
 leader="$(wait_for_one_ready 120)"
@@ -37,12 +53,12 @@ echo "1. ok: the Service's only ready endpoint is the lock holder ${leader}"
 
 "${KUBECTL[@]}" port-forward "svc/${SERVICE}" "${PORT}:3000" >/dev/null 2>&1 &
 pf=$!
-trap 'kill "$pf" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do
   curl -fsS --max-time 1 "http://127.0.0.1:${PORT}/healthz" >/dev/null 2>&1 && break
   sleep 0.2
 done
-ack="$(curl -fsS --max-time 5 -X POST --data "e2e $(date +%s)" "http://127.0.0.1:${PORT}/api/v1/log")" ||
+ack="$(curl -fsS --max-time 5 ${write_auth[@]+"${write_auth[@]}"} -X POST --data "e2e $(date +%s)" \
+  "http://127.0.0.1:${PORT}/api/v1/log")" ||
   fail "POST through port-forward failed"
 kill "$pf" 2>/dev/null || true
 echo "2. ok: message acknowledged through port-forward: ${ack}"

@@ -44,4 +44,5 @@ helm upgrade --install "$RELEASE" charts/simpleloggers \
 leader="$(wait_for_one_ready "${TIMEOUT:-300}")"
 echo "ready: exactly one node pod is Ready, the leader: ${leader}"
 "${KUBECTL[@]}" get pods -L simpleloggers.io/role
-echo "try: curl -s -X POST --data hello http://localhost:3000/api/v1/log"
+echo "try: TOKEN=\"\$(kubectl --context kind-${CLUSTER} -n ${NAMESPACE} get secret ${API_TOKEN_SECRET} -o jsonpath='{.data.${API_TOKEN_KEY}}' | base64 --decode)\""
+echo "     curl -s -X POST -H \"Authorization: Bearer \$TOKEN\" --data hello http://localhost:3000/api/v1/log"

@@ -29,6 +29,8 @@ VALUE_SETS: dict[str, Path | None] = {
     "agentless": VALUES_DIR / "agentless.yaml",
     "producer-off": VALUES_DIR / "producer-off.yaml",
     "five-replicas": VALUES_DIR / "five-replicas.yaml",
+    "hardened": VALUES_DIR / "hardened.yaml",
+    "open": VALUES_DIR / "open.yaml",
 }
 
 Obj = dict[str, Any]

@@ -46,7 +46,9 @@ def main() -> int:
         with open(state_path, "w") as f:
             json.dump(state, f)
         with open(os.path.join(fake_dir, "calls.jsonl"), "a") as f:
-            files = {a: open(a, errors="replace").read(200) for a in args if os.path.isfile(a)}
+            # A file argument, or curl's `-H @FILE`: its first bytes, as the tool would read them.
+            paths = [a.removeprefix("@") for a in args]
+            files = {a: open(p, errors="replace").read(200) for a, p in zip(args, paths) if os.path.isfile(p)}
             f.write(json.dumps({"tool": tool, "args": args, "rule": index, "phase": state["phase"], "files": files}) + "\n")
     if answer is None:
         print(f"fake {tool}: no recorded answer for: {joined}", file=sys.stderr)

@@ -41,9 +41,10 @@ BOOLEAN_FLAGS = {"bootstrap", "dev", "disable-host-node-id", "disable-keyring-fi
 DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
 DURATION_FLAGS = {"retry-interval", "retry-interval-wan", "default-query-time", "max-query-time", "log-rotate-duration"}
 # Top-level keys of Consul's agent configuration the chart's fragments may set.
-CONSUL_CONFIG_KEYS = {"leave_on_terminate", "acl", "skip_leave_on_interrupt", "ports", "telemetry", "retry_join"}
+CONSUL_CONFIG_KEYS = {"leave_on_terminate", "acl", "skip_leave_on_interrupt", "ports", "telemetry", "retry_join", "tls",
+                      "auto_encrypt", "addresses"}
 ACL_KEYS = {"enabled", "default_policy", "down_policy", "tokens", "enable_token_persistence"}
-ACL_TOKEN_KEYS = {"agent", "default", "agent_recovery", "replication", "config_file_service_registration"}
+ACL_TOKEN_KEYS = {"agent", "default", "agent_recovery", "replication", "config_file_service_registration", "initial_management"}
 # The image runs as the consul user, uid 100 (hashicorp/consul's Dockerfile).
 CONSUL_IMAGE = "hashicorp/consul"
 

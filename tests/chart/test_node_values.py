@@ -226,7 +226,8 @@ def test_schema_rejects_bad_values(path, value):
 # What src/ declares, read from the source so that the chart cannot ship a name no flag reads.
 STRUCT = re.compile(r"^(?:pub(?:\([^)]*\))? )?struct (\w+) \{\n(.*?)^\}", re.M | re.S)
 ENV_ATTR = re.compile(r'\benv = "(SIMPLELOGGERS_\w+)"')
-FLATTEN = re.compile(r"#\[(?:command|clap)\(flatten[^\]]*\)\]\s*(?:pub(?:\([^)]*\))? )?\w+: (?:Box<)?(\w+)")
+# A flattened field's type, path prefixes (`auth::AccessArgs`) dropped.
+FLATTEN = re.compile(r"#\[(?:command|clap)\(flatten[^\]]*\)\]\s*(?:pub(?:\([^)]*\))? )?\w+: (?:Box<)?(?:\w+::)*(\w+)")
 # The Kubernetes integration reads its variables with an env lookup, not through clap.
 K8S_LOOKUP = re.compile(r'\bget\("(SIMPLELOGGERS_\w+)"\)')
 # The subcommands the chart's containers run: args[0] -> (file, the clap struct of its flags).
@@ -273,15 +274,16 @@ def declared(subcommand: str) -> set[str]:
 
 def test_the_source_parser_finds_the_known_flags():
     """The parser of src/ sees flags of each kind: the node's own, flattened ones (two levels
-    deep for the Consul timeout), the HTTP limits, the global log format and the Kubernetes
-    lookups; the producer's exclude the node's. Otherwise the check below would prove nothing."""
+    deep for the Consul timeout, through a module path for the API tokens), the HTTP limits, the
+    global log format and the Kubernetes lookups; the producer's exclude the node's. Otherwise
+    the check below would prove nothing."""
     node = declared("node")
     assert {"SIMPLELOGGERS_SEGMENT_BYTES", "SIMPLELOGGERS_SESSION_TTL", "SIMPLELOGGERS_CONSUL_TIMEOUT",
             "SIMPLELOGGERS_HTTP_MAX_CONNECTIONS", "SIMPLELOGGERS_LOG_FORMAT",
-            "SIMPLELOGGERS_K8S_ROLLOUT"} <= node
+            "SIMPLELOGGERS_K8S_ROLLOUT", "SIMPLELOGGERS_API_TOKEN", "SIMPLELOGGERS_READ_TOKEN"} <= node
     producer = declared("producer")
     assert {"SIMPLELOGGERS_TARGET", "SIMPLELOGGERS_RATE", "SIMPLELOGGERS_ELECTION_KEY",
-            "SIMPLELOGGERS_LOG_FORMAT"} <= producer
+            "SIMPLELOGGERS_LOG_FORMAT", "SIMPLELOGGERS_API_TOKEN"} <= producer
     assert "SIMPLELOGGERS_SEGMENT_BYTES" not in producer and "SIMPLELOGGERS_RATE" not in node
 
 

@@ -32,6 +32,7 @@ from conftest import (
     render_as,
     selects,
 )
+from netpol import Pod, allows
 
 SECRET = f"{FULLNAME}-cluster-secret"
 KUBE_VERSION = "1.34.0"
@@ -157,9 +158,7 @@ def test_cluster_secret_generated_by_default():
     new one (so it is random, not a constant shipped in the chart)."""
     manifests = render(None)
     objects = parse(manifests)
-    secrets = of_kind(objects, "Secret")
-    assert [s["metadata"]["name"] for s in secrets] == [SECRET]
-    (secret,) = secrets
+    secret = find(objects, "Secret", SECRET)
     _validate(secret)
     assert secret["type"] == "Opaque"
     assert selects({"app.kubernetes.io/instance": RELEASE}, secret["metadata"]["labels"])
@@ -187,16 +186,17 @@ def test_existing_secret_is_used_and_none_created(create):
     creates none."""
     values = _replication(clusterSecret={"create": create, "existingSecret": "ops-cluster-secret", "key": "token"})
     objects = parse(render(values))
-    assert of_kind(objects, "Secret") == []
+    assert SECRET not in {s["metadata"]["name"] for s in of_kind(objects, "Secret")}
     ref = env_of(_node(objects))["SIMPLELOGGERS_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "ops-cluster-secret", "key": "token"}
     _validate(node_sts(objects))
 
 
 def test_no_secret_when_neither_created_nor_named():
-    """create: false without existingSecret: no Secret and no variable (the endpoint is open)."""
-    objects = parse(render(_replication(clusterSecret={"create": False})))
-    assert of_kind(objects, "Secret") == []
+    """create: false without existingSecret (allowed explicitly, as test_access checks): no
+    Secret and no variable (the endpoint is open)."""
+    objects = parse(render(_replication(clusterSecret={"create": False, "allowNone": True})))
+    assert SECRET not in {s["metadata"]["name"] for s in of_kind(objects, "Secret")}
     assert "SIMPLELOGGERS_CLUSTER_SECRET" not in env_of(_node(objects))
     _validate(node_sts(objects))
 
@@ -246,8 +246,8 @@ def test_replication_endpoint_reachable_pod_to_pod(value_set, objects_of):
     """The internal endpoint is on the node's HTTP port at the address the node advertises in
     Consul: POD_IP (downward API) with the listen port, as no advertise address is set and the
     node listens on every interface. The headless peers Service publishes not-Ready pods
-    (followers) on that same port and is the StatefulSet's serviceName (per-pod DNS), and no
-    NetworkPolicy stands between the node pods."""
+    (followers) on that same port and is the StatefulSet's serviceName (per-pod DNS), and the
+    NetworkPolicies let node pods reach each other there."""
     objects = objects_of(value_set)
     node = _node(objects)
     env = env_of(node)
@@ -261,7 +261,9 @@ def test_replication_endpoint_reachable_pod_to_pod(value_set, objects_of):
     assert [(p["port"], p["targetPort"]) for p in peers["spec"]["ports"]] == [(int(port), "http")]
     assert selects(peers["spec"]["selector"], node_sts(objects)["spec"]["template"]["metadata"]["labels"])
     assert node_sts(objects)["spec"]["serviceName"] == peers["metadata"]["name"]
-    assert of_kind(objects, "NetworkPolicy") == []
+    policies = of_kind(objects, "NetworkPolicy")
+    node = Pod(node_sts(objects)["spec"]["template"]["metadata"]["labels"], NAMESPACE)
+    assert allows(policies, node, node, int(port)), "the nodes must reach each other on the node port"
 
 
 def test_every_replication_value_at_once_validates():

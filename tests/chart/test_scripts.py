@@ -10,6 +10,7 @@ or docker on the machine can never be reached."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -29,7 +30,11 @@ from conftest import CHART, ROOT, container, find, parse, render_as
 FAKES = ["kubectl", "kind", "docker", "helm", "curl", "sleep"]
 # What the scripts need from the system, besides bash's builtins.
 SYSTEM_TOOLS = ["bash", "sh", "env", "dirname", "grep", "awk", "sed", "sort", "wc", "paste", "cut", "seq", "date",
-                "mktemp", "rm", "cat", "head", "perl"]
+                "mktemp", "rm", "cat", "head", "perl", "base64"]
+# The write token the recorded cluster's Secret holds (node.auth.apiToken, generated).
+API_TOKEN = "Zq8rT2mWb5XkP0vNc7JyH4sLd1GfA9Ue"
+# The producer's Consul ACL token in the recorded ACL Secret (consul.acl, a uuidv4).
+CONSUL_TOKEN = "3f0c2a7e-9b1d-4c5e-8a6f-2d7b9e1c4a30"
 IMAGE_ID = "sha256:5f0b6c8e1d3a47c2b9e6f81a0d4c7e2b93a58f1c6d0e7b24a9c3f5e8d1b6a72c"
 
 
@@ -196,15 +201,28 @@ simpleloggers-consul-server-0       1/1     Running   0          5m    10.244.2.
 """
 
 
+def secret_jsonpath(encoded: str) -> dict:
+    """`kubectl get secret NAME --ignore-not-found -o jsonpath={.data.KEY}`: the base64 value,
+    without a newline; nothing (exit 0) when there is no such Secret."""
+    return out(encoded)
+
+
 def e2e_rules(release="simpleloggers", *, endpoints_start=None, holder_start="0", failover_endpoints=None,
-              post=None, offsets=(4, 29), restarts="0", helm_test=None):
+              post=None, offsets=(4, 29), restarts="0", helm_test=None, api_token=API_TOKEN, read_token=None,
+              token_secret=None, consul_token=CONSUL_TOKEN):
     """A passing kind-e2e recording, with the answers a failing test swaps in."""
     f = fullname(release)
+    tokens = f[:48].removesuffix("-")
     consul = f[:49].removesuffix("-") + "-consul-server"
     ns = "--context kind-simpleloggers --namespace simpleloggers"
     node_sel = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=node"
     holder_start = None if holder_start is None else f"{f}-{holder_start}"
+    b64 = lambda s: base64.b64encode(s.encode()).decode() if s else ""  # noqa: E731
     return [
+        rule("kubectl", re.escape(f"{ns} get secret {tokens}-api-token --ignore-not-found -o jsonpath={{.data.api-token}}"),
+             token_secret or secret_jsonpath(b64(api_token))),
+        rule("kubectl", re.escape(f"{ns} get secret {tokens}-read-token --ignore-not-found -o jsonpath={{.data.read-token}}"),
+             secret_jsonpath(b64(read_token))),
         rule("kubectl", re.escape(f"{ns} get pods -l {node_sel} -o jsonpath="), out(pods_ready(release, 0)), when="start"),
         rule("kubectl", re.escape(f"{ns} get pods -l {node_sel} -o jsonpath="), out(pods_ready(release, 1)), when="failover"),
         rule("kubectl", re.escape(f"{ns} get endpointslices -l kubernetes.io/service-name={f} -o jsonpath="),
@@ -212,10 +230,13 @@ def e2e_rules(release="simpleloggers", *, endpoints_start=None, holder_start="0"
         rule("kubectl", re.escape(f"{ns} get endpointslices -l kubernetes.io/service-name={f} -o jsonpath="),
              *(failover_endpoints or [out(endpoints(release, set())), out(endpoints(release, set())),
                                       out(endpoints(release, {1}))]), when="failover"),
-        rule("kubectl", re.escape(f"{ns} exec statefulset/{consul} -c consul -- consul kv get -detailed service/simpleloggers/leader"),
-             out(kv_detailed(holder_start)), when="start"),
-        rule("kubectl", re.escape(f"{ns} exec statefulset/{consul} -c consul -- consul kv get -detailed service/simpleloggers/leader"),
-             out(kv_detailed(f"{f}-1", "10.244.3.9:3000")), when="failover"),
+        rule("kubectl", re.escape(f"{ns} get secret {consul}-acl --ignore-not-found -o jsonpath={{.data.producer-token}}"),
+             secret_jsonpath(b64(consul_token))),
+        rule("kubectl", re.escape(f"{ns} exec -i statefulset/{consul} -c consul -- sh -c ") + ".*" +
+             re.escape(" lock_holder service/simpleloggers/leader"), out(kv_detailed(holder_start)), when="start"),
+        rule("kubectl", re.escape(f"{ns} exec -i statefulset/{consul} -c consul -- sh -c ") + ".*" +
+             re.escape(" lock_holder service/simpleloggers/leader"), out(kv_detailed(f"{f}-1", "10.244.3.9:3000")),
+             when="failover"),
         rule("kubectl", re.escape(f"{ns} port-forward svc/{f} 13000:3000"),
              out("Forwarding from 127.0.0.1:13000 -> 3000\n", block=30)),
         rule("kubectl", re.escape(f"{ns} delete pod {f}-0 --wait=false"), out(f'pod "{f}-0" deleted\n', phase="failover")),
@@ -271,12 +292,92 @@ def test_e2e_passes_on_a_healthy_recording(harness):
          "two-new-endpoints", "producer-stalled", "producer-restarted"],
 )
 def test_e2e_fails_on_a_broken_recording(harness, variation, message):
-    """Each e2e assertion fails the run with its own message when the cluster's answers break it."""
-    r = harness.run("deploy/kind-e2e.sh", e2e_rules(**variation), env={"FAILOVER_LIMIT_MS": "1500"})
+    """Each e2e assertion fails the run with its own message when the cluster's answers break it.
+    Only the recordings without a new leader wait for the failover limit, so only they get a
+    short one; the others keep a generous limit, as a loaded machine may take seconds to replay
+    the (healthy) failover and must not fail them on the wrong assertion."""
+    limit = "1500" if message.startswith("no new single leader") else "20000"
+    r = harness.run("deploy/kind-e2e.sh", e2e_rules(**variation), env={"FAILOVER_LIMIT_MS": limit})
     assert r.rc == 1, r.stdout
     assert f"FAIL: {message}" in r.stderr if message.startswith("the") else message in r.stderr, r.stderr
     assert "PASS" not in r.stdout
     assert r.unanswered == []
+
+
+def _curl_headers(r: Run, url: str) -> list[str]:
+    """The header files each curl call to `url` sent with -H @FILE (their content, as recorded)."""
+    calls = [c for c in r.calls if c["tool"] == "curl" and url in c["args"]]
+    assert calls, f"no curl call to {url}"
+    sent = []
+    for c in calls:
+        files = [a for a in c["args"] if a.startswith("@")]
+        sent.append("".join(c["files"].get(a, "<missing file>") for a in files))
+    return sent
+
+
+def test_e2e_writes_with_the_token_from_the_secret(harness):
+    """The write through port-forward carries the write token read from the chart's Secret, in
+    a header file (the token is in no command line); reads carry none while the read token is
+    off; the header files are gone after the run."""
+    r = harness.run("deploy/kind-e2e.sh", e2e_rules(), env={"FAILOVER_LIMIT_MS": "20000"})
+    assert r.rc == 0, r.stderr
+    assert _curl_headers(r, "http://127.0.0.1:13000/api/v1/log") == [f"Authorization: Bearer {API_TOKEN}\n"]
+    assert set(_curl_headers(r, "http://localhost:3000/api/v1/status")) == {""}
+    assert not [c for c in r.calls if any(API_TOKEN in a for a in c["args"])]
+    assert not list((harness.dir).glob("simpleloggers-e2e.*")), "header files are removed on exit"
+
+
+def _stdin_of_kubectl_exec(tmp_path: Path, rules: list[dict]) -> list[str]:
+    """Runs the e2e with a kubectl wrapper that also records what `kubectl exec -i` reads on
+    stdin (the fake tool ignores stdin), and returns those inputs."""
+    log = tmp_path / "stdin.log"
+    fake = Path(__file__).resolve().parent / "fake_tool.py"
+    wrapper = (f"#!/bin/sh\ncase \" $* \" in *' exec -i '*) cat >>'{log}'; echo >>'{log}' ;; esac\n"
+               f"exec '{sys.executable}' '{fake}' kubectl \"$@\"\n")
+    h = Harness(tmp_path, extra_bin={"kubectl": wrapper})
+    r = h.run("deploy/kind-e2e.sh", rules, env={"FAILOVER_LIMIT_MS": "20000"})
+    assert r.rc == 0, r.stderr
+    return log.read_text().splitlines()
+
+
+def test_e2e_reads_the_lock_with_the_producer_consul_token(tmp_path):
+    """With the chart's Consul ACLs the lock holder is read with the producer's token (read on
+    the election key only), from the ACL Secret, passed on stdin: on no command line."""
+    inputs = _stdin_of_kubectl_exec(tmp_path, e2e_rules())
+    assert inputs and set(inputs) == {CONSUL_TOKEN}
+    calls = [json.loads(line) for line in (tmp_path / "fake" / "calls.jsonl").read_text().splitlines()]
+    assert not [c for c in calls if any(CONSUL_TOKEN in a for a in c["args"])]
+    execs = [c["args"] for c in calls if "exec" in c["args"]]
+    assert all('CONSUL_HTTP_TOKEN="$(cat)"' in " ".join(a) for a in execs)
+
+
+def test_e2e_reads_the_lock_anonymously_without_acls(tmp_path):
+    """ACLs off: no ACL Secret, so the CLI gets an empty token (anonymous) and the run passes."""
+    assert set(_stdin_of_kubectl_exec(tmp_path, e2e_rules(consul_token=None))) == {""}
+
+
+def test_e2e_reads_with_the_read_token_when_on(harness):
+    """With the read token's Secret present, every status read sends it; the write still sends
+    the write token."""
+    r = harness.run("deploy/kind-e2e.sh", e2e_rules(read_token="r" * 32), env={"FAILOVER_LIMIT_MS": "20000"})
+    assert r.rc == 0, r.stderr
+    assert set(_curl_headers(r, "http://localhost:3000/api/v1/status")) == {f"Authorization: Bearer {'r' * 32}\n"}
+    assert _curl_headers(r, "http://127.0.0.1:13000/api/v1/log") == [f"Authorization: Bearer {API_TOKEN}\n"]
+
+
+def test_e2e_without_tokens_sends_none(harness):
+    """node.auth.apiToken off: no Secret, so the write goes without a header and still passes."""
+    r = harness.run("deploy/kind-e2e.sh", e2e_rules(api_token=None), env={"FAILOVER_LIMIT_MS": "20000"})
+    assert r.rc == 0, r.stderr
+    assert _curl_headers(r, "http://127.0.0.1:13000/api/v1/log") == [""]
+
+
+def test_e2e_fails_when_the_secret_cannot_be_read(harness):
+    """A kubectl that cannot read Secrets (RBAC) fails the run naming the Secret, before any write."""
+    denied = err('Error from server (Forbidden): secrets "simpleloggers-api-token" is forbidden\n')
+    r = harness.run("deploy/kind-e2e.sh", e2e_rules(token_secret=denied))
+    assert r.rc == 1 and "FAIL: cannot read the Secret simpleloggers-api-token" in r.stderr
+    assert r.of("curl") == []
 
 
 def test_e2e_fails_when_helm_test_fails(harness):

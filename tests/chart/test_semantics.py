@@ -188,18 +188,32 @@ def test_agent_sidecar_wires_node_and_producer(objects_of):
 
 def test_agentless_talks_to_server_service(objects_of):
     """Agentless: no sidecar anywhere; CONSUL_HTTP_ADDR is the server Service, which exists,
-    serves 8500 and keeps each client on one server (ClientIP affinity)."""
+    serves HTTPS on 8501 (TLS, on by default; plain 8500 answers on the servers' loopback only)
+    and keeps each client on one server (ClientIP affinity); the app verifies the servers with
+    the chart's CA, mounted from the TLS Secret."""
     objects = objects_of("agentless")
     for name, _, spec in pod_specs(objects):
         assert not _agent(spec), name
     svc = find(objects, "Service", CONSUL_SERVER)
     assert svc["spec"]["sessionAffinity"] == "ClientIP"
-    assert [p["port"] for p in svc["spec"]["ports"]] == [8500]
-    addr = f"http://{CONSUL_SERVER}.{NAMESPACE}.svc:8500"
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8500, 8501]
+    addr = f"https://{CONSUL_SERVER}.{NAMESPACE}.svc:8501"
     _, spec = _node_pod(objects)
-    assert env_of(container(spec, "node"))["CONSUL_HTTP_ADDR"]["value"] == addr
-    producer = find(objects, "Deployment", f"{FULLNAME}-producer")
-    assert env_of(producer["spec"]["template"]["spec"]["containers"][0])["CONSUL_HTTP_ADDR"]["value"] == addr
+    producer = find(objects, "Deployment", f"{FULLNAME}-producer")["spec"]["template"]["spec"]
+    for pod, name in ((spec, "node"), (producer, "producer")):
+        env = env_of(container(pod, name))
+        assert env["CONSUL_HTTP_ADDR"]["value"] == addr
+        assert env["CONSUL_HTTP_SSL"]["value"] == "true"
+        assert env["CONSUL_CACERT"]["value"] == "/etc/consul-ca/ca.crt"
+        (mount,) = [m for m in container(pod, name)["volumeMounts"] if m["name"] == "consul-ca"]
+        assert mount["mountPath"] == "/etc/consul-ca"
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "consul-ca"]
+        assert volume["secret"] == {"secretName": f"{CONSUL_SERVER}-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    plain = parse(render({"consul": {"agent": {"enabled": False}, "tls": {"enabled": False}}}))
+    _, spec = _node_pod(plain)
+    env = env_of(container(spec, "node"))
+    assert env["CONSUL_HTTP_ADDR"]["value"] == f"http://{CONSUL_SERVER}.{NAMESPACE}.svc:8500"
+    assert "CONSUL_CACERT" not in env and "CONSUL_HTTP_SSL" not in env
 
 
 def test_external_consul(objects_of):
@@ -398,12 +412,12 @@ def test_kind_nodes_run_a_pinned_supported_kubernetes():
 
 
 def test_image_pull_secrets_reach_every_pod():
-    """global.imagePullSecrets lands in every pod spec: nodes, producer, Consul servers and the
-    `helm test` pod."""
+    """global.imagePullSecrets lands in every pod spec: nodes, producer, Consul servers, the
+    ACL bootstrap Job and the `helm test` pod."""
     objects = parse(render({"global": {"imagePullSecrets": [{"name": "regcred"}]}, "consul": {"server": {"replicas": 3}}}))
     pods = pod_specs(objects)
-    assert {n.split("/")[0] for n, _, _ in pods} == {"StatefulSet", "Deployment", "Pod"}
-    assert len(pods) == 4
+    assert {n.split("/")[0] for n, _, _ in pods} == {"StatefulSet", "Deployment", "Job", "Pod"}
+    assert len(pods) == 5
     for name, _, spec in pods:
         assert spec.get("imagePullSecrets") == [{"name": "regcred"}], name
 
