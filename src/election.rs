@@ -280,8 +280,8 @@ pub struct NotLeader {
     pub role: Role,
     /// Why (lease lapsed, another node leads, ...).
     pub reason: String,
-    /// The leader to send to instead, when known.
-    pub leader: Option<LeaderRecord>,
+    /// The leader to send to instead, when known (boxed: refusals travel in `Result`s).
+    pub leader: Option<Box<LeaderRecord>>,
 }
 
 impl LeaderState {
@@ -311,7 +311,7 @@ impl LeaderState {
         let not_leader = |reason: String| NotLeader {
             role: self.role,
             reason,
-            leader: self.leader.clone(),
+            leader: self.leader.clone().map(Box::new),
         };
         match (self.role, self.lease_until) {
             (Role::Leader, Some(until)) if now < until => Ok(self.term),

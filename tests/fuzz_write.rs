@@ -59,7 +59,7 @@ proptest! {
             body.push_str(&serde_json::to_string(m).expect("encodable"));
             body.push_str(end);
         }
-        let parsed = parse_ndjson(body.as_bytes(), MAX).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let parsed = parse_ndjson(&Bytes::from(body), MAX).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let want: Vec<Bytes> = messages.iter().map(|(m, _)| Bytes::from(m.clone())).collect();
         prop_assert_eq!(parsed, want);
     }
@@ -95,7 +95,7 @@ proptest! {
                 Err(_) => { first_bad = Some((i + 1, false)); break; }
             }
         }
-        match (parse_ndjson(&body, MAX), first_bad) {
+        match (parse_ndjson(&Bytes::from(body.clone()), MAX), first_bad) {
             (Ok(got), None) => {
                 prop_assert!(!want.is_empty());
                 prop_assert_eq!(got, want);

@@ -167,6 +167,8 @@ pub struct Settings {
     pub max_concurrent_requests: usize,
     /// The API's token rules (`--api-token`, `--read-token`); `None` when the API is open.
     pub access: Option<auth::AccessRules>,
+    /// Replication has a listener of its own (`--replication-listen`): not served beside the API.
+    pub separate_replication_listener: bool,
 }
 
 /// The state every handler shares. Cheap to clone.
@@ -293,12 +295,13 @@ pub async fn run(
     }
     // The internal replication endpoint on its own listener, if asked: followers dial the
     // advertise host at that port (the leader publishes it in its record).
-    let replication_listener = match config.replication.replication_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            NodeError::Config(format!("cannot listen on --replication-listen {addr}: {e}"))
-        })?),
-        None => None,
-    };
+    let replication_listener =
+        match config.replication.replication_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                NodeError::Config(format!("cannot listen on --replication-listen {addr}: {e}"))
+            })?),
+            None => None,
+        };
     let mut election = ElectionConfig::new(&name, &advertise);
     if let Some(listener) = &replication_listener {
         let (host, _) = crate::election::split_host_port(&advertise);
@@ -398,6 +401,7 @@ pub async fn run(
             election_key: config.cluster.election_key.clone(),
             max_concurrent_requests: config.http_limits.max_concurrent_requests,
             access: config.access.rules(),
+            separate_replication_listener: config.replication.replication_listen.is_some(),
         }),
         elector: elector.clone(),
         store: store.clone(),
@@ -533,7 +537,7 @@ pub fn router(node: Node) -> Router {
         None => public,
     };
     // The internal replication endpoint sits here unless it has a listener of its own.
-    let public = if node.config.replication.replication_listen.is_none() {
+    let public = if !node.config.separate_replication_listener {
         public.merge(crate::replication::http::router(node.replication.clone()))
     } else {
         public
