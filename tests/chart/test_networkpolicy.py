@@ -106,6 +106,24 @@ def test_node_port_reached_only_by_the_release_clients_and_scrapers(value_set, o
     assert not allows(policies, STRANGER, node, 8500)
 
 
+def test_replication_port_reached_only_by_the_release_nodes(value_set, objects_of):
+    """The replication port (node.replicationPort, --replication-listen): the release's nodes
+    reach it; its producer, helm test pod, labelled clients, scrapers and strangers do not."""
+    objects = objects_of(value_set)
+    if _open(value_set, objects):
+        return
+    policies, pods = _policies(objects), _pods(objects)
+    node = pods["node"]
+    port = node.named_ports["replication"]
+    assert port != node.named_ports["http"]
+    assert allows(policies, node, node, port)
+    for who in ("producer", "test"):
+        if who in pods:
+            assert not allows(policies, pods[who], node, port), who
+    for outsider in (CLIENT, PROMETHEUS, STRANGER, STRANGER_ELSEWHERE, CLIENT_ELSEWHERE):
+        assert not allows(policies, outsider, node, port), outsider
+
+
 def test_consul_check_reaches_the_node_only_where_it_runs(objects_of):
     """Consul's HTTP check on /consul-check runs where the node registered: its own agent
     sidecar (same pod) by default, so servers do not reach the node port; agentless, the
@@ -215,6 +233,7 @@ def test_egress_allows_what_each_component_calls_and_nothing_else():
         assert allows(policies, pod, DNS, 53, "UDP") and allows(policies, pod, DNS, 53, "TCP")
         assert not allows(policies, pod, INTERNET, 443)
     assert allows(policies, node, node, 3000) and allows(policies, producer, node, 3000)
+    assert allows(policies, node, node, 3001) and not allows(policies, producer, node, 3001)
     assert allows(policies, node, API_SERVER, 6443) and not allows(policies, producer, API_SERVER, 6443)
     for pod in (node, producer):
         assert allows(policies, pod, server, 8300) and allows(policies, pod, server, 8301, "UDP")

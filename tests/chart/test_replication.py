@@ -58,6 +58,12 @@ def test_replicas_are_the_statefulset_size(value_set, objects_of):
     assert env_of(_node(objects))["SIMPLELOGGERS_REPLICAS"]["value"] == str(sts["spec"]["replicas"])
 
 
+def test_replication_port_equal_to_the_api_port_fails_clearly():
+    """One port for both would let the NetworkPolicy no longer tell peers from clients."""
+    with pytest.raises(helm.HelmRenderError, match=re.escape("node.replicationPort (3000) must differ from node.port")):
+        render({"node": {"port": 3000, "replicationPort": 3000}})
+
+
 @pytest.mark.parametrize("replicas, min_insync", [(1, 1), (3, 3), (3, 1), (5, "5"), (64, 33)])
 def test_min_insync_up_to_replicas_renders(replicas, min_insync):
     """A minimum up to the replica count (as a number or as a --set-string) renders and sets
@@ -243,27 +249,31 @@ def test_cluster_secret_generated_when_the_held_secret_lacks_the_key(tmp_path):
 
 
 def test_replication_endpoint_reachable_pod_to_pod(value_set, objects_of):
-    """The internal endpoint is on the node's HTTP port at the address the node advertises in
-    Consul: POD_IP (downward API) with the listen port, as no advertise address is set and the
-    node listens on every interface. The headless peers Service publishes not-Ready pods
-    (followers) on that same port and is the StatefulSet's serviceName (per-pod DNS), and the
-    NetworkPolicies let node pods reach each other there."""
+    """The internal endpoint has a listener of its own (--replication-listen on
+    node.replicationPort, never the API port); the node publishes POD_IP (downward API) with
+    that port in its leader record, as no advertise address is set and it listens on every
+    interface. The headless peers Service publishes not-Ready pods (followers) on both ports and
+    is the StatefulSet's serviceName (per-pod DNS), and the NetworkPolicies let node pods reach
+    each other on the replication port."""
     objects = objects_of(value_set)
     node = _node(objects)
     env = env_of(node)
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert "SIMPLELOGGERS_ADVERTISE_ADDR" not in env
     host, port = env["SIMPLELOGGERS_LISTEN"]["value"].rsplit(":", 1)
-    assert host == "0.0.0.0"
-    assert {p["name"]: p["containerPort"] for p in node["ports"]} == {"http": int(port)}
+    repl_host, repl_port = env["SIMPLELOGGERS_REPLICATION_LISTEN"]["value"].rsplit(":", 1)
+    assert host == repl_host == "0.0.0.0" and repl_port != port
+    assert {p["name"]: p["containerPort"] for p in node["ports"]} == {
+        "http": int(port), "replication": int(repl_port)}
     peers = find(objects, "Service", f"{FULLNAME}-peers")
     assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"] is True
-    assert [(p["port"], p["targetPort"]) for p in peers["spec"]["ports"]] == [(int(port), "http")]
+    assert [(p["port"], p["targetPort"]) for p in peers["spec"]["ports"]] == [
+        (int(port), "http"), (int(repl_port), "replication")]
     assert selects(peers["spec"]["selector"], node_sts(objects)["spec"]["template"]["metadata"]["labels"])
     assert node_sts(objects)["spec"]["serviceName"] == peers["metadata"]["name"]
     policies = of_kind(objects, "NetworkPolicy")
     node = Pod(node_sts(objects)["spec"]["template"]["metadata"]["labels"], NAMESPACE)
-    assert allows(policies, node, node, int(port)), "the nodes must reach each other on the node port"
+    assert allows(policies, node, node, int(repl_port)), "the nodes must reach each other's replication port"
 
 
 def test_every_replication_value_at_once_validates():

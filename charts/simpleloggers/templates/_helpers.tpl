@@ -161,6 +161,9 @@ simpleloggers.validate: fails rendering on contradictory values that the schema 
 {{- if and $minInsync (gt (int $minInsync) (int .Values.node.replicas)) -}}
 {{- fail (printf "node.replication.minInsync (%d) must not exceed node.replicas (%d): the leader would refuse every write" (int $minInsync) (int .Values.node.replicas)) -}}
 {{- end -}}
+{{- if eq (int .Values.node.port) (int .Values.node.replicationPort) -}}
+{{- fail (printf "node.replicationPort (%d) must differ from node.port: replication has a listener of its own so that only peers reach it" (int .Values.node.replicationPort)) -}}
+{{- end -}}
 {{- range $name, $token := .Values.node.auth -}}
 {{- if and $token.enabled (not $token.create) (not $token.existingSecret) -}}
 {{- fail (printf "node.auth.%s.enabled=true needs a Secret: set node.auth.%s.existingSecret, or node.auth.%s.create=true to generate one (or node.auth.%s.enabled=false to leave that API open)" $name $name $name $name) -}}
