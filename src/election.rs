@@ -20,7 +20,7 @@ pub use crate::replication::bootstrap::ElectionCase;
 use crate::{
     consul::{
         Backoff, CheckDefinition, ConsulClient, ConsulError, DeleteOptions, KvPair, QueryOptions,
-        ServiceCheckRef, ServiceRegistration, SessionRequest, TxnOutcome, Watcher,
+        ServiceCheckRef, ServiceRegistration, SessionRequest, TxnOp, TxnOutcome, Watcher,
     },
     discovery::{leader_from_kv, CurrentLeader, LeaderRecord},
     replication::{
@@ -44,12 +44,21 @@ const RESIGN_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `--session-ttl` unless given: how long Consul keeps a silent node's session.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
-/// `--lock-delay` unless given: with the lease margin, it bounds how long a lost leader may write.
-pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(2);
-/// `--renew-interval` unless given: at most half the default lease (lock-delay minus margin).
-pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(500);
-/// `--check-interval` unless given: how soon Consul notices a dead node.
+/// `--lock-delay` unless given: how long Consul keeps the lock from everyone after a crashed
+/// leader's session is invalidated, hence most of a crash failover; with the lease margin it also
+/// bounds the lease (437.5 ms by default, see `docs/election.md`).
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_millis(500);
+/// `--renew-interval` unless given: a quarter of the default lock-delay, so three renewals fit in
+/// one lease (lock-delay minus margin) and one slow or lost renewal does not lapse it.
+pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(125);
+/// `--check-interval` unless given: how soon Consul notices a dead node. Consul runs HTTP checks
+/// at most once a second, so this is also the shortest that takes effect on a real agent.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Consul's `MaxLockDelay`: a longer lock-delay is silently cut to it, so the lease may not rely on more.
+const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+/// Shortest timeout of the HTTP check: `/consul-check` reads in-memory state only, but a loaded
+/// node must not fail it (and lose its session) for answering slowly.
+const MIN_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What the elector needs to know.
 #[derive(Clone, Debug)]
@@ -72,7 +81,9 @@ pub struct ElectionConfig {
     pub check_interval: Duration,
     /// Subtracted from the lease for clock-rate differences and scheduling delays.
     pub lease_margin: Duration,
-    /// Pause between acquire attempts while a lock-delay is in force.
+    /// Pause before contending again after a transaction that failed for a reason other than
+    /// the lock, and between lock attempts once the lock-delay should have ended (after a lock
+    /// refusal the next attempt waits until the key has been seen free for `lock_delay`).
     pub acquire_retry: Duration,
 }
 
@@ -89,7 +100,7 @@ impl ElectionConfig {
             renew_interval: DEFAULT_RENEW_INTERVAL,
             check_interval: DEFAULT_CHECK_INTERVAL,
             lease_margin: default_lease_margin(DEFAULT_LOCK_DELAY),
-            acquire_retry: Duration::from_millis(100),
+            acquire_retry: Duration::from_millis(25),
         }
     }
 
@@ -103,6 +114,12 @@ impl ElectionConfig {
         format!("{}:consul-check", self.service_id())
     }
 
+    /// Timeout of the HTTP check: half the interval, at least [`MIN_CHECK_TIMEOUT`]. A leader
+    /// whose address stops answering (no refusal: a vanished pod IP) is critical after it.
+    fn check_timeout(&self) -> Duration {
+        (self.check_interval / 2).max(MIN_CHECK_TIMEOUT)
+    }
+
     /// How long a renewal may take before it is useless.
     fn renew_timeout(&self) -> Duration {
         (self.lock_delay / 2).max(Duration::from_millis(200))
@@ -113,6 +130,13 @@ impl ElectionConfig {
     /// # Errors
     /// A lease that could never be held or renewed in time.
     pub fn validate(&self) -> Result<(), String> {
+        if self.lock_delay > MAX_LOCK_DELAY {
+            return Err(format!(
+                "--lock-delay ({:?}) must be at most {MAX_LOCK_DELAY:?}: Consul caps the lock-delay there, \
+                 and the lease relies on the whole of it",
+                self.lock_delay
+            ));
+        }
         if self.lock_delay <= self.lease_margin {
             return Err(format!(
                 "--lock-delay ({:?}) must exceed the lease margin ({:?}): the lease is lock-delay minus the margin",
@@ -678,7 +702,7 @@ async fn establish_session(shared: &Shared) -> Result<String, ConsulError> {
             name: format!("{} /consul-check", config.name),
             http: Some(format!("http://{}/consul-check", config.advertise_addr)),
             interval: Some(config.check_interval),
-            timeout: Some(config.check_interval.max(Duration::from_millis(500))),
+            timeout: Some(config.check_timeout()),
             deregister_critical_service_after: Some(DEREGISTER_CRITICAL_AFTER),
             ..CheckDefinition::default()
         }],
@@ -795,6 +819,12 @@ async fn contend(shared: Arc<Shared>) {
     let mut watcher = Watcher::new(WATCH_WAIT).consistent();
     // The last wait/defer reason logged, so each is logged once.
     let mut logged = String::new();
+    // When the key was first seen free in this stretch: a lock-delay left by a crashed holder
+    // ends at most `lock_delay` after that (Consul released the key before we saw it free).
+    let mut free_since: Option<Instant> = None;
+    // After a refused attempt: when to try again. Until then the blocking query keeps watching,
+    // so a node that lost to another still learns of the new leader at once.
+    let mut retry_at: Option<Instant> = None;
     loop {
         let session = shared.core().session.clone();
         let Some(session) = session else {
@@ -805,7 +835,8 @@ async fn contend(shared: Arc<Shared>) {
         };
         let fetched = tokio::select! {
             _ = shared.stop.cancelled() => return,
-            _ = shared.session_changed.notified() => { watcher.reset(); continue; }
+            _ = shared.session_changed.notified() => { watcher.reset(); retry_at = None; continue; }
+            () = sleep_until_opt(retry_at) => { watcher.reset(); retry_at = None; continue; }
             fetched = watcher.next(|opts| {
                 let consul = shared.consul.clone().with_timeout(Duration::from_secs(5));
                 let prefix = keys.election.clone();
@@ -831,6 +862,12 @@ async fn contend(shared: Arc<Shared>) {
             }
         };
         let holder = view.election.as_ref().and_then(|p| p.session.clone());
+        if holder.is_some() {
+            free_since = None;
+            retry_at = None;
+        } else {
+            free_since.get_or_insert_with(Instant::now);
+        }
         let leader = view.leader();
         if holder.as_deref() == Some(session.as_str()) {
             if shared.core().holding.is_none() && !adopt(&shared, &session, &view).await {
@@ -903,17 +940,59 @@ async fn contend(shared: Arc<Shared>) {
             }
         };
         logged.clear();
-        if !try_plan(&shared, &session, plan).await {
-            // Lost a race, the ISR changed, or a lock-delay is in force: nothing may wake a
-            // blocking query in the last case, so look again shortly.
-            sleep_or_stop(&shared, config.acquire_retry).await;
-            watcher.reset();
+        if retry_at.is_some_and(|at| Instant::now() < at) {
+            // Something else under the key changed (a report); the pause still runs.
+            continue;
         }
+        retry_at = None;
+        let pause = match try_plan(&shared, &session, plan).await {
+            Attempt::Won => continue,
+            // A lock-delay is in force (or another session just took the key, which the
+            // blocking query shows): nothing may change on the key in the first case, so try
+            // again when it must have ended.
+            Attempt::LockRefused => acquire_pause(free_since, Instant::now(), config),
+            // The ISR or term key changed since it was read, or Consul failed: read again soon.
+            Attempt::Failed => config.acquire_retry,
+        };
+        retry_at = Some(Instant::now() + pause);
     }
 }
 
-/// Sends the contend transaction of `plan`; true when it committed (we lead in `plan.term`).
-async fn try_plan(shared: &Shared, session: &str, plan: Plan) -> bool {
+/// Sleeps until `at`; never resolves for `None`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long to wait before contending again after a refused attempt on a key first seen free at
+/// `free_since`: until the lock-delay a crashed holder left must have ended (`free_since +
+/// lock-delay`, since Consul released the key no later than we saw it free), and at least
+/// `acquire_retry` (the pace once it should have ended, e.g. for a holder whose session had a
+/// longer lock-delay than ours).
+fn acquire_pause(free_since: Option<Instant>, now: Instant, config: &ElectionConfig) -> Duration {
+    free_since
+        .map_or(Duration::ZERO, |seen| {
+            (seen + config.lock_delay).saturating_duration_since(now)
+        })
+        .max(config.acquire_retry)
+}
+
+/// How one contend transaction ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// It committed: we lead in the plan's term.
+    Won,
+    /// Consul refused the lock operation: a lock-delay is in force, or another session holds
+    /// the key by now.
+    LockRefused,
+    /// Another operation failed (the ISR or term key changed since it was read), or the request.
+    Failed,
+}
+
+/// Sends the contend transaction of `plan`.
+async fn try_plan(shared: &Shared, session: &str, plan: Plan) -> Attempt {
     let config = &shared.config;
     let record = shared.our_record(Some(plan.term));
     let term_record = TermRecord {
@@ -929,9 +1008,12 @@ async fn try_plan(shared: &Shared, session: &str, plan: Plan) -> bool {
         Ok(ops) => ops,
         Err(err) => {
             tracing::error!(%err, "cannot encode the contend transaction");
-            return false;
+            return Attempt::Failed;
         }
     };
+    let lock_op = ops
+        .iter()
+        .position(|op| matches!(op, TxnOp::Lock { key, .. } if *key == config.election_key));
     let sent = Instant::now();
     match shared.consul.txn(&ops).await {
         Ok(TxnOutcome::Committed(_)) => {
@@ -961,11 +1043,15 @@ async fn try_plan(shared: &Shared, session: &str, plan: Plan) -> bool {
                 core.consul_reachable = true;
                 core.reason = "holds the lock".into();
             });
-            true
+            Attempt::Won
         }
         Ok(TxnOutcome::RolledBack(errors)) => {
             tracing::debug!(?errors, term = plan.term, "contend transaction rolled back");
-            false
+            if errors.iter().any(|e| Some(e.op_index) == lock_op) {
+                Attempt::LockRefused
+            } else {
+                Attempt::Failed
+            }
         }
         Err(err) if err.is_permission_denied() => {
             tracing::warn!(%err, term = plan.term, "Consul refused the contend transaction");
@@ -973,12 +1059,12 @@ async fn try_plan(shared: &Shared, session: &str, plan: Plan) -> bool {
                 core.reason = format!("cannot contend for the lock: {err}");
                 core.consul_denied = Some(err.to_string());
             });
-            false
+            Attempt::Failed
         }
         Err(err) => {
             // An invalid session answers 409/500 too: the keeper finds out with a renewal.
             tracing::debug!(%err, "contend transaction failed");
-            false
+            Attempt::Failed
         }
     }
 }
@@ -1175,6 +1261,39 @@ mod tests {
         let mut c = ElectionConfig::new("n", "127.0.0.1:1");
         c.lock_delay = Duration::ZERO;
         assert!(c.validate().unwrap_err().contains("--lock-delay"));
+        c.lock_delay = Duration::from_secs(61);
+        c.lease_margin = default_lease_margin(c.lock_delay);
+        assert!(c.validate().unwrap_err().contains("at most 60s"));
+    }
+
+    /// After a refused acquire the node waits until the lock-delay must have ended, counted from
+    /// when it first saw the key free, then retries at the `acquire_retry` pace.
+    #[test]
+    fn acquire_pause_waits_out_the_lock_delay() {
+        let c = ElectionConfig::new("n", "127.0.0.1:1");
+        let seen = Instant::now();
+        let at = |ms| seen + Duration::from_millis(ms);
+        assert_eq!(
+            acquire_pause(Some(seen), at(100), &c),
+            c.lock_delay - Duration::from_millis(100)
+        );
+        assert_eq!(acquire_pause(Some(seen), at(490), &c), c.acquire_retry);
+        assert_eq!(acquire_pause(Some(seen), at(2000), &c), c.acquire_retry);
+        assert_eq!(acquire_pause(None, at(0), &c), c.acquire_retry);
+    }
+
+    /// The default timings keep the lease proof's inequalities: lease = lock-delay − margin > 0,
+    /// at least two renewals per lease, a renewal that times out before the lease it would
+    /// extend lapses, and a check timeout no longer than the check interval.
+    #[test]
+    fn default_timings_fit_the_lease() {
+        let c = ElectionConfig::new("n", "127.0.0.1:1");
+        assert!(c.validate().is_ok());
+        let lease = c.lock_delay - c.lease_margin;
+        assert_eq!(lease, Duration::from_micros(437_500));
+        assert!(c.renew_interval * 3 <= lease);
+        assert!(c.renew_timeout() < lease);
+        assert!(c.check_timeout() <= c.check_interval);
     }
 
     /// Advertise addresses split into the host and port Consul registers.

@@ -428,7 +428,7 @@ mod tests {
             .iter()
             .map(|a| a.get_default_values()[0].to_string_lossy().into_owned())
             .collect();
-        assert_eq!(shown, ["10s", "2s", "500ms", "1s"]);
+        assert_eq!(shown, ["10s", "500ms", "125ms", "1s"]);
     }
 
     /// Flags override the defaults, and the lease margin follows the given lock-delay.

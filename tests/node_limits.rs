@@ -55,6 +55,7 @@ impl TestNode {
     async fn leader(flags: &[&str]) -> anyhow::Result<TestNode> {
         let consul = devconsul::spawn(Config {
             session_ttl_min: Duration::from_secs(1),
+            check_interval_min: Timings::FAST.check_interval,
             ..Config::ephemeral()
         })
         .await?;

@@ -67,3 +67,53 @@ async fn follows_the_leader_across_a_failover() {
     assert!(acks.iter().any(|x| x.leader == b.url() && x.term == 2));
     check_acks(&acks, &a.entries(), &summary);
 }
+
+/// While the node Consul names as leader refuses writes (503 without a hint: it is still taking
+/// over, or its lease lapsed), the producer keeps retrying it at a short pace — at most
+/// `NAMED_LEADER_RETRY_MAX` apart plus scheduling — instead of a back-off grown to seconds, so
+/// the first write after the node starts serving goes out at once; then the batch is stored.
+#[tokio::test]
+async fn retries_the_named_leader_at_a_short_pace() {
+    let consul = FakeConsul::start().await;
+    let a = FakeNode::start().await;
+    a.set_role(Role::Follower(None));
+    consul.set_leader(Some(("a", &a.address())), 1);
+    let config = Config {
+        rate: 0.0,
+        count: Some(1),
+        ..Config::for_consul(ConsulConfig::new(consul.addr.to_string()))
+    };
+    let run = tokio::spawn(producer::run_with(
+        config,
+        CancellationToken::new(),
+        Hooks::default(),
+    ));
+
+    // Note when each attempt arrives while `a` refuses for 3 s (a grown back-off would leave
+    // gaps of 0.8 s and 1.6 s in that time).
+    let mut arrivals = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let n = a.requests().len();
+        if n > arrivals.len() {
+            arrivals.resize(n, tokio::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.set_role(Role::Leader);
+    let summary = within(LIMIT, "producer run", run)
+        .await
+        .expect("joins")
+        .expect("the producer runs");
+    assert_eq!((summary.acknowledged, summary.failed), (1, 0), "{summary}");
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        arrivals.len() >= 5,
+        "only {} attempts in 3 s: {gaps:?}",
+        arrivals.len()
+    );
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_secs(1)),
+        "a retry of the named leader waited a grown back-off: {gaps:?}"
+    );
+}

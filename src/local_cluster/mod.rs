@@ -198,6 +198,12 @@ impl LocalCluster {
                 humantime::format_duration(min).to_string(),
             ]);
         }
+        if let Some(min) = options.check_interval_min {
+            consul_spec = consul_spec.args([
+                "--check-interval-min".to_string(),
+                humantime::format_duration(min).to_string(),
+            ]);
+        }
         consul_spec = consul_spec.args(options.consul_args.iter().cloned());
         consul_spec.listen_flag = Some("--listen".into());
         consul_spec.start_timeout = options.start_timeout;

@@ -6,7 +6,8 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-/// Election timings passed to every node (and the dev Consul's matching session TTL minimum).
+/// Election timings passed to every node (and the dev Consul's matching session TTL and check
+/// interval minimums).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timings {
     /// `--session-ttl`.
@@ -60,6 +61,9 @@ pub struct ClusterOptions {
     pub timings: Option<Timings>,
     /// The dev Consul's `--session-ttl-min`; `None`: its default (10 s, like Consul).
     pub session_ttl_min: Option<Duration>,
+    /// The dev Consul's `--check-interval-min`; `None`: its default (1 s, like Consul), which the
+    /// benchmarks and the demo run with.
+    pub check_interval_min: Option<Duration>,
     /// Extra flags for every node (after the timings, so they override them).
     pub node_args: Vec<String>,
     /// Extra flags for one node, by index (after `node_args`).
@@ -103,6 +107,7 @@ impl ClusterOptions {
             temp_prefix: "simpleloggers-cluster-".into(),
             timings: None,
             session_ttl_min: None,
+            check_interval_min: None,
             node_args: Vec::new(),
             node_args_for: BTreeMap::new(),
             node_env: Vec::new(),
@@ -118,12 +123,14 @@ impl ClusterOptions {
         }
     }
 
-    /// As [`ClusterOptions::new`] with [`Timings::FAST`] and a 1 s session TTL minimum in the dev
-    /// Consul, and 20 s for a graceful stop: what the integration tests run.
+    /// As [`ClusterOptions::new`] with [`Timings::FAST`], a 1 s session TTL minimum and a check
+    /// interval minimum of the fast check interval in the dev Consul, and 20 s for a graceful
+    /// stop: what the integration tests run.
     pub fn fast(binary: impl Into<PathBuf>) -> Self {
         ClusterOptions {
             timings: Some(Timings::FAST),
             session_ttl_min: Some(Duration::from_secs(1)),
+            check_interval_min: Some(Timings::FAST.check_interval),
             stop_timeout: Duration::from_secs(20),
             ..ClusterOptions::new(binary)
         }

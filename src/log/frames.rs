@@ -114,7 +114,7 @@ pub fn verify(
         let producer = head.producer_id(frame);
         match &mut current {
             Some((batch, marker)) => {
-                if head.batch_remaining + 1 != *marker {
+                if head.batch_remaining.checked_add(1) != Some(*marker) {
                     return Err(refuse(pos, "batch marker out of sequence"));
                 }
                 if head.term != batch.term {

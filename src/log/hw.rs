@@ -20,7 +20,7 @@ const HW_TMP: &str = "hw.checkpoint.tmp";
 /// Distance between the two slots: separate disk blocks, so a torn write of one leaves the other.
 const SLOT_STRIDE: u64 = 4096;
 /// Bytes of one slot: magic, CRC32C of the next 16 bytes, sequence, high watermark.
-const SLOT_LEN: usize = 24;
+pub const SLOT_LEN: usize = 24;
 /// Marks a slot as written by this code.
 const MAGIC: [u8; 4] = *b"SLHW";
 
@@ -37,7 +37,7 @@ pub struct HwCheckpoint {
 }
 
 /// Encode one slot.
-fn encode(seq: u64, hw: u64) -> [u8; SLOT_LEN] {
+pub fn encode(seq: u64, hw: u64) -> [u8; SLOT_LEN] {
     let mut b = [0u8; SLOT_LEN];
     b[0..4].copy_from_slice(&MAGIC);
     b[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -48,7 +48,7 @@ fn encode(seq: u64, hw: u64) -> [u8; SLOT_LEN] {
 }
 
 /// Decode one slot: `(seq, hw)`, or `None` when it is empty or damaged.
-fn decode(b: &[u8]) -> Option<(u64, u64)> {
+pub fn decode(b: &[u8]) -> Option<(u64, u64)> {
     if b.len() < SLOT_LEN || b[0..4] != MAGIC {
         return None;
     }

@@ -37,6 +37,17 @@ pub(crate) mod recovery;
 pub(crate) mod segment;
 pub mod store;
 
+/// Crate-private parsers re-exported for the fuzz targets (`fuzz/`) and the property tests
+/// (`tests/fuzz_*.rs`); hidden, not a stable API (see `docs/fuzzing.md`).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::{
+        frames::{verify as verify_frames, BatchSummary, VerifiedFrames},
+        hw::{decode as decode_hw_slot, encode as encode_hw_slot, SLOT_LEN as HW_SLOT_LEN},
+        segment::{scan as scan_segment, FrameInfo, ScanMode, ScanOutcome, TornTail},
+    };
+}
+
 pub use config::{Durability, LogConfig, ParseDurabilityError};
 pub use epochs::{Epoch, EpochCache};
 pub use error::LogError;

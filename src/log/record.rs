@@ -224,6 +224,12 @@ pub fn peek(buf: &[u8]) -> Result<FrameHead, DecodeError> {
         )));
     }
     let producer_id_len = u16::from_le_bytes([frame[10], frame[11]]) as usize;
+    if producer_id_len != 0 && flags & FLAG_PRODUCER == 0 {
+        // The encoder writes length 0 without a producer; these bytes would vanish on decode.
+        return Err(DecodeError::Invalid(format!(
+            "producer id length {producer_id_len} without the producer flag"
+        )));
+    }
     if HEADER_LEN + producer_id_len > total {
         return Err(DecodeError::Invalid(format!(
             "producer id length {producer_id_len} exceeds frame"

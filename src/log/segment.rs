@@ -162,7 +162,7 @@ pub fn scan(
                 "record offset {} where {expected} was expected",
                 f.record.offset
             )),
-            Ok(f) if prev_remaining.is_some_and(|p| f.batch_remaining + 1 != p) => {
+            Ok(f) if prev_remaining.is_some_and(|p| f.batch_remaining.checked_add(1) != Some(p)) => {
                 Some("batch marker out of sequence".to_owned())
             }
             Ok(f) => {

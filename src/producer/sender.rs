@@ -19,6 +19,12 @@ use crate::{consul::Backoff, discovery::CurrentLeader, shutdown::CancellationTok
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest retry delay (a leader change wakes a waiting retry earlier).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest pause before resending to the node Consul names as leader after a retryable failure:
+/// a 503 while it takes over (it serves milliseconds after taking the lock) or after its lease
+/// lapsed (a renewal or the next leader follows within one lease), or a refused connection (it
+/// crashed: Consul names the next leader about a second later, and a leader change wakes the
+/// wait at once anyway).
+pub const NAMED_LEADER_RETRY_MAX: Duration = Duration::from_millis(200);
 /// Longest wait a node's `Retry-After` can impose. It comes in whole seconds, too coarse for a
 /// failover: a leader change (watch or hint) is what a retry really waits for.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_millis(500);
@@ -437,6 +443,9 @@ impl Sender {
         let mut settled = self.window.settled();
         let mut last_reason = String::from("no leader known");
         let mut attempts: u32 = 0;
+        // The target of the last attempt: a new one (leader change, hint) starts the back-off
+        // afresh, so delays grown against a dead leader do not pace the first tries of the next.
+        let mut last_target: Option<String> = None;
         let mut acks = Vec::new();
         // What is left to acknowledge: the whole batch, then the rest after a partial answer.
         let mut part = batch.clone();
@@ -464,6 +473,10 @@ impl Sender {
             };
             if attempts > 0 {
                 on_retry();
+            }
+            if last_target.as_deref() != Some(target.as_str()) {
+                backoff.reset();
+                last_target = Some(target.clone());
             }
             attempts += 1;
             settled.borrow_and_update();
@@ -552,8 +565,9 @@ impl Sender {
                     if let Some(leader) = &leader_hint {
                         self.router.hint(&target, leader);
                     }
-                    // A 503 from the node Consul names as leader means it has not finished taking
-                    // over (or its lease just lapsed): the back-off alone paces the retry.
+                    // A failure of the node Consul names as leader: it has not finished taking
+                    // over, its lease just lapsed, or it crashed; the back-off, capped at
+                    // NAMED_LEADER_RETRY_MAX, paces the retry and a leader change cuts it short.
                     let named_leader = matches!(self.router.route, Route::Leader(_))
                         && self.router.primary().as_deref() == Some(target.as_str());
                     let delay = retry_delay(
@@ -561,6 +575,11 @@ impl Sender {
                         retry_after,
                         leader_hint.is_some() || named_leader,
                     );
+                    let delay = if named_leader {
+                        delay.min(NAMED_LEADER_RETRY_MAX)
+                    } else {
+                        delay
+                    };
                     tracing::debug!(seq = part.seq, attempt = attempts, target, %reason, ?delay, "retrying batch");
                     last_reason = reason;
                     delay

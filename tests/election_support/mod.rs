@@ -68,6 +68,7 @@ fn consul_config(listen: SocketAddr) -> devconsul::Config {
     devconsul::Config {
         listen,
         session_ttl_min: Duration::from_secs(1),
+        check_interval_min: Duration::from_millis(250),
         ..devconsul::Config::ephemeral()
     }
 }

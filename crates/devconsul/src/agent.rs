@@ -533,12 +533,24 @@ fn start_runner(app: &Arc<App>, id: String, kind: CheckKind) {
     app.tracker.spawn(run_probe(app.clone(), id, kind, token));
 }
 
-/// Probes a check every interval until cancelled.
+/// Probes a check every interval until cancelled. As Consul's agent does, an interval below
+/// `--check-interval-min` (Consul: `checks.MinInterval`, 1 s) is raised to it with a warning (the
+/// registered definition keeps the requested value), and the first probe comes after a random
+/// stagger within one interval.
 async fn run_probe(app: Arc<App>, id: String, kind: CheckKind, token: CancellationToken) {
-    let interval = match &kind {
+    let requested = match &kind {
         CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => *interval,
         _ => return,
     };
+    let interval = requested.max(app.config.check_interval_min);
+    if interval != requested {
+        tracing::warn!(check = %id, ?requested, minimum_interval = ?interval, "check has interval below minimum");
+    }
+    let stagger = interval.mul_f64(rand::random::<f64>());
+    tokio::select! {
+        () = token.cancelled() => return,
+        () = tokio::time::sleep(stagger) => {}
+    }
     loop {
         let started = Instant::now();
         let result = tokio::select! {

@@ -23,6 +23,10 @@ pub struct Config {
     /// Shortest session TTL accepted (Consul's `session_ttl_min`, default 10s); lower it for tests.
     #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_SESSION_TTL_MIN", default_value = "10s", value_parser = parse_flag_duration)]
     pub session_ttl_min: Duration,
+    /// Shortest interval an HTTP/TCP check runs at (Consul's `checks.MinInterval`, 1s: a lower
+    /// `Interval` is registered but probed once a second); lower it for fast tests.
+    #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_CHECK_INTERVAL_MIN", default_value = "1s", value_parser = parse_flag_duration)]
+    pub check_interval_min: Duration,
     /// When set, ACLs are enforced: every request must carry this token (`?token=`,
     /// `X-Consul-Token` or `Authorization: Bearer`), except `/v1/status/leader`.
     #[arg(long, env = "SIMPLELOGGERS_DEV_CONSUL_ACL_TOKEN", hide_env_values = true)]
@@ -55,6 +59,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8500)),
             session_ttl_min: Duration::from_secs(10),
+            check_interval_min: Duration::from_secs(1),
             acl_token: None,
             acl_config: None,
             node_name: "dev-consul".to_string(),

@@ -4,17 +4,18 @@
 
 use thiserror::Error;
 
-/// A string that is not a Go duration; the message mirrors Go's `time: …` errors.
+/// A string that is not a Go duration; the message is Go's `time: …` error, with the input quoted
+/// the way Go's `time` package quotes it (non-ASCII and control bytes as `\xNN`).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DurationError {
-    /// Syntax error (`time: invalid duration "x"`).
-    #[error("time: invalid duration \"{0}\"")]
+    /// Syntax error or overflow (`time: invalid duration "x"`); holds the input.
+    #[error("time: invalid duration {}", go_quote(.0))]
     Invalid(String),
     /// A number without a unit other than the bare `0` (`time: missing unit in duration "15"`).
-    #[error("time: missing unit in duration \"{0}\"")]
+    #[error("time: missing unit in duration {}", go_quote(.0))]
     MissingUnit(String),
     /// An unknown unit (`time: unknown unit "x" in duration "1x"`).
-    #[error("time: unknown unit \"{unit}\" in duration \"{input}\"")]
+    #[error("time: unknown unit {} in duration {}", go_quote(.unit), go_quote(.input))]
     UnknownUnit {
         /// The unit as written.
         unit: String,
@@ -23,10 +24,88 @@ pub enum DurationError {
     },
 }
 
-/// Parses a Go duration into signed nanoseconds (saturating at the `i64` range, as Go overflows).
+/// Go's `time.quote`: double quotes around `s`, `"` and `\` escaped, and every byte of a
+/// non-ASCII or control character written as `\xNN`.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c.is_ascii() && c >= ' ' {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Nanoseconds of each unit Go accepts.
+fn unit_nanos(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "ns" => 1,
+        "us" | "µs" | "μs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return None,
+    })
+}
+
+/// `1 << 63`: the magnitude of `i64::MIN`, the largest Go accepts (for a negative duration).
+const MAGNITUDE_LIMIT: u64 = 1 << 63;
+
+/// Splits the leading ASCII digits off `s`: their value (`None` past `1 << 63`) and the rest.
+fn leading_int(s: &str) -> (Option<u64>, &str) {
+    let end = s.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(s.len());
+    let mut x: Option<u64> = Some(0);
+    for b in s[..end].bytes() {
+        x = x
+            .filter(|&v| v <= MAGNITUDE_LIMIT / 10)
+            .map(|v| v * 10 + u64::from(b - b'0'))
+            .filter(|&v| v <= MAGNITUDE_LIMIT);
+    }
+    (x, &s[end..])
+}
+
+/// Splits the leading ASCII digits of a fraction off `s`: their value and `10^digits` as Go
+/// accumulates them (digits past the precision of a `u64` are consumed and ignored), and the rest.
+fn leading_fraction(s: &str) -> (u64, f64, &str) {
+    let end = s.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(s.len());
+    let (mut x, mut scale, mut overflow) = (0u64, 1f64, false);
+    for b in s[..end].bytes() {
+        if overflow {
+            continue;
+        }
+        if x > (MAGNITUDE_LIMIT - 1) / 10 {
+            overflow = true;
+            continue;
+        }
+        let y = x * 10 + u64::from(b - b'0');
+        if y > MAGNITUDE_LIMIT {
+            overflow = true;
+            continue;
+        }
+        x = y;
+        scale *= 10.0;
+    }
+    (x, scale, &s[end..])
+}
+
+/// Parses a Go duration into signed nanoseconds, exactly as Go's `time.ParseDuration` does:
+/// integer arithmetic (the fraction of each unit through `f64`, as Go does), and a value outside
+/// the `i64` range is invalid, not saturated.
 ///
 /// # Errors
-/// Anything `time.ParseDuration` rejects, including unit-less numbers other than `0`.
+/// Anything `time.ParseDuration` rejects, with its message: unit-less numbers other than `0`,
+/// unknown units, syntax errors, overflow.
 pub fn parse_go_duration(input: &str) -> Result<i64, DurationError> {
     let invalid = || DurationError::Invalid(input.to_string());
     let mut s = input;
@@ -43,42 +122,61 @@ pub fn parse_go_duration(input: &str) -> Result<i64, DurationError> {
     if s.is_empty() {
         return Err(invalid());
     }
-    let mut total: f64 = 0.0;
+    let mut total: u64 = 0;
     while !s.is_empty() {
-        let num_len = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let num = &s[..num_len];
-        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+        if !s.starts_with(|c: char| c == '.' || c.is_ascii_digit()) {
             return Err(invalid());
         }
-        let value: f64 = num.parse().map_err(|_| invalid())?;
-        s = &s[num_len..];
+        let before = s.len();
+        let (whole, rest) = leading_int(s);
+        let mut value = whole.ok_or_else(invalid)?;
+        let pre = rest.len() != before;
+        s = rest;
+        let (mut fraction, mut scale, mut post) = (0u64, 1f64, false);
+        if let Some(rest) = s.strip_prefix('.') {
+            let (f, sc, rest2) = leading_fraction(rest);
+            post = rest2.len() != rest.len();
+            (fraction, scale, s) = (f, sc, rest2);
+        }
+        if !pre && !post {
+            return Err(invalid());
+        }
         let unit_len = s
-            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .find(|c: char| c == '.' || c.is_ascii_digit())
             .unwrap_or(s.len());
+        if unit_len == 0 {
+            return Err(DurationError::MissingUnit(input.to_string()));
+        }
         let unit = &s[..unit_len];
         s = &s[unit_len..];
-        let scale: f64 = match unit {
-            "" => return Err(DurationError::MissingUnit(input.to_string())),
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            other => {
-                return Err(DurationError::UnknownUnit {
-                    unit: other.to_string(),
-                    input: input.to_string(),
-                })
-            }
+        let Some(nanos) = unit_nanos(unit) else {
+            return Err(DurationError::UnknownUnit {
+                unit: unit.to_string(),
+                input: input.to_string(),
+            });
         };
-        total += value * scale;
+        if value > MAGNITUDE_LIMIT / nanos {
+            return Err(invalid());
+        }
+        value *= nanos;
+        if fraction > 0 {
+            // As Go: f64 keeps the fraction of an hour nanosecond-exact; `as` truncates like Go's
+            // conversion (the product is at most 3.6e12, well inside the range).
+            value += (fraction as f64 * (nanos as f64 / scale)) as u64;
+            if value > MAGNITUDE_LIMIT {
+                return Err(invalid());
+            }
+        }
+        total = total
+            .checked_add(value)
+            .filter(|&t| t <= MAGNITUDE_LIMIT)
+            .ok_or_else(invalid)?;
     }
-    let total = if negative { -total } else { total };
-    // `as` saturates on overflow, which is what a dev server wants.
-    Ok(total.round() as i64)
+    if negative {
+        // `total` is at most 1 << 63, whose negation is exactly `i64::MIN`.
+        return Ok(0i64.wrapping_sub_unsigned(total));
+    }
+    i64::try_from(total).map_err(|_| invalid())
 }
 
 /// Formats nanoseconds like Go's `Duration.String` (`10s`, `24h0m0s`, `1.5s`, `500ms`, `0s`).

@@ -88,6 +88,23 @@ pub async fn run(
     result.map_err(DevConsulError::Serve)
 }
 
+/// The router over a fresh store, without a listener and without the session-TTL timer and reaper
+/// tasks: for the in-process property tests (`tests/fuzz_*.rs`) and fuzz targets (`fuzz/`), whose
+/// requests go through exactly the code a served request does. Check runners it starts stop when
+/// `shutdown` is cancelled. Hidden; not a stable API.
+///
+/// # Errors
+/// The ACL file (`--acl-config`) is unusable or the HTTP check client cannot be built.
+#[doc(hidden)]
+pub fn router_in_process(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<axum::Router, DevConsulError> {
+    let acl = config.acl().map_err(DevConsulError::Acl)?;
+    let app = Arc::new(App::new(config, acl, shutdown).map_err(DevConsulError::Client)?);
+    Ok(http::router(app))
+}
+
 /// Reaps services whose checks stayed critical past `DeregisterCriticalServiceAfter` (rule A7).
 async fn reap_task(app: Arc<App>) {
     let mut tick = tokio::time::interval(app.config.check_reap_interval);

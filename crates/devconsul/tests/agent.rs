@@ -634,3 +634,76 @@ async fn a4_tcp_check() -> anyhow::Result<()> {
     drop(open);
     Ok(())
 }
+
+/// A server answering 200 that records when each request arrived.
+async fn probe_recorder() -> anyhow::Result<(String, Arc<std::sync::Mutex<Vec<std::time::Instant>>>)> {
+    let seen: Arc<std::sync::Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/health",
+            get(
+                |State(s): State<Arc<std::sync::Mutex<Vec<std::time::Instant>>>>| async move {
+                    s.lock().expect("probe log").push(std::time::Instant::now());
+                    StatusCode::OK
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/health", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, seen))
+}
+
+/// Registers an HTTP check with `Interval: 100ms` and answers the gaps between its first `n`
+/// probes.
+async fn probe_gaps(dev: &Dev, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let (url, seen) = probe_recorder().await?;
+    register(
+        dev,
+        json!({"Name":"m","Check":{"CheckID":"m","HTTP":url,"Interval":"100ms"}}),
+    )
+    .await?;
+    eventually(Duration::from_secs(30), "probes arrive", || async {
+        Ok(seen.lock().expect("probe log").len() >= n)
+    })
+    .await?;
+    let seen = seen.lock().expect("probe log").clone();
+    Ok(seen.windows(2).take(n - 1).map(|w| w[1] - w[0]).collect())
+}
+
+/// A4: by default an HTTP check never runs more often than once a second, whatever `Interval`
+/// it was registered with (Consul's `checks.MinInterval`); the definition keeps the requested
+/// interval.
+#[tokio::test]
+async fn a4_check_interval_minimum() -> anyhow::Result<()> {
+    let dev = start().await?;
+    let gaps = probe_gaps(&dev, 3).await?;
+    // One second apart on the server's clock; the arrival times can differ by the requests'
+    // latencies, hence the slack.
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(700)),
+        "probes closer than the 1 s minimum: {gaps:?}"
+    );
+    let c = dev.get_json("/v1/agent/checks").await?["m"].clone();
+    assert_eq!(c["Interval"], "100ms");
+    Ok(())
+}
+
+/// A4: `--check-interval-min` lowers the minimum for fast tests: the requested 100 ms applies.
+#[tokio::test]
+async fn a4_check_interval_minimum_lowered() -> anyhow::Result<()> {
+    let dev = start_with(Config {
+        check_interval_min: Duration::from_millis(10),
+        ..Config::ephemeral()
+    })
+    .await?;
+    let gaps = probe_gaps(&dev, 5).await?;
+    assert!(
+        gaps.iter().any(|g| *g < Duration::from_millis(700)),
+        "every probe a second apart although the minimum is 10 ms: {gaps:?}"
+    );
+    Ok(())
+}
