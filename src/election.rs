@@ -1150,7 +1150,8 @@ async fn keep_report(shared: Arc<Shared>) {
         match shared.consul.kv_acquire(&key, &session, value).await {
             Ok(true) => {
                 written = Some((session, report, Instant::now()));
-                if shared.core().consul_denied.is_some() {
+                let was_denied = shared.core().consul_denied.is_some();
+                if was_denied {
                     shared.update(|core| core.consul_denied = None);
                 }
             }

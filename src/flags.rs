@@ -378,6 +378,10 @@ mod tests {
                 ("consul-token", "CONSUL_HTTP_TOKEN"),
                 ("consul-ssl", "CONSUL_HTTP_SSL"),
                 ("consul-cacert", "CONSUL_CACERT"),
+                ("consul-client-cert", "CONSUL_CLIENT_CERT"),
+                ("consul-client-key", "CONSUL_CLIENT_KEY"),
+                ("consul-tls-server-name", "CONSUL_TLS_SERVER_NAME"),
+                ("consul-ssl-verify", "CONSUL_HTTP_SSL_VERIFY"),
                 ("consul-timeout", "SIMPLELOGGERS_CONSUL_TIMEOUT"),
                 ("election-key", "SIMPLELOGGERS_ELECTION_KEY"),
             ])

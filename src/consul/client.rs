@@ -163,25 +163,15 @@ impl ConsulClient {
     /// Builds a client from the configuration (no request is sent).
     ///
     /// # Errors
-    /// Fails when the address is invalid or the CA file cannot be read or parsed.
+    /// Fails when the address is invalid or a TLS file (CA, client certificate or key) cannot be
+    /// read or parsed.
     pub fn new(config: &ConsulConfig) -> Result<Self> {
         let base = config.base_url()?;
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("simpleloggers/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &config.cacert {
-            let pem = std::fs::read(path).map_err(|e| {
-                ConsulError::Config(format!("cannot read CONSUL_CACERT {}: {e}", path.display()))
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                ConsulError::Config(format!(
-                    "CONSUL_CACERT {} is not a PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            builder = builder.add_root_certificate(cert);
-        }
+        let (builder, base) = super::tls::configure(config, builder, base)?;
         let http = builder
             .build()
             .map_err(|e| ConsulError::Config(format!("cannot build HTTP client: {e}")))?;

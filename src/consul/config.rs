@@ -1,5 +1,7 @@
 //! Client configuration from Consul's standard environment (`CONSUL_HTTP_ADDR`,
-//! `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_SSL`, `CONSUL_CACERT`), each overridable by a flag.
+//! `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_SSL`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
+//! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME`, `CONSUL_HTTP_SSL_VERIFY`), each overridable by
+//! a flag.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -26,6 +28,20 @@ pub struct ConsulConfig {
     /// PEM file of the CA that signed Consul's certificate.
     #[arg(long = "consul-cacert", env = "CONSUL_CACERT")]
     pub cacert: Option<PathBuf>,
+    /// PEM client certificate presented to Consul (mTLS, `verify_incoming`); needs
+    /// `--consul-client-key`.
+    #[arg(long = "consul-client-cert", env = "CONSUL_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `--consul-client-cert`.
+    #[arg(long = "consul-client-key", env = "CONSUL_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+    /// Name to verify Consul's certificate against and send as SNI, when it differs from the
+    /// address's host (e.g. `server.dc1.consul`).
+    #[arg(long = "consul-tls-server-name", env = "CONSUL_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// Verify Consul's certificate (`false` turns verification off: for experiments only).
+    #[arg(long = "consul-ssl-verify", env = "CONSUL_HTTP_SSL_VERIFY", action = clap::ArgAction::Set, default_value_t = true)]
+    pub ssl_verify: bool,
     /// Timeout of a non-blocking request to Consul.
     #[arg(
         long = "consul-timeout",
@@ -50,6 +66,10 @@ impl ConsulConfig {
             token: None,
             ssl: false,
             cacert: None,
+            client_cert: None,
+            client_key: None,
+            tls_server_name: None,
+            ssl_verify: true,
             timeout: DEFAULT_TIMEOUT,
         }
     }

@@ -10,6 +10,7 @@ mod error;
 mod health;
 mod kv;
 mod session;
+mod tls;
 mod txn;
 mod watch;
 

@@ -22,6 +22,7 @@ pub const ACCESS_TOKEN_PARAM: &str = "access_token";
 
 /// The node's access flags (part of `simpleloggers node`).
 #[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Access")]
 pub struct AccessArgs {
     /// When set, every request that changes something (`POST /api/v1/log`, any method but GET
     /// and HEAD) needs `Authorization: Bearer <token>`. Also accepted wherever the read token is.

@@ -96,6 +96,8 @@ pub fn parse_read_params(query: Option<&str>) -> Result<ReadParams, ApiError> {
                 }
                 params.limit = limit as usize;
             }
+            // The read token for clients that cannot set headers; checked by the auth layer.
+            super::auth::ACCESS_TOKEN_PARAM => {}
             other => return Err(ApiError::BadRequest(format!("unknown query parameter {other:?}"))),
         }
     }

@@ -42,6 +42,8 @@ pub fn parse_stream_start(query: Option<&str>, last_event_id: Option<&str>) -> R
                     ))
                 })?)
             }
+            // The read token for clients that cannot set headers; checked by the auth layer.
+            super::auth::ACCESS_TOKEN_PARAM => {}
             other => return Err(ApiError::BadRequest(format!("unknown query parameter {other:?}"))),
         }
     }
