@@ -77,7 +77,6 @@ fuzz_target!(|input: Input| {
         return;
     }
     let clean = buf.clone();
-    let mut first_damage = usize::MAX;
     for d in input.damage.iter().take(3) {
         let len = buf.len();
         if len == 0 {
@@ -87,28 +86,29 @@ fuzz_target!(|input: Input| {
         match d {
             Damage::Flip { at, mask } if *mask != 0 => {
                 buf[p(*at)] ^= mask;
-                first_damage = first_damage.min(p(*at));
             }
             Damage::Truncate { at } => {
                 buf.truncate(p(*at));
-                first_damage = first_damage.min(p(*at));
             }
             Damage::Insert { at, bytes } if !bytes.is_empty() => {
                 let at = usize::from(*at) % (len + 1);
                 buf.splice(at..at, bytes.iter().copied());
-                first_damage = first_damage.min(at);
             }
             Damage::Zero { at, len: n } => {
                 let start = p(*at);
                 let end = (start + usize::from(*n)).min(len);
-                if let Some(i) = buf[start..end].iter().position(|b| *b != 0) {
-                    first_damage = first_damage.min(start + i);
-                }
                 buf[start..end].fill(0);
             }
             _ => {}
         }
     }
+    // The first byte where the damaged bytes differ from the clean ones (later damage may undo
+    // earlier damage, so this is measured, not tracked).
+    let first_damage = clean
+        .iter()
+        .zip(&buf)
+        .position(|(a, b)| a != b)
+        .unwrap_or(clean.len().min(buf.len()));
     let mut seen = Vec::new();
     let out = scan_segment(Path::new("fuzz.log"), &buf, base, ScanMode::RepairTail, |b| {
         seen.push(b.to_vec())
