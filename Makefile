@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: help test fmt lint unit demo browser-deps chart-test bench bench-log bench-read bench-ingest bench-memory bench-failover bench-replication kind-up kind-e2e kind-down
+.PHONY: help test fmt lint unit demo browser-deps chart-test fuzz bench bench-log bench-read bench-ingest bench-memory bench-failover bench-replication kind-up kind-e2e kind-down
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -68,6 +68,18 @@ chart-test: ## chart, image and kind-script tests, no cluster: Helm render + lin
 	  fi; \
 	fi
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/chart
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= record_decode segment_scan segment_damage fetch_verify hw_slot ndjson replication_query devconsul_duration devconsul_request
+
+fuzz: ## cargo-fuzz targets in fuzz/ (docs/fuzzing.md), FUZZ_SECONDS each (default 60); installs cargo-fuzz if missing; findings in fuzz/artifacts/
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	@set -e; cd fuzz; for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t seeds/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O -a -s none $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done
 
 kind-up: ## kind cluster + image + chart; waits for exactly one Ready node (the leader)
 	bash deploy/kind-up.sh

@@ -359,12 +359,11 @@ fn batch_marker_at_u32_max_is_refused() {
     ));
 }
 
-/// A frame with a producer-id length but without the producer flag is refused: decoding it used
-/// to drop those bytes silently (neither producer id nor payload), so it was not the frame of
-/// any record the encoder writes.
+/// A frame without the producer flag but with a producer-id length or a producer sequence is
+/// refused: decoding it used to drop those bytes silently (the record has no producer), so it was
+/// not the frame of any record the encoder writes. The sequence case was found by `record_decode`.
 #[test]
-fn producer_id_length_without_flag_is_refused() {
-    let mut buf = Vec::new();
+fn producer_fields_without_flag_are_refused() {
     let rec = Record {
         offset: 3,
         term: 1,
@@ -375,13 +374,23 @@ fn producer_id_length_without_flag_is_refused() {
         }),
         payload: Bytes::from_static(b"payload"),
     };
-    record::encode(&mut buf, &rec, 0);
-    buf[9] = 0; // clear FLAG_PRODUCER, keep the id length of 3
-    let crc = crc32c(&buf);
-    buf[4..8].copy_from_slice(&crc.to_le_bytes());
-    match record::decode(&buf, |r| Bytes::copy_from_slice(&buf[r])) {
-        Err(DecodeError::Invalid(reason)) => assert!(reason.contains("producer flag"), "{reason}"),
-        other => panic!("accepted: {other:?}"),
+    let without_id = Record {
+        producer: None,
+        ..rec.clone()
+    };
+    let mut with_id = Vec::new();
+    record::encode(&mut with_id, &rec, 0);
+    with_id[9] = 0; // clear FLAG_PRODUCER, keep the id length of 3
+    let mut with_seq = Vec::new();
+    record::encode(&mut with_seq, &without_id, 0);
+    with_seq[40] = 7; // a sequence in a frame without a producer
+    for mut buf in [with_id, with_seq] {
+        let crc = crc32c(&buf);
+        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        match record::decode(&buf, |r| Bytes::copy_from_slice(&buf[r])) {
+            Err(DecodeError::Invalid(reason)) => assert!(reason.contains("producer flag"), "{reason}"),
+            other => panic!("accepted: {other:?}"),
+        }
     }
 }
 

@@ -224,10 +224,11 @@ pub fn peek(buf: &[u8]) -> Result<FrameHead, DecodeError> {
         )));
     }
     let producer_id_len = u16::from_le_bytes([frame[10], frame[11]]) as usize;
-    if producer_id_len != 0 && flags & FLAG_PRODUCER == 0 {
-        // The encoder writes length 0 without a producer; these bytes would vanish on decode.
+    let producer_seq = u64_at(frame, 40);
+    if flags & FLAG_PRODUCER == 0 && (producer_id_len != 0 || producer_seq != 0) {
+        // The encoder writes length 0 and sequence 0 without a producer; decoding would drop them.
         return Err(DecodeError::Invalid(format!(
-            "producer id length {producer_id_len} without the producer flag"
+            "producer id length {producer_id_len} or sequence {producer_seq} without the producer flag"
         )));
     }
     if HEADER_LEN + producer_id_len > total {
@@ -243,7 +244,7 @@ pub fn peek(buf: &[u8]) -> Result<FrameHead, DecodeError> {
         offset: u64_at(frame, 16),
         term: u64_at(frame, 24),
         timestamp_ms: u64_at(frame, 32),
-        producer_seq: u64_at(frame, 40),
+        producer_seq,
     };
     if head.has_producer() && head.producer_id(frame).is_none() {
         return Err(DecodeError::Invalid("producer id is not UTF-8".into()));
