@@ -29,7 +29,7 @@ fuzz_target!(|body: &[u8]| {
             }
         }
     }
-    match (parse_ndjson(body, MAX), first_bad) {
+    match (parse_ndjson(&Bytes::copy_from_slice(body), MAX), first_bad) {
         (Ok(got), None) => assert_eq!(got, want),
         (Err(ApiError::BadRequest(m)), None) => assert!(want.is_empty() && m.contains("empty batch"), "{m}"),
         (Err(ApiError::BadRequest(m)), Some((line, false)))
