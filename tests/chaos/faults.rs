@@ -18,7 +18,10 @@ use crate::{segments::last_segment, Chaos};
 pub enum Fault {
     /// SIGKILL the leader (restarted after the cluster serves again).
     KillLeader,
-    /// SIGSTOP the leader for its session TTL plus a second, then SIGCONT.
+    /// SIGSTOP the leader, then SIGCONT: in odd rounds for twice its session TTL plus the
+    /// lock-delay plus a second (its session expired and another node leads when it wakes), in
+    /// even rounds for its TTL plus a second (past its lease and TTL, but Consul expires a session
+    /// only after twice its TTL: it may go on leading).
     PauseLeader,
     /// SIGKILL a follower (restarted after the cluster serves again).
     KillFollower,
@@ -42,12 +45,13 @@ pub enum Fault {
     TornWrite,
 }
 
-/// Where a fault's time to recover is measured from.
+/// Whether the cluster is expected to serve while a fault lasts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reference {
-    /// The instant the fault struck: the cluster is expected to serve again during the fault.
+    /// Yes (after a failover, if it takes one): the longest time without acknowledgements is
+    /// bounded from the fault's start.
     Start,
-    /// The instant the fault healed: nobody can serve while it lasts (by design).
+    /// No, by design: the bound on that gap is the fault's duration plus the bound.
     Heal,
 }
 
@@ -64,8 +68,10 @@ pub struct Durations {
     pub slow: Duration,
     /// Added to every `fdatasync` of the slow disk.
     pub slow_delay: Duration,
-    /// The session TTL: the leader is paused a second longer.
+    /// The nodes' session TTL (how long the leader is paused derives from it).
     pub session_ttl: Duration,
+    /// The nodes' lock-delay: every lease ends within it of the last renewal.
+    pub lock_delay: Duration,
 }
 
 /// What a strike did.
@@ -81,6 +87,17 @@ pub struct Struck {
     pub no_acks: Option<(Instant, Instant)>,
     /// What was done, for the log.
     pub note: String,
+}
+
+impl Durations {
+    /// How long round `round` pauses the leader (see [`Fault::PauseLeader`]).
+    pub fn pause(&self, round: usize) -> Duration {
+        if round % 2 == 1 {
+            2 * self.session_ttl + self.lock_delay + Duration::from_secs(1)
+        } else {
+            self.session_ttl + Duration::from_secs(1)
+        }
+    }
 }
 
 impl Fault {
@@ -136,7 +153,7 @@ impl Fault {
             .collect()
     }
 
-    /// From when its time to recover is measured.
+    /// Whether the cluster serves during the fault.
     pub fn reference(self) -> Reference {
         match self {
             // Without Consul nobody holds a valid lease; a leader cut off from its followers
@@ -146,13 +163,14 @@ impl Fault {
         }
     }
 
-    /// The longest time to recover that is not a violation: every producer has an
-    /// acknowledgement again within this of the reference instant.
+    /// The longest time to recover that is not a violation: every producer is acknowledged
+    /// within this of the heal, and no acknowledgement is missing for longer than this (plus the
+    /// fault's duration when nobody can serve during it, [`Reference::Heal`]).
     pub fn bound(self, d: &Durations) -> Duration {
         let base = Duration::from_secs(20);
         match self {
-            // The leader is frozen past its TTL, then a failover.
-            Fault::PauseLeader => base + d.session_ttl,
+            // The leader is frozen, then (maybe) a failover.
+            Fault::PauseLeader => base + d.pause(1),
             // Every node re-creates its session, then the state-loss election waits for reports.
             Fault::ConsulRestart => Duration::from_secs(30),
             _ => base,
@@ -196,12 +214,13 @@ pub async fn strike(fault: Fault, chaos: &mut Chaos, round: usize, leader: usize
             struck.note = format!("killed follower {}", c.name(victim));
         }
         Fault::PauseLeader => {
+            let pause = d.pause(round);
             c.node(leader).pause().await.map_err(|e| e.to_string())?;
             struck.start = Instant::now();
-            tokio::time::sleep(d.session_ttl + Duration::from_secs(1)).await;
+            tokio::time::sleep(pause).await;
             c.node(leader).resume();
             struck.heal = Instant::now();
-            struck.note = format!("paused leader {} for {:?}", c.name(leader), d.session_ttl + Duration::from_secs(1));
+            struck.note = format!("paused leader {} for {pause:?}", c.name(leader));
         }
         Fault::ConsulRestart => {
             c.consul_mut().kill().await;
@@ -228,7 +247,7 @@ pub async fn strike(fault: Fault, chaos: &mut Chaos, round: usize, leader: usize
             if fault == Fault::ConsulOutageAll {
                 // The last renewal was sent before the cut: every lease ends within lock-delay
                 // of it; a second more absorbs the sampling of acknowledgements.
-                struck.no_acks = Some((struck.start + chaos.lock_delay + Duration::from_secs(1), struck.heal));
+                struck.no_acks = Some((struck.start + d.lock_delay + Duration::from_secs(1), struck.heal));
             }
         }
         Fault::LeaderPartition => {

@@ -40,6 +40,20 @@ const NODES: usize = 3;
 /// for every node's high watermark to cover every acknowledgement.
 const WHOLE: Duration = Duration::from_secs(60);
 
+/// How long a fault is left to take effect before what it killed is restarted.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The longest time in `[from, until]` without an acknowledgement (`acks` in arrival order).
+fn longest_gap(acks: &[invariants::TimedAck], from: Instant, until: Instant) -> Duration {
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for at in acks.iter().map(|a| a.at).filter(|&at| at > from && at < until) {
+        longest = longest.max(at - last);
+        last = at;
+    }
+    longest.max(until.saturating_duration_since(last))
+}
+
 /// What a run does; every field has an environment knob for `chaos_full`.
 #[derive(Clone, Debug)]
 struct Settings {
@@ -87,6 +101,7 @@ impl Settings {
                 slow: env_duration("CHAOS_SLOW_SYNC", Duration::from_secs(10)),
                 slow_delay: env_duration("CHAOS_SLOW_SYNC_DELAY", Duration::from_millis(200)),
                 session_ttl: Timings::FAST.session_ttl,
+                lock_delay: Timings::FAST.lock_delay,
             },
             rate,
             round_limit: env_duration("CHAOS_ROUND_LIMIT", Duration::from_secs(240)),
@@ -106,6 +121,7 @@ impl Settings {
                 slow: Duration::from_secs(4),
                 slow_delay: Duration::from_millis(200),
                 session_ttl: Timings::FAST.session_ttl,
+                lock_delay: Timings::FAST.lock_delay,
             },
             rate: 20.0,
             round_limit: Duration::from_secs(180),
@@ -122,8 +138,6 @@ pub struct Chaos {
     pub proxies: Vec<Proxy>,
     /// How long the lasting faults last.
     pub durations: Durations,
-    /// The nodes' lock-delay (the longest lease).
-    pub lock_delay: Duration,
     /// The producers.
     load: Load,
     /// The `/readyz` sampler.
@@ -138,8 +152,9 @@ pub struct Chaos {
 impl Chaos {
     /// Starts the cluster and the load, and waits until the cluster is whole and serving.
     async fn start(settings: &Settings) -> Chaos {
-        let timings = Timings::FAST;
-        let mut options = ClusterOptions::fast(BIN)
+        // A copy of the binary keeps a long run independent of rebuilds meanwhile.
+        let binary = std::env::var("CHAOS_BIN").unwrap_or_else(|_| BIN.to_string());
+        let mut options = ClusterOptions::fast(binary)
             .nodes(NODES)
             .fault_files()
             .consul_proxies();
@@ -164,7 +179,6 @@ impl Chaos {
             cluster,
             proxies,
             durations: settings.durations,
-            lock_delay: timings.lock_delay,
             load,
             sampler,
             reported_lost: BTreeSet::new(),
@@ -257,30 +271,46 @@ impl Chaos {
             Ok(struck) => struck,
             Err(e) => return Err((result, format!("cannot apply the fault: {e}"))),
         };
-        let reference = match fault.reference() {
-            Reference::Start => struck.start,
-            Reference::Heal => struck.heal,
-        };
-        let bound = fault.bound(&self.durations);
-        let served = eventually(bound + WHOLE, || async { self.load.all_acked_after(reference) }).await;
-        match served {
-            Some(at) => {
-                let took = at.saturating_duration_since(reference);
-                result.recovered = Some(took);
-                if took > bound {
-                    result.violations.push(format!("served again after {took:?}, bound {bound:?}"));
-                }
-            }
-            None => result.violations.push(format!("not served again within {:?}", bound + WHOLE)),
-        }
+        // Let the fault take effect (a lapsed lease, a shrunk in-sync set) before restarting
+        // what was killed and asking whether the cluster is whole.
+        tokio::time::sleep(SETTLE).await;
         for &i in &struck.restart {
             self.cluster.restart(i).await;
+        }
+        let bound = fault.bound(&self.durations);
+        let served = eventually(bound + WHOLE, || async { self.load.all_acked_after(struck.heal) }).await;
+        match served {
+            Some(at) => {
+                let took = at.saturating_duration_since(struck.heal);
+                result.after_heal = Some(took);
+                if took > bound {
+                    result
+                        .violations
+                        .push(format!("served again {took:?} after the heal, bound {bound:?}"));
+                }
+            }
+            None => result.violations.push(format!(
+                "not served again within {:?} of the heal",
+                bound + WHOLE
+            )),
         }
         if let Err(e) = self.whole().await {
             return Err((result, format!("not whole again after the fault: {e}")));
         }
-        result.whole = Some(reference.elapsed());
+        let whole_at = Instant::now();
+        result.whole = Some(whole_at.saturating_duration_since(struck.heal));
         let acks = self.load.acks();
+        let gap = longest_gap(&acks[acks_before..], struck.start, whole_at);
+        result.recovered = Some(gap);
+        let gap_bound = match fault.reference() {
+            Reference::Start => bound,
+            Reference::Heal => bound + struck.heal.saturating_duration_since(struck.start),
+        };
+        if gap > gap_bound {
+            result
+                .violations
+                .push(format!("{gap:?} without an acknowledgement, bound {gap_bound:?}"));
+        }
         if let Some((from, until)) = struck.no_acks {
             let late: Vec<_> = acks.iter().filter(|a| a.at > from && a.at < until).collect();
             if !late.is_empty() {
@@ -294,10 +324,11 @@ impl Chaos {
         result.acknowledged = acks[acks_before..].iter().map(|a| a.ack.count).sum();
         self.check(&mut result).await;
         eprintln!(
-            "chaos: {} round {round}: {}; recovered {:?}, whole {:?}, {} acknowledged, {} lost, {} duplicated, {} violations",
+            "chaos: {} round {round}: {}; longest gap {:?}, served {:?} and whole {:?} after the heal, {} acknowledged, {} lost, {} duplicated, {} violations",
             fault.name(),
             struck.note,
             result.recovered,
+            result.after_heal,
             result.whole,
             result.acknowledged,
             result.lost,
@@ -330,6 +361,14 @@ impl Chaos {
         }
         result.acknowledged = self.load.acks()[acks_before..].iter().map(|a| a.ack.count).sum();
         self.check(&mut result).await;
+        let samples = self.sampler.samples();
+        let terms: BTreeSet<u64> = samples.iter().map(|s| s.term).collect();
+        eprintln!(
+            "chaos: {} Ready answers sampled, in {} terms; {} acknowledgements",
+            samples.len(),
+            terms.len(),
+            self.load.ack_count()
+        );
         report.add("(final check)", result);
     }
 }

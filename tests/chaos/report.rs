@@ -15,9 +15,13 @@ pub struct RoundResult {
     pub duplicated: u64,
     /// Every other broken invariant (leadership, order, divergence, recovery bound).
     pub violations: Vec<String>,
-    /// From the fault's reference instant to the first acknowledgement of every producer after it.
+    /// Time to recover: the longest time without any acknowledgement from the fault's start
+    /// until the cluster was whole again (what the producers saw of the fault).
     pub recovered: Option<Duration>,
-    /// From the fault's reference instant until one leader and all nodes in sync again.
+    /// From the heal (the start, for an instantaneous fault) to the first acknowledgement of
+    /// every producer after it.
+    pub after_heal: Option<Duration>,
+    /// From the heal until one leader and every node in sync again.
     pub whole: Option<Duration>,
 }
 
@@ -57,8 +61,8 @@ impl Report {
     /// The Markdown table: one row per fault, and a total.
     pub fn table(&self) -> String {
         let mut out = String::from(
-            "| fault | rounds | acknowledged | lost | duplicated | other violations | recover p50 | recover max | whole again max |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| fault | rounds | acknowledged | lost | duplicated | other violations | recover p50 | recover max | served after heal max | whole again max |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let mut total = RoundResult::default();
         let mut total_rounds = 0;
@@ -66,16 +70,18 @@ impl Report {
             let sum = |f: fn(&RoundResult) -> u64| rounds.iter().map(f).sum::<u64>();
             let recovered: Vec<Duration> = rounds.iter().filter_map(|r| r.recovered).collect();
             let whole: Vec<Duration> = rounds.iter().filter_map(|r| r.whole).collect();
+            let after_heal: Vec<Duration> = rounds.iter().filter_map(|r| r.after_heal).collect();
             let violations: usize = rounds.iter().map(|r| r.violations.len()).sum();
             let _ = writeln!(
                 out,
-                "| {fault} | {} | {} | {} | {} | {violations} | {} | {} | {} |",
+                "| {fault} | {} | {} | {} | {} | {violations} | {} | {} | {} | {} |",
                 rounds.len(),
                 sum(|r| r.acknowledged),
                 sum(|r| r.lost),
                 sum(|r| r.duplicated),
                 seconds(percentile(&recovered, 50)),
                 seconds(recovered.iter().max().copied()),
+                seconds(after_heal.iter().max().copied()),
                 seconds(whole.iter().max().copied()),
             );
             total.acknowledged += sum(|r| r.acknowledged);
@@ -86,7 +92,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "| **total** | {total_rounds} | {} | {} | {} | {} | | | |",
+            "| **total** | {total_rounds} | {} | {} | {} | {} | | | | |",
             total.acknowledged,
             total.lost,
             total.duplicated,
@@ -132,6 +138,7 @@ mod tests {
             acknowledged: ack,
             lost,
             recovered: Some(Duration::from_millis(rec)),
+            after_heal: Some(Duration::from_millis(rec / 10)),
             whole: Some(Duration::from_millis(rec * 2)),
             ..RoundResult::default()
         };
@@ -142,10 +149,10 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[2],
-            "| kill-leader | 2 | 150 | 0 | 0 | 0 | 1.50 s | 2.50 s | 5.00 s |"
+            "| kill-leader | 2 | 150 | 0 | 0 | 0 | 1.50 s | 2.50 s | 0.25 s | 5.00 s |"
         );
         assert!(lines[3].starts_with("| slow-sync | 1 | 10 | 1 | 0 |"), "{table}");
-        assert_eq!(lines[4], "| **total** | 3 | 160 | 1 | 0 | 0 | | | |");
+        assert_eq!(lines[4], "| **total** | 3 | 160 | 1 | 0 | 0 | | | | |");
         assert_eq!(
             report.violations(),
             ["slow-sync round 1: 1 acknowledged messages lost"]
