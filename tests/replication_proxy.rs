@@ -201,10 +201,21 @@ async fn partition_holds_one_destination_until_healed() {
     });
     let held_seen = eventually(|| proxy.held() == 1).await;
     assert!(held_seen, "the request to the partitioned origin is held");
-    let resp = http.get(format!("{}/echo?other", other.url)).send().await.unwrap();
+    let resp = http
+        .get(format!("{}/echo?other", other.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "another destination passes");
-    assert_eq!(proxy.forwarded(), forwarded + 1, "only the other request went through");
-    assert!(!held.is_finished(), "the held request has no answer while partitioned");
+    assert_eq!(
+        proxy.forwarded(),
+        forwarded + 1,
+        "only the other request went through"
+    );
+    assert!(
+        !held.is_finished(),
+        "the held request has no answer while partitioned"
+    );
 
     proxy.heal();
     let status = tokio::time::timeout(Duration::from_secs(10), held)

@@ -253,7 +253,9 @@ impl LocalCluster {
             (true, Some(consul)) => Some(TcpProxy::start(consul).await?),
             _ => None,
         };
-        let consul_url = consul_proxy.as_ref().map_or_else(|| self.consul.url(), TcpProxy::url);
+        let consul_url = consul_proxy
+            .as_ref()
+            .map_or_else(|| self.consul.url(), TcpProxy::url);
         let mut spec = ProcessSpec::new(name, &options.binary, self.dir.join(format!("{name}.log")))
             .args(["node", "--name", name, "--consul-addr", &consul_url])
             .args(["--data-dir".to_string(), data_dir.display().to_string()])

@@ -230,7 +230,10 @@ mod tests {
     async fn round_trip(s: &mut TcpStream, msg: &[u8], within: Duration) -> Option<Vec<u8>> {
         s.write_all(msg).await.ok()?;
         let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(within, s.read_exact(&mut got)).await.ok()?.ok()?;
+        tokio::time::timeout(within, s.read_exact(&mut got))
+            .await
+            .ok()?
+            .ok()?;
         Some(got)
     }
 
@@ -241,7 +244,10 @@ mod tests {
         let proxy = TcpProxy::start(echo().await).await.expect("proxy");
         let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
         let long = Duration::from_secs(10);
-        assert_eq!(round_trip(&mut s, b"one", long).await.as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            round_trip(&mut s, b"one", long).await.as_deref(),
+            Some(&b"one"[..])
+        );
 
         proxy.set_mode(ProxyMode::Blackhole);
         assert_eq!(round_trip(&mut s, b"two", Duration::from_millis(300)).await, None);
@@ -254,18 +260,27 @@ mod tests {
         assert_eq!(&held, b"two");
 
         proxy.set_mode(ProxyMode::Delay(Duration::from_millis(50)));
-        assert_eq!(round_trip(&mut s, b"three", long).await.as_deref(), Some(&b"three"[..]));
+        assert_eq!(
+            round_trip(&mut s, b"three", long).await.as_deref(),
+            Some(&b"three"[..])
+        );
 
         proxy.set_mode(ProxyMode::Refuse);
         let mut rest = Vec::new();
         let closed = tokio::time::timeout(long, s.read_to_end(&mut rest)).await;
-        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "open connection closed: {closed:?}");
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "open connection closed: {closed:?}"
+        );
         let mut fresh = TcpStream::connect(proxy.addr()).await.expect("connect");
         assert_eq!(round_trip(&mut fresh, b"four", long).await, None);
 
         proxy.set_mode(ProxyMode::Pass);
         let mut again = TcpStream::connect(proxy.addr()).await.expect("connect");
-        assert_eq!(round_trip(&mut again, b"five", long).await.as_deref(), Some(&b"five"[..]));
+        assert_eq!(
+            round_trip(&mut again, b"five", long).await.as_deref(),
+            Some(&b"five"[..])
+        );
         assert!(proxy.forwarded() >= 2 * 11, "counted: {}", proxy.forwarded());
     }
 }

@@ -69,7 +69,10 @@ pub async fn run(path: PathBuf, faults: FaultInjector, shutdown: CancellationTok
                     faults.fail_syncs_until_clear(errno);
                 }
                 Some(Fault::SlowSyncs(delay)) => {
-                    tracing::warn!(delay_ms = delay.as_millis() as u64, "fault file: every log sync is now slower");
+                    tracing::warn!(
+                        delay_ms = delay.as_millis() as u64,
+                        "fault file: every log sync is now slower"
+                    );
                     faults.slow_syncs(delay);
                 }
                 None => tracing::warn!("fault file: the log's disk works again"),

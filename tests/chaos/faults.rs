@@ -224,7 +224,10 @@ pub async fn strike(fault: Fault, chaos: &mut Chaos, round: usize, leader: usize
         }
         Fault::ConsulRestart => {
             c.consul_mut().kill().await;
-            c.consul_mut().start().await.map_err(|e| format!("restart dev Consul: {e}"))?;
+            c.consul_mut()
+                .start()
+                .await
+                .map_err(|e| format!("restart dev Consul: {e}"))?;
             struck.note = "dev Consul killed and restarted (empty)".into();
         }
         Fault::ConsulOutageOne | Fault::ConsulOutageAll => {
@@ -234,16 +237,24 @@ pub async fn strike(fault: Fault, chaos: &mut Chaos, round: usize, leader: usize
                 vec![alternate]
             };
             for &i in &cut {
-                c.consul_proxy(i).ok_or("no Consul proxies")?.set_mode(ProxyMode::Blackhole);
+                c.consul_proxy(i)
+                    .ok_or("no Consul proxies")?
+                    .set_mode(ProxyMode::Blackhole);
             }
             struck.start = Instant::now();
             tokio::time::sleep(d.outage).await;
             for &i in &cut {
-                c.consul_proxy(i).ok_or("no Consul proxies")?.set_mode(ProxyMode::Pass);
+                c.consul_proxy(i)
+                    .ok_or("no Consul proxies")?
+                    .set_mode(ProxyMode::Pass);
             }
             struck.heal = Instant::now();
             let names: Vec<String> = cut.iter().map(|&i| c.name(i)).collect();
-            struck.note = format!("Consul black-holed for {names:?} ({:?}), leader was {}", d.outage, c.name(leader));
+            struck.note = format!(
+                "Consul black-holed for {names:?} ({:?}), leader was {}",
+                d.outage,
+                c.name(leader)
+            );
             if fault == Fault::ConsulOutageAll {
                 // The last renewal was sent before the cut: every lease ends within lock-delay
                 // of it; a second more absorbs the sampling of acknowledgements.
@@ -261,7 +272,11 @@ pub async fn strike(fault: Fault, chaos: &mut Chaos, round: usize, leader: usize
                 chaos.proxies[f].heal();
             }
             struck.heal = Instant::now();
-            struck.note = format!("leader {} partitioned from its followers for {:?}", c.name(leader), d.cut);
+            struck.note = format!(
+                "leader {} partitioned from its followers for {:?}",
+                c.name(leader),
+                d.cut
+            );
         }
         Fault::FollowerPartition => {
             let (a, b) = (followers[0], followers[1]);
@@ -272,7 +287,12 @@ pub async fn strike(fault: Fault, chaos: &mut Chaos, round: usize, leader: usize
             chaos.proxies[a].heal();
             chaos.proxies[b].heal();
             struck.heal = Instant::now();
-            struck.note = format!("followers {} and {} partitioned for {:?}", c.name(a), c.name(b), d.cut);
+            struck.note = format!(
+                "followers {} and {} partitioned for {:?}",
+                c.name(a),
+                c.name(b),
+                d.cut
+            );
         }
         Fault::DiskFull => {
             let file = c.fault_file(leader).ok_or("no fault files")?;
@@ -316,7 +336,9 @@ pub async fn strike(fault: Fault, chaos: &mut Chaos, round: usize, leader: usize
 
 /// `host:port` of a base URL (how a forward proxy sees the destination).
 fn addr_of(url: &str) -> String {
-    url.trim_start_matches("http://").trim_end_matches('/').to_string()
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Appends a torn frame to the active segment of the log in `dir`: the first half of a copy of

@@ -72,7 +72,9 @@ pub fn check_logs(logs: &[(String, Vec<TailEntry>)], acks: &[TimedAck]) -> LogVe
             let ack = &timed.ack;
             for k in 0..ack.count {
                 let want = format!("{} {}", timed.producer, ack.seq + k);
-                let found = by_offset.get(&(ack.first_offset + k)).and_then(|e| e.message.as_deref());
+                let found = by_offset
+                    .get(&(ack.first_offset + k))
+                    .and_then(|e| e.message.as_deref());
                 if found != Some(want.as_str()) {
                     verdict.lost.insert((timed.producer.clone(), ack.seq + k));
                 }
@@ -134,7 +136,10 @@ pub fn check_leadership(samples: &[ReadySample], acks: &[TimedAck]) -> Vec<Strin
     let mut problems = Vec::new();
     let mut owners: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     for s in samples {
-        owners.entry(s.term).or_default().insert(format!("{} (ready)", s.node));
+        owners
+            .entry(s.term)
+            .or_default()
+            .insert(format!("{} (ready)", s.node));
     }
     for a in acks {
         owners
@@ -209,7 +214,10 @@ mod tests {
         let good = || vec![entry(0, 1, "a 0"), entry(1, 1, "a 1"), entry(2, 2, "b 0")];
         let acks = vec![ack("a", 0, 2, 0, 1, "x"), ack("b", 0, 1, 2, 2, "y")];
         let v = check_logs(&[("n0".into(), good()), ("n1".into(), good())], &acks);
-        assert!(v.lost.is_empty() && v.duplicated.is_empty() && v.problems.is_empty(), "{v:?}");
+        assert!(
+            v.lost.is_empty() && v.duplicated.is_empty() && v.problems.is_empty(),
+            "{v:?}"
+        );
 
         let mut short = good();
         short.pop();
@@ -232,7 +240,10 @@ mod tests {
 
         let other = vec![entry(0, 1, "a 0"), entry(1, 1, "a 1"), entry(2, 3, "c 0")];
         let v = check_logs(&[("n0".into(), good()), ("n1".into(), other)], &[]);
-        assert!(v.problems.iter().any(|p| p.contains("differ at entry #2")), "{v:?}");
+        assert!(
+            v.problems.iter().any(|p| p.contains("differ at entry #2")),
+            "{v:?}"
+        );
     }
 
     /// One node per term and leaders seen in increasing terms pass; two nodes in one term (by
@@ -262,6 +273,9 @@ mod tests {
         let stale = vec![ready("y", 2, 0, 5), ready("x", 1, 10, 15)];
         let problems = check_leadership(&stale, &[]);
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].contains("x was Ready in term 1 after y"), "{problems:?}");
+        assert!(
+            problems[0].contains("x was Ready in term 1 after y"),
+            "{problems:?}"
+        );
     }
 }

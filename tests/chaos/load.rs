@@ -80,7 +80,11 @@ impl Load {
                 }
             })
             .collect();
-        Load { producers, acks, stop }
+        Load {
+            producers,
+            acks,
+            stop,
+        }
     }
 
     /// Every acknowledgement so far.

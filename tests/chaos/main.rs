@@ -158,8 +158,9 @@ impl Chaos {
             .nodes(NODES)
             .fault_files()
             .consul_proxies();
-        // A paused node answers nothing: probes of it give up after a second.
-        options.http_timeout = Duration::from_secs(1);
+        // Pages of 10 000 entries from a debug build on a loaded machine: be patient (nothing
+        // asks a paused node: the sampler has its own client).
+        options.http_timeout = Duration::from_secs(20);
         if let Ok(dir) = std::env::var("CHAOS_DIR") {
             options = options.dir(dir);
         }
@@ -205,7 +206,13 @@ impl Chaos {
             .wait_isr(&names, WHOLE)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(self.cluster.0.wait_leader(WHOLE).await.map_err(|e| e.to_string())?.index)
+        Ok(self
+            .cluster
+            .0
+            .wait_leader(WHOLE)
+            .await
+            .map_err(|e| e.to_string())?
+            .index)
     }
 
     /// Checks every invariant over everything observed so far; answers what is new.
@@ -213,7 +220,9 @@ impl Chaos {
         let acks = self.load.acks();
         let end = acks.iter().map(|a| a.ack.last_offset + 1).max().unwrap_or(0);
         if let Err(e) = self.cluster.0.wait_high_watermark(end, WHOLE).await {
-            result.violations.push(format!("high watermarks never covered the acknowledgements: {e}"));
+            result
+                .violations
+                .push(format!("high watermarks never covered the acknowledgements: {e}"));
         }
         let logs = match self.cluster.0.read_logs().await {
             Ok(logs) => logs,
@@ -223,9 +232,14 @@ impl Chaos {
             }
         };
         if logs.len() != NODES {
-            result.violations.push(format!("only {} nodes' logs to check", logs.len()));
+            result
+                .violations
+                .push(format!("only {} nodes' logs to check", logs.len()));
         }
-        let named: Vec<(String, _)> = logs.into_iter().map(|(i, log)| (self.cluster.name(i), log)).collect();
+        let named: Vec<(String, _)> = logs
+            .into_iter()
+            .map(|(i, log)| (self.cluster.name(i), log))
+            .collect();
         let verdict = check_logs(&named, &acks);
         let lost: Vec<MessageId> = verdict.lost.difference(&self.reported_lost).cloned().collect();
         let duplicated: Vec<MessageId> = verdict
@@ -249,7 +263,6 @@ impl Chaos {
             .chain(check_leadership(&self.sampler.samples(), &acks));
         for problem in problems {
             if self.reported.insert(problem.clone()) {
-                eprintln!("chaos: VIOLATION {problem}");
                 result.violations.push(problem);
             }
         }
@@ -289,10 +302,9 @@ impl Chaos {
                         .push(format!("served again {took:?} after the heal, bound {bound:?}"));
                 }
             }
-            None => result.violations.push(format!(
-                "not served again within {:?} of the heal",
-                bound + WHOLE
-            )),
+            None => result
+                .violations
+                .push(format!("not served again within {:?} of the heal", bound + WHOLE)),
         }
         if let Err(e) = self.whole().await {
             return Err((result, format!("not whole again after the fault: {e}")));
@@ -335,6 +347,9 @@ impl Chaos {
             result.duplicated,
             result.violations.len()
         );
+        for violation in &result.violations {
+            eprintln!("chaos:   violation: {violation}");
+        }
         Ok(result)
     }
 
@@ -348,9 +363,9 @@ impl Chaos {
                 for (id, summary) in summaries {
                     eprintln!("chaos: producer {id}: {summary}");
                     if !summary.all_acknowledged() {
-                        result
-                            .violations
-                            .push(format!("producer {id}: not every message acknowledged: {summary}"));
+                        result.violations.push(format!(
+                            "producer {id}: not every message acknowledged: {summary}"
+                        ));
                     }
                 }
             }
@@ -433,7 +448,11 @@ fn conclude(settings: &Settings, report: &Report, stopped: Option<String>) {
         std::fs::write(&path, format!("{header}\n{table}")).unwrap_or_else(|e| panic!("write {path}: {e}"));
     }
     let violations = report.violations();
-    assert!(stopped.is_none(), "the run stopped early: {}", stopped.unwrap_or_default());
+    assert!(
+        stopped.is_none(),
+        "the run stopped early: {}",
+        stopped.unwrap_or_default()
+    );
     assert!(violations.is_empty(), "violations:\n{}", violations.join("\n"));
 }
 
@@ -455,4 +474,34 @@ async fn chaos_full() {
     let settings = Settings::from_env();
     let (report, stopped) = run(settings.clone()).await;
     conclude(&settings, &report, stopped);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest gap counts from the window's start to the first acknowledgement, between
+    /// acknowledgements, and from the last one to the window's end; those outside are ignored.
+    #[test]
+    fn longest_gap_in_a_window() {
+        let t0 = Instant::now();
+        let ack = |ms: u64| invariants::TimedAck {
+            producer: "p".into(),
+            at: t0 + Duration::from_millis(ms),
+            ack: simpleloggers::producer::Ack {
+                seq: 0,
+                count: 1,
+                first_offset: 0,
+                last_offset: 0,
+                term: 1,
+                duplicate: false,
+                leader: String::new(),
+            },
+        };
+        let ms = Duration::from_millis;
+        let acks = [ack(50), ack(200), ack(300), ack(1000), ack(1100), ack(5000)];
+        assert_eq!(longest_gap(&acks, t0 + ms(100), t0 + ms(1200)), ms(700));
+        assert_eq!(longest_gap(&acks, t0, t0 + ms(2000)), ms(900));
+        assert_eq!(longest_gap(&[], t0, t0 + ms(300)), ms(300));
+    }
 }

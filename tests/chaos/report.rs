@@ -47,12 +47,24 @@ impl Report {
         for (fault, rounds) in &self.faults {
             for (i, r) in rounds.iter().enumerate() {
                 if r.lost > 0 {
-                    all.push(format!("{fault} round {}: {} acknowledged messages lost", i + 1, r.lost));
+                    all.push(format!(
+                        "{fault} round {}: {} acknowledged messages lost",
+                        i + 1,
+                        r.lost
+                    ));
                 }
                 if r.duplicated > 0 {
-                    all.push(format!("{fault} round {}: {} messages duplicated", i + 1, r.duplicated));
+                    all.push(format!(
+                        "{fault} round {}: {} messages duplicated",
+                        i + 1,
+                        r.duplicated
+                    ));
                 }
-                all.extend(r.violations.iter().map(|v| format!("{fault} round {}: {v}", i + 1)));
+                all.extend(
+                    r.violations
+                        .iter()
+                        .map(|v| format!("{fault} round {}: {v}", i + 1)),
+                );
             }
         }
         all
@@ -88,7 +100,9 @@ impl Report {
             total.lost += sum(|r| r.lost);
             total.duplicated += sum(|r| r.duplicated);
             total_rounds += rounds.len();
-            total.violations.extend(rounds.iter().flat_map(|r| r.violations.clone()));
+            total
+                .violations
+                .extend(rounds.iter().flat_map(|r| r.violations.clone()));
         }
         let _ = writeln!(
             out,
@@ -123,9 +137,18 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles() {
         let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
-        assert_eq!(percentile(&ms(&[30, 10, 20]), 50), Some(Duration::from_millis(20)));
-        assert_eq!(percentile(&ms(&[10, 20, 30, 40]), 50), Some(Duration::from_millis(20)));
-        assert_eq!(percentile(&ms(&[10, 20, 30, 40]), 100), Some(Duration::from_millis(40)));
+        assert_eq!(
+            percentile(&ms(&[30, 10, 20]), 50),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            percentile(&ms(&[10, 20, 30, 40]), 50),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            percentile(&ms(&[10, 20, 30, 40]), 100),
+            Some(Duration::from_millis(40))
+        );
         assert_eq!(percentile(&[], 50), None);
     }
 
