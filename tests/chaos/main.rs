@@ -199,6 +199,10 @@ impl Chaos {
     /// # Errors
     /// Not within [`WHOLE`]; says what was last seen.
     async fn whole(&self) -> Result<usize, String> {
+        let running = self.cluster.running();
+        if running.len() != NODES {
+            return Err(format!("only nodes {running:?} run"));
+        }
         let names: Vec<String> = (0..NODES).map(|i| self.cluster.name(i)).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         self.cluster
@@ -384,7 +388,7 @@ impl Chaos {
             terms.len(),
             self.load.ack_count()
         );
-        report.add("(final check)", result);
+        report.add_final(result);
     }
 }
 

@@ -25,6 +25,9 @@ pub struct RoundResult {
     pub whole: Option<Duration>,
 }
 
+/// The row of the check after the last round (producers drained, logs converged).
+const FINAL: &str = "(final check)";
+
 /// Results by fault name, in the order faults ran.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -39,6 +42,11 @@ impl Report {
             Some((_, rounds)) => rounds.push(round),
             None => self.faults.push((fault.to_string(), vec![round])),
         }
+    }
+
+    /// Adds the check after the last round (its own row, not counted as a round).
+    pub fn add_final(&mut self, check: RoundResult) {
+        self.add(FINAL, check);
     }
 
     /// Every violation, `fault round: what`, plus every loss and duplicate.
@@ -84,10 +92,15 @@ impl Report {
             let whole: Vec<Duration> = rounds.iter().filter_map(|r| r.whole).collect();
             let after_heal: Vec<Duration> = rounds.iter().filter_map(|r| r.after_heal).collect();
             let violations: usize = rounds.iter().map(|r| r.violations.len()).sum();
+            let counted = if fault == FINAL { 0 } else { rounds.len() };
             let _ = writeln!(
                 out,
                 "| {fault} | {} | {} | {} | {} | {violations} | {} | {} | {} | {} |",
-                rounds.len(),
+                if fault == FINAL {
+                    "-".to_string()
+                } else {
+                    counted.to_string()
+                },
                 sum(|r| r.acknowledged),
                 sum(|r| r.lost),
                 sum(|r| r.duplicated),
@@ -99,7 +112,7 @@ impl Report {
             total.acknowledged += sum(|r| r.acknowledged);
             total.lost += sum(|r| r.lost);
             total.duplicated += sum(|r| r.duplicated);
-            total_rounds += rounds.len();
+            total_rounds += counted;
             total
                 .violations
                 .extend(rounds.iter().flat_map(|r| r.violations.clone()));
@@ -152,8 +165,8 @@ mod tests {
         assert_eq!(percentile(&[], 50), None);
     }
 
-    /// The table has a row per fault in run order with sums and recovery figures, and a total;
-    /// losses and duplicates are violations too.
+    /// The table has a row per fault in run order with sums and recovery figures, the final
+    /// check (not a round) and a total; losses and duplicates are violations too.
     #[test]
     fn table_rows_and_violations() {
         let mut report = Report::default();
@@ -168,6 +181,10 @@ mod tests {
         report.add("kill-leader", round(100, 0, 1500));
         report.add("kill-leader", round(50, 0, 2500));
         report.add("slow-sync", round(10, 1, 0));
+        report.add_final(RoundResult {
+            acknowledged: 5,
+            ..RoundResult::default()
+        });
         let table = report.table();
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
@@ -175,7 +192,8 @@ mod tests {
             "| kill-leader | 2 | 150 | 0 | 0 | 0 | 1.50 s | 2.50 s | 0.25 s | 5.00 s |"
         );
         assert!(lines[3].starts_with("| slow-sync | 1 | 10 | 1 | 0 |"), "{table}");
-        assert_eq!(lines[4], "| **total** | 3 | 160 | 1 | 0 | 0 | | | | |");
+        assert_eq!(lines[4], "| (final check) | - | 5 | 0 | 0 | 0 | - | - | - | - |");
+        assert_eq!(lines[5], "| **total** | 3 | 165 | 1 | 0 | 0 | | | | |");
         assert_eq!(
             report.violations(),
             ["slow-sync round 1: 1 acknowledged messages lost"]
