@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: help test fmt lint unit demo browser-deps chart-test fuzz bench bench-log bench-read bench-ingest bench-memory bench-failover bench-replication kind-up kind-e2e kind-down
+.PHONY: help test fmt lint unit demo browser-deps chart-test fuzz chaos chaos-short bench bench-log bench-read bench-ingest bench-memory bench-failover bench-replication kind-up kind-e2e kind-down
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -53,6 +53,12 @@ bench-failover: ## leader SIGKILL/SIGTERM -> first ack from the new leader, 3 no
 
 bench-replication: ## 3 nodes acks=all vs 1 node acks=leader vs the HTTP ceiling (1/16/64 conns, NDJSON batches), disk fdatasync p50 + bandwidth, VmRSS, follower catch-up MiB/s (BENCH_CATCHUP_BYTES, default 1 GiB)
 	$(CARGO) bench --locked --bench replication
+
+chaos: ## fault injection: 3 nodes + producers, CHAOS_ROUNDS (20) rounds of each fault (CHAOS_FAULTS), invariants after every round, prints the table (RELIABILITY.md)
+	$(CARGO) test --locked --test chaos -- --ignored --nocapture --exact chaos_full
+
+chaos-short: ## the short chaos run `make test` includes: one round of each fault, outages of seconds
+	$(CARGO) test --locked --test chaos -- --nocapture --exact chaos_short
 
 chart-test: ## chart, image and kind-script tests, no cluster: Helm render + lint (Go SDK), kubernetes-validate, semantics, Consul flags, hadolint, build context, shellcheck, fake-tool script runs
 	@$(VENV)/bin/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \

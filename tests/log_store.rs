@@ -989,3 +989,33 @@ async fn reads_racing_a_truncation_return_the_current_log() -> TestResult {
     assert!(got[20].payload.starts_with(b"new-20") && got[20].term == 2);
     Ok(())
 }
+
+/// A slow-sync fault makes every durable append wait at least the armed delay (and still
+/// succeed, nothing lost); once cleared, appends go on and everything is readable.
+#[tokio::test]
+async fn slow_syncs_delay_appends_without_failing_them() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let faults = FaultInjector::new();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.fault_injector = Some(faults.clone());
+    let log = LogStore::open(cfg).await?;
+    log.append(1, None, vec![payload(0)]).await?;
+
+    let delay = Duration::from_millis(300);
+    faults.slow_syncs(delay);
+    for i in 1..3 {
+        let started = std::time::Instant::now();
+        log.append(1, None, vec![payload(i)]).await?;
+        assert!(
+            started.elapsed() >= delay,
+            "append {i} was acknowledged after {:?}, before its slow sync",
+            started.elapsed()
+        );
+    }
+    faults.clear();
+    log.append(1, None, vec![payload(3)]).await?;
+    let stored: Vec<Bytes> = all_records(&log).await?.into_iter().map(|r| r.payload).collect();
+    assert_eq!(stored, (0..4).map(payload).collect::<Vec<_>>());
+    assert!(log.is_writable());
+    Ok(())
+}

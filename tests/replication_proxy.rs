@@ -1,7 +1,8 @@
 //! The replication tests' cuttable forward proxy (`tests/support/proxy.rs`) on its own, with
 //! reqwest sending through it as a follower does (`Proxy::all`): requests and answers pass
-//! unchanged, an answer streams through while its origin is still writing it, and a cut closes
-//! open connections and refuses new ones until restored.
+//! unchanged, an answer streams through while its origin is still writing it, a cut closes
+//! open connections and refuses new ones until restored, and a partition holds requests to one
+//! destination only, until healed.
 
 #[path = "support/proxy.rs"]
 mod proxy;
@@ -176,6 +177,65 @@ async fn cut_closes_open_and_new_connections_until_restored() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().starts_with("query=again "));
+}
+
+/// A partition from one origin closes the open answer, holds new requests to that origin
+/// unanswered (nothing reaches it) while requests to another origin pass, and once healed the
+/// held request reaches its origin and is answered.
+#[tokio::test]
+async fn partition_holds_one_destination_until_healed() {
+    let cut_off = origin().await;
+    let other = origin().await;
+    let proxy = Proxy::start().await;
+    let http = client(&proxy);
+    let mut open = http.get(format!("{}/stream", cut_off.url)).send().await.unwrap();
+    assert_eq!(next_chunk(&mut open).await.unwrap().unwrap(), "first\n");
+
+    proxy.partition([cut_off.url.trim_start_matches("http://")]);
+    assert!(next_chunk(&mut open).await.is_err(), "the open answer is cut off");
+    let forwarded = proxy.forwarded();
+    let held = tokio::spawn({
+        let http = http.clone();
+        let url = format!("{}/echo?held", cut_off.url);
+        async move { http.get(url).send().await.map(|r| r.status()) }
+    });
+    let held_seen = eventually(|| proxy.held() == 1).await;
+    assert!(held_seen, "the request to the partitioned origin is held");
+    let resp = http
+        .get(format!("{}/echo?other", other.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "another destination passes");
+    assert_eq!(
+        proxy.forwarded(),
+        forwarded + 1,
+        "only the other request went through"
+    );
+    assert!(
+        !held.is_finished(),
+        "the held request has no answer while partitioned"
+    );
+
+    proxy.heal();
+    let status = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held request is answered after the heal")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+/// Polls `cond` every 20 ms for up to 10 s.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
 }
 
 /// A request in origin form (sent to the proxy as if it were a server) is a 400; an origin that

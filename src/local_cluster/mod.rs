@@ -2,8 +2,9 @@
 //! loopback ports the OS picks, each node with its own data directory and log file. Nodes (and
 //! the dev Consul) can be stopped, killed, paused, resumed and restarted on the same address;
 //! the cluster waits for a single leader, reads a node's log over HTTP and waits for replication
-//! states (`replication.rs`). Every child is killed when the cluster is dropped, even on panic,
-//! and by the kernel if this process dies.
+//! states (`replication.rs`). On request each node reaches the dev Consul through a TCP proxy of
+//! its own (`tcp_proxy.rs`) that fault injection can black-hole, refuse or slow down. Every child
+//! is killed when the cluster is dropped, even on panic, and by the kernel if this process dies.
 //!
 //! One harness for the demo, the integration tests ([`ClusterOptions::fast`]) and the
 //! benchmarks ([`ClusterOptions::new`], the nodes' default timings).
@@ -11,6 +12,7 @@
 mod options;
 mod process;
 mod replication;
+mod tcp_proxy;
 
 use std::{
     future::Future,
@@ -21,6 +23,7 @@ use std::{
 pub use options::{ClusterOptions, Timings};
 pub use process::{LocalProcess, ProcessSpec};
 pub use replication::{MemberStatus, ReplicationStatus};
+pub use tcp_proxy::{ProxyMode, TcpProxy};
 
 use crate::{
     cli::tail::TailEntry,
@@ -152,6 +155,8 @@ pub struct LocalCluster {
     nodes: Vec<LocalProcess>,
     /// Each node's data directory, by index.
     data_dirs: Vec<PathBuf>,
+    /// Each node's proxy to the dev Consul, by index, when the options ask for them.
+    consul_proxies: Vec<Option<TcpProxy>>,
     /// The dev Consul.
     consul: LocalProcess,
     /// A client of the dev Consul.
@@ -220,6 +225,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             data_dirs: Vec::new(),
+            consul_proxies: Vec::new(),
             consul,
             consul_client,
             http,
@@ -249,8 +255,15 @@ impl LocalCluster {
         let index = self.nodes.len();
         let data_dir = self.dir.join(name);
         let (replication_args, own_env) = options.node_extras(index);
+        let consul_proxy = match (options.consul_proxies, self.consul.addr()) {
+            (true, Some(consul)) => Some(TcpProxy::start(consul).await?),
+            _ => None,
+        };
+        let consul_url = consul_proxy
+            .as_ref()
+            .map_or_else(|| self.consul.url(), TcpProxy::url);
         let mut spec = ProcessSpec::new(name, &options.binary, self.dir.join(format!("{name}.log")))
-            .args(["node", "--name", name, "--consul-addr", &self.consul.url()])
+            .args(["node", "--name", name, "--consul-addr", &consul_url])
             .args(["--data-dir".to_string(), data_dir.display().to_string()])
             .args(options.timings.iter().flat_map(Timings::node_args))
             .args(replication_args)
@@ -273,6 +286,7 @@ impl LocalCluster {
         let node = LocalProcess::spawn(spec).await?;
         self.nodes.push(node);
         self.data_dirs.push(data_dir);
+        self.consul_proxies.push(consul_proxy);
         Ok(self.nodes.len() - 1)
     }
 
@@ -295,6 +309,15 @@ impl LocalCluster {
     /// The dev Consul's base URL.
     pub fn consul_url(&self) -> String {
         self.consul.url()
+    }
+
+    /// Node `index`'s proxy to the dev Consul, when the options ask for them
+    /// ([`ClusterOptions::consul_proxies`]): set its mode to cut that node off from Consul.
+    ///
+    /// # Panics
+    /// There is no such node.
+    pub fn consul_proxy(&self, index: usize) -> Option<&TcpProxy> {
+        self.consul_proxies[index].as_ref()
     }
 
     /// A Consul client for the dev Consul.

@@ -1,8 +1,9 @@
 //! What a local cluster is made of: the executable, how many nodes, where their data goes, the
 //! election timings (the nodes' defaults for the demo and benchmarks, [`Timings::FAST`] for
 //! tests), `--replicas` (the node count unless set), any extra flags or environment for every
-//! node or for one of them, each node's replication proxy, and whether each node gets a fault file
-//! (the node's hidden disk-fault test hook).
+//! node or for one of them, each node's replication proxy, whether each node reaches the dev Consul
+//! through a TCP proxy of its own, and whether each node gets a fault file (the node's hidden
+//! disk-fault test hook).
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -83,6 +84,9 @@ pub struct ClusterOptions {
     /// [`LocalCluster::fault_file`](super::LocalCluster::fault_file)): while that file names an
     /// errno, every log write of that node fails with it.
     pub fault_files: bool,
+    /// Give every node a [`TcpProxy`](super::TcpProxy) of its own between it and the dev Consul
+    /// (its `--consul-addr`), so a test can cut one node, or all, off from Consul.
+    pub consul_proxies: bool,
     /// Extra flags for the dev Consul.
     pub consul_args: Vec<String>,
     /// `RUST_LOG` of the children (their logs go to files, so this can be detailed).
@@ -115,6 +119,7 @@ impl ClusterOptions {
             replicas: None,
             replication_proxy: BTreeMap::new(),
             fault_files: false,
+            consul_proxies: false,
             consul_args: Vec::new(),
             rust_log: "info".into(),
             start_timeout: Duration::from_secs(30),
@@ -224,6 +229,13 @@ impl ClusterOptions {
     /// Gives every node a fault file of its own (none exists until a test writes it).
     pub fn fault_files(mut self) -> Self {
         self.fault_files = true;
+        self
+    }
+
+    /// Puts a TCP proxy between every node and the dev Consul (see
+    /// [`LocalCluster::consul_proxy`](super::LocalCluster::consul_proxy)).
+    pub fn consul_proxies(mut self) -> Self {
+        self.consul_proxies = true;
         self
     }
 

@@ -1,8 +1,8 @@
 //! Fault injection for the segment I/O path, so tests can prove the store survives a full disk, a
-//! failing `fdatasync` (and the page loss that comes with it) and a log changing under a reader,
-//! without needing a real full or failing filesystem.
+//! failing or slow `fdatasync` (and the page loss that comes with a failing one) and a log
+//! changing under a reader, without needing a real full, failing or slow filesystem.
 
-use std::{io, sync::Arc};
+use std::{io, sync::Arc, time::Duration};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -33,6 +33,8 @@ struct FaultState {
     /// When an injected sync fails, the bytes written since the last good sync are zeroed, as
     /// they read back after a kernel dropped the dirty pages whose writeback failed.
     lose_unsynced: bool,
+    /// While set, every data sync first sleeps this long (a slow disk: writes still succeed).
+    sync_delay: Option<Duration>,
     /// While set, segment reads wait after taking their snapshot, before touching the file.
     reads_paused: bool,
     /// Reads waiting right now.
@@ -60,6 +62,12 @@ impl FaultInjector {
     /// recovery cannot complete meanwhile).
     pub fn fail_syncs_until_clear(&self, errno: i32) {
         self.fail_syncs(u32::MAX, errno);
+    }
+
+    /// Make every data sync take `delay` longer until [`clear`](Self::clear): a slow disk whose
+    /// `fdatasync` still succeeds (the writer's group syncs, background and flush syncs).
+    pub fn slow_syncs(&self, delay: Duration) {
+        self.shared.state.lock().sync_delay = Some(delay).filter(|d| !d.is_zero());
     }
 
     /// From now on, when an injected sync fails, zero the bytes the store wrote since its last good
@@ -117,6 +125,15 @@ impl FaultInjector {
                 Some((io::Error::from_raw_os_error(errno), st.lose_unsynced))
             }
             _ => None,
+        }
+    }
+
+    /// Called before a data sync: sleeps the armed [`slow_syncs`](Self::slow_syncs) delay, if any
+    /// (on the calling thread, which is the one that would wait for the disk).
+    pub(crate) fn before_sync(&self) {
+        let delay = self.shared.state.lock().sync_delay;
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
         }
     }
 

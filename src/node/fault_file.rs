@@ -1,7 +1,8 @@
 //! Test hook behind the hidden `--fault-file` flag: while the file names an errno (`ENOSPC`, `EIO`
 //! or a number), every segment write of the node's log fails with it, as on a full or failing
-//! disk; `sync:<errno>` makes every `fdatasync` fail instead (writes succeed); remove the file (or
-//! empty it) and the disk works again. Black-box tests use it to make a running node's disk fail
+//! disk; `sync:<errno>` makes every `fdatasync` fail instead (writes succeed); `slow-sync:<ms>`
+//! makes every `fdatasync` take that much longer (a slow disk); remove the file (or empty it) and
+//! the disk works again. Black-box tests use it to make a running node's disk fail
 //! without root or a real full filesystem.
 
 use std::{path::PathBuf, time::Duration};
@@ -18,15 +19,23 @@ pub enum Fault {
     Writes(i32),
     /// Every `fdatasync` fails with this errno.
     Syncs(i32),
+    /// Every `fdatasync` takes this much longer (and succeeds).
+    SlowSyncs(Duration),
 }
 
 /// The fault a fault file's content names: an errno (`ENOSPC`, `EIO`, `EROFS` or a decimal
-/// number) for writes, `sync:<errno>` for syncs; `None` for an empty file or anything else.
+/// number) for writes, `sync:<errno>` for syncs, `slow-sync:<ms>` (a positive number of
+/// milliseconds) for slow syncs; `None` for an empty file or anything else.
 pub fn parse_fault(content: &str) -> Option<Fault> {
-    match content.trim().strip_prefix("sync:") {
-        Some(errno) => parse_errno(errno).map(Fault::Syncs),
-        None => parse_errno(content).map(Fault::Writes),
+    let content = content.trim();
+    if let Some(errno) = content.strip_prefix("sync:") {
+        return parse_errno(errno).map(Fault::Syncs);
     }
+    if let Some(ms) = content.strip_prefix("slow-sync:") {
+        let ms: u64 = ms.trim().parse().ok().filter(|ms| *ms > 0)?;
+        return Some(Fault::SlowSyncs(Duration::from_millis(ms)));
+    }
+    parse_errno(content).map(Fault::Writes)
 }
 
 /// The errno `content` names: `ENOSPC`, `EIO`, `EROFS` or a decimal number.
@@ -59,6 +68,13 @@ pub async fn run(path: PathBuf, faults: FaultInjector, shutdown: CancellationTok
                     tracing::warn!(errno, "fault file: every log sync now fails");
                     faults.fail_syncs_until_clear(errno);
                 }
+                Some(Fault::SlowSyncs(delay)) => {
+                    tracing::warn!(
+                        delay_ms = delay.as_millis() as u64,
+                        "fault file: every log sync is now slower"
+                    );
+                    faults.slow_syncs(delay);
+                }
                 None => tracing::warn!("fault file: the log's disk works again"),
             }
             armed = fault;
@@ -74,8 +90,8 @@ pub async fn run(path: PathBuf, faults: FaultInjector, shutdown: CancellationTok
 mod tests {
     use super::*;
 
-    /// Names and numbers arm a write fault, `sync:` a sync fault; empty or unknown content
-    /// clears it.
+    /// Names and numbers arm a write fault, `sync:` a sync fault, `slow-sync:` a delay; empty or
+    /// unknown content clears it.
     #[test]
     fn errno_names() {
         assert_eq!(parse_fault("ENOSPC\n"), Some(Fault::Writes(libc::ENOSPC)));
@@ -86,5 +102,11 @@ mod tests {
         assert_eq!(parse_fault("0"), None);
         assert_eq!(parse_fault("full"), None);
         assert_eq!(parse_fault("sync:"), None);
+        assert_eq!(
+            parse_fault("slow-sync:250\n"),
+            Some(Fault::SlowSyncs(Duration::from_millis(250)))
+        );
+        assert_eq!(parse_fault("slow-sync:0"), None);
+        assert_eq!(parse_fault("slow-sync:fast"), None);
     }
 }

@@ -3,11 +3,15 @@
 //! absolute form `GET http://host:port/path HTTP/1.1`), and a test cuts them. Each request is
 //! forwarded on a connection of its own and its answer streams back as it arrives (a long poll
 //! holds nothing back). [`Proxy::cut`] closes every open connection, both sides, and closes each
-//! new one at once, until [`Proxy::restore`]. Tested by `tests/replication_proxy.rs`.
+//! new one at once, until [`Proxy::restore`]. [`Proxy::partition`] cuts only the way to some
+//! destinations (a network partition between two nodes): open connections are closed, and requests
+//! to those destinations are held, unanswered, until [`Proxy::heal`]. Tested by
+//! `tests/replication_proxy.rs`.
 
 #![allow(dead_code)] // each test uses a different part
 
 use std::{
+    collections::BTreeSet,
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -53,11 +57,26 @@ struct Shared {
     forwarded: AtomicU64,
     /// Connections closed at accept because the proxy was cut.
     refused: AtomicU64,
+    /// Destinations (`host:port`) requests to which are held until the partition heals.
+    partitioned: Mutex<BTreeSet<String>>,
+    /// Requests held by a partition so far.
+    held: AtomicU64,
 }
 
 impl Shared {
     fn generation(&self) -> CancellationToken {
         self.generation.lock().expect("proxy lock").clone()
+    }
+
+    fn is_partitioned(&self, authority: &str) -> bool {
+        self.partitioned.lock().expect("proxy lock").contains(authority)
+    }
+
+    /// Closes every open connection (client and upstream side).
+    fn close_open_connections(&self) {
+        let mut generation = self.generation.lock().expect("proxy lock");
+        generation.cancel();
+        *generation = CancellationToken::new();
     }
 }
 
@@ -85,6 +104,8 @@ impl Proxy {
             generation: Mutex::new(CancellationToken::new()),
             forwarded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            partitioned: Mutex::new(BTreeSet::new()),
+            held: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Proxy { addr, shared, task }
@@ -99,9 +120,34 @@ impl Proxy {
     /// fails), new ones are closed as soon as they are accepted.
     pub fn cut(&self) {
         self.shared.cut.store(true, Ordering::SeqCst);
-        let mut generation = self.shared.generation.lock().expect("proxy lock");
-        generation.cancel();
-        *generation = CancellationToken::new();
+        self.shared.close_open_connections();
+    }
+
+    /// Partitions the way to each of `destinations` (`host:port`, as in the request target):
+    /// every open connection is closed (a long poll in flight to any destination fails), and
+    /// requests to these destinations are held without an answer until [`Proxy::heal`]; requests
+    /// elsewhere pass.
+    pub fn partition<I, S>(&self, destinations: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.shared
+            .partitioned
+            .lock()
+            .expect("proxy lock")
+            .extend(destinations.into_iter().map(Into::into));
+        self.shared.close_open_connections();
+    }
+
+    /// Ends every partition: held requests go on to their destination.
+    pub fn heal(&self) {
+        self.shared.partitioned.lock().expect("proxy lock").clear();
+    }
+
+    /// How many requests a partition held so far.
+    pub fn held(&self) -> u64 {
+        self.shared.held.load(Ordering::SeqCst)
     }
 
     /// Lets connections through again.
@@ -201,6 +247,14 @@ async fn forward(
         Ok(u) => u,
         Err(e) => return Ok(answer(StatusCode::BAD_REQUEST, &e.to_string())),
     };
+    if shared.is_partitioned(authority.as_str()) {
+        shared.held.fetch_add(1, Ordering::SeqCst);
+        // Held like a packet into a partition: no answer until it heals (or the client gives up
+        // and drops the connection, which drops this future).
+        while shared.is_partitioned(authority.as_str()) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     *req.uri_mut() = origin_form;
     strip_hop_by_hop(req.headers_mut());
     if let Ok(host) = HeaderValue::from_str(authority.as_str()) {

@@ -64,7 +64,7 @@ pub struct Load {
 
 /// An endless source of `ID N` lines (N = 0, 1, ...) at `rate` per second, as the producer's
 /// reader; ends when the reader is dropped.
-fn paced_lines(id: String, rate: f64) -> (BufReader<tokio::io::DuplexStream>, JoinHandle<()>) {
+pub fn paced_lines(id: String, rate: f64) -> (BufReader<tokio::io::DuplexStream>, JoinHandle<()>) {
     let (mut tx, rx) = tokio::io::duplex(64 * 1024);
     let task = tokio::spawn(async move {
         let started = tokio::time::Instant::now();

@@ -25,6 +25,7 @@ use super::{now_ms, AppendOutcome, Command, Shared};
 use crate::log::{
     config::{Durability, LogConfig},
     error::LogError,
+    fault::FaultInjector,
     frames::VerifiedFrames,
     producer::{Admit, History, ProducerBatch},
     record::{self, ProducerSeq, Record},
@@ -221,13 +222,17 @@ impl Poison {
 type SyncJob = (Arc<File>, mpsc::SyncSender<std::io::Result<()>>);
 
 /// Start the thread that runs `fdatasync` for the writer, so that the next group's write overlaps
-/// the current group's sync. It stops when the writer drops its sender.
-fn spawn_syncer() -> Result<mpsc::Sender<SyncJob>, LogError> {
+/// the current group's sync. It stops when the writer drops its sender. A test's slow-sync fault
+/// (`faults`) delays each sync here, where the disk would.
+fn spawn_syncer(faults: Option<FaultInjector>) -> Result<mpsc::Sender<SyncJob>, LogError> {
     let (tx, rx) = mpsc::channel::<SyncJob>();
     std::thread::Builder::new()
         .name("log-sync".into())
         .spawn(move || {
             for (file, done) in rx {
+                if let Some(faults) = &faults {
+                    faults.before_sync();
+                }
                 let _ = done.send(file.sync_data());
             }
         })
@@ -245,7 +250,7 @@ pub(super) fn spawn(
     st: WriterState,
 ) -> Result<(mpsc::Sender<Command>, JoinHandle<()>), LogError> {
     let (tx, rx) = mpsc::channel();
-    let syncer = spawn_syncer()?;
+    let syncer = spawn_syncer(shared.config.fault_injector.clone())?;
     let mut writer = Writer {
         shared,
         rx,
@@ -987,6 +992,9 @@ impl Writer {
         let path = &self.st.active_path;
         if let Some(e) = self.injected_sync_error(true) {
             return Err(LogError::io("sync segment", path, e));
+        }
+        if let Some(faults) = &self.shared.config.fault_injector {
+            faults.before_sync();
         }
         self.st
             .active
