@@ -3,12 +3,12 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: help test fmt lint unit demo browser-deps chart-test fuzz chaos chaos-short bench bench-log bench-read bench-ingest bench-memory bench-failover bench-replication kind-up kind-e2e kind-down
+.PHONY: help test fmt lint unit demo browser-deps chart-test fuzz fuzz-ci chaos chaos-short bench bench-log bench-read bench-ingest bench-memory bench-failover bench-replication kind-up kind-e2e kind-down
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-test: browser-deps fmt lint unit chart-test ## every test: formatting, clippy, unit, integration, browser and chart tests
+test: browser-deps fmt lint unit chart-test fuzz-ci ## every test: formatting, clippy, unit, integration, browser and chart tests, and a deterministic run of every fuzz target
 
 browser-deps: ## headless Chromium + chromedriver for tests/observe_browser.rs (apt-get as root; skipped otherwise)
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
@@ -85,6 +85,17 @@ fuzz: ## cargo-fuzz targets in fuzz/ (docs/fuzzing.md), FUZZ_SECONDS each (defau
 		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O -a -s none $$t corpus/$$t seeds/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done
+
+FUZZ_RUNS ?= 300000
+
+fuzz-ci: ## part of `make test`: every cargo-fuzz target over its committed seeds, then FUZZ_RUNS (300000) inputs from a fixed seed (deterministic, no time limit to race)
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	@set -e; scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; cd fuzz; for t in $(FUZZ_TARGETS); do \
+		mkdir -p "$$scratch/$$t" seeds/$$t; \
+		echo "== fuzz-ci $$t: seeds, then $(FUZZ_RUNS) inputs from seed 1"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O -a -s none $$t "$$scratch/$$t" seeds/$$t -- \
+			-seed=1 -runs=$(FUZZ_RUNS) -print_final_stats=1; \
 	done
 
 kind-up: ## kind cluster + image + chart; waits for exactly one Ready node (the leader)

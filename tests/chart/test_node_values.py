@@ -21,6 +21,7 @@ from conftest import CHART, ROOT, VALUE_SETS, container, env_of, node_sts, parse
 SAMPLES: dict[str, tuple[Any, str]] = {
     "node.replicas": (5, "5"),
     "node.port": (4000, "0.0.0.0:4000"),
+    "node.replicationPort": (4001, "0.0.0.0:4001"),
     "node.dataDir": ("/data/log", "/data/log"),
     "node.durability": ("interval:50", "interval:50"),
     "node.maxMessageBytes": (4194304, "4194304"),
