@@ -174,7 +174,11 @@ async fn fetch(
     let nothing_new =
         store.durable_end() <= query.from && query.hw.is_none_or(|known| known >= store.high_watermark());
     if nothing_new && !query.wait.is_zero() {
-        let _ = tokio::time::timeout(query.wait, async {
+        // Held at most half the lag bound: a follower is judged caught up by its fetches'
+        // arrivals, so an idle one must arrive again well within `--replica-lag-max` or it would
+        // leave the ISR (and fail to join it) for lack of news, not for lag.
+        let hold = query.wait.min(repl.settings().replica_lag_max / 2);
+        let _ = tokio::time::timeout(hold, async {
             tokio::select! {
                 _ = hw_rx.changed() => {}
                 _ = durable_rx.changed() => {}
