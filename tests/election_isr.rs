@@ -11,7 +11,7 @@ use std::time::Duration;
 use election_support::{assert_no_leader_for, Consul, FakeReplica, Node, Settings, KEY};
 use simpleloggers::{
     consul::{PutOptions, SessionRequest},
-    election::{read_reports, ElectionCase, Role},
+    election::{read_reports, ElectionCase, LeaderState, Role},
     replication::isr::{IsrError, IsrState, Member, ReplicationKeys},
 };
 
@@ -158,12 +158,22 @@ async fn unclean_election_picks_at_once() {
 async fn absent_from_the_isr_never_wins() {
     let consul = Consul::start().await;
     let s = Settings::replicas(2);
-    let a = Node::start(&consul, "a", FakeReplica::new("a", None, 0), s).await;
-    let b = Node::start(&consul, "b", FakeReplica::new("b", None, 0), s).await;
+    let n1 = Node::start(&consul, "a", FakeReplica::new("a", None, 0), s).await;
+    let n2 = Node::start(&consul, "b", FakeReplica::new("b", None, 0), s).await;
+    // With 2 replicas, cluster start needs one empty report (2 − 2 + 1): the node whose first
+    // check passes first (Consul staggers it within the interval) starts the cluster; `a` is
+    // that one and `b` the other, whichever names they have.
+    let is_leader = |st: &LeaderState| st.role == Role::Leader;
+    let first_is_n1 = tokio::select! {
+        _ = n1.wait_for("leader", is_leader) => true,
+        _ = n2.wait_for("leader", is_leader) => false,
+    };
+    let (a, b) = if first_is_n1 { (n1, n2) } else { (n2, n1) };
     let first = a.wait_leader().await;
     b.wait_for("not in the ISR", |st| st.case == ElectionCase::NotInIsr)
         .await;
     let a_member = a.member();
+    let a_name = a_member.name.clone();
     a.stop().await;
     b.wait_for("seeing the lock free", |st| st.leader.is_none()).await;
     assert_no_leader_for(&[&b], NEVER).await;
@@ -173,7 +183,7 @@ async fn absent_from_the_isr_never_wins() {
     let put_isr = |members: Vec<Member>| {
         let value = serde_json::to_vec(&IsrState {
             term: first.term,
-            leader: "a".into(),
+            leader: a_name.clone(),
             members,
         })
         .unwrap();
@@ -188,7 +198,7 @@ async fn absent_from_the_isr_never_wins() {
         }
     };
     let stale = Member {
-        name: "b".into(),
+        name: b.member().name,
         incarnation: "an-older-disk".into(),
     };
     put_isr(vec![a_member.clone(), stale]).await;
