@@ -455,6 +455,44 @@ async fn read_frames_serves_durable_whole_batches() -> TestResult {
     Ok(())
 }
 
+/// A frame damaged on the leader's disk after it was stored is served as it is (the leader walks
+/// frame structure only, not CRCs) and refused by the follower, which verifies every frame before
+/// it stores anything: the damage never spreads, and the follower's log is unchanged.
+#[tokio::test]
+async fn damage_on_the_leader_is_caught_by_the_follower() -> TestResult {
+    let (ldir, fdir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let leader = LogStore::open(config(ldir.path(), 1 << 20, true)).await?;
+    leader.append(1, None, (0..3).map(payload).collect()).await?;
+    leader
+        .append(1, None, vec![Bytes::from_static(b"to-be-damaged")])
+        .await?;
+    let follower = LogStore::open(config(fdir.path(), 1 << 20, true)).await?;
+    copy(&leader, &follower, 1 << 20).await?;
+    assert_eq!(follower.durable_end(), 4);
+    leader
+        .append(1, None, vec![Bytes::from_static(b"second-victim")])
+        .await?;
+    // Flip one payload byte in the segment file behind the store's back (bit rot).
+    let segment = ldir.path().join(format!("{:020}.log", 0));
+    let mut file = std::fs::read(&segment)?;
+    let at = file
+        .windows(13)
+        .rposition(|w| w == b"second-victim")
+        .ok_or("payload not in the segment")?;
+    file[at] ^= 0x20;
+    std::fs::write(&segment, &file)?;
+    let served = leader.read_frames(4, 1 << 20).await?;
+    assert_eq!((served.first, served.end), (4, 5), "served as stored");
+    assert!(served.bytes.windows(13).any(|w| w == b"Second-victim"));
+    let refused = follower
+        .append_frames(served.bytes)
+        .await
+        .expect_err("CRC mismatch");
+    assert!(matches!(refused, LogError::Corrupt { .. }), "{refused}");
+    assert_eq!(follower.durable_end(), 4, "nothing stored");
+    Ok(())
+}
+
 /// A replicated log refuses to truncate below its high watermark (also after a reopen) and
 /// changes nothing then; at or above it truncation works and the HW stays.
 #[tokio::test]

@@ -190,6 +190,17 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Check the frame at the start of `buf` (length, CRC, version, flags) and read its fixed
 /// header, without copying anything.
 pub fn peek(buf: &[u8]) -> Result<FrameHead, DecodeError> {
+    peek_checked(buf, true)
+}
+
+/// [`peek`] without the CRC: the frame's structure only. For walking frames that are checked
+/// elsewhere — a leader serving its own log to followers, which verify every frame before they
+/// store it (`frames::verify`), as Kafka's followers do with what a leader serves.
+pub fn peek_structure(buf: &[u8]) -> Result<FrameHead, DecodeError> {
+    peek_checked(buf, false)
+}
+
+fn peek_checked(buf: &[u8], verify_crc: bool) -> Result<FrameHead, DecodeError> {
     if buf.len() < PREFIX_LEN {
         return Err(DecodeError::Incomplete { need: None });
     }
@@ -204,12 +215,14 @@ pub fn peek(buf: &[u8]) -> Result<FrameHead, DecodeError> {
         return Err(DecodeError::Incomplete { need: Some(total) });
     }
     let frame = &buf[..total];
-    let stored = u32_at(frame, 4);
-    let actual = frame_crc(frame);
-    if stored != actual {
-        return Err(DecodeError::Invalid(format!(
-            "CRC mismatch (stored {stored:#010x}, computed {actual:#010x})"
-        )));
+    if verify_crc {
+        let stored = u32_at(frame, 4);
+        let actual = frame_crc(frame);
+        if stored != actual {
+            return Err(DecodeError::Invalid(format!(
+                "CRC mismatch (stored {stored:#010x}, computed {actual:#010x})"
+            )));
+        }
     }
     let flags = frame[9];
     let known = match frame[8] {

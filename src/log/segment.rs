@@ -426,9 +426,12 @@ impl Window<'_> {
 impl SegmentView {
     /// Whole batches of raw frames from `from` up to offset `bound` (exclusive; at most this
     /// segment's end), stopping before `max_bytes` would be exceeded but returning at least one
-    /// batch. Every frame's CRC, version and offset are checked; only the fixed headers are
-    /// decoded (to find offsets and batch ends), and the bytes are returned as read, usually from
-    /// one `pread`. A `from` inside a batch returns the rest of that batch first (a valid batch on
+    /// batch. Every frame's structure (length, version, flags) and offset are checked, not its
+    /// CRC: what this serves goes to followers, which verify every frame before storing it
+    /// (`frames::verify`), so checking here too spent the leader's CPU twice on each frame (and on
+    /// the frames between the index entry and `from`) for nothing (issue 14). Only the fixed
+    /// headers are decoded (to find offsets and batch ends), and the bytes are returned as read,
+    /// usually from one `pread`. A `from` inside a batch returns the rest of that batch first (a valid batch on
     /// its own: a batch starts at any marker and counts down to 0).
     ///
     /// # Errors
@@ -471,7 +474,7 @@ impl SegmentView {
             if body <= MAX_FRAME_BODY && !w.ensure(i + total, READ_CHUNK)? {
                 return Err(past());
             }
-            let head = record::peek(&w.buf[i..]).map_err(|e| corrupt(pos, format!("{e:?}")))?;
+            let head = record::peek_structure(&w.buf[i..]).map_err(|e| corrupt(pos, format!("{e:?}")))?;
             if head.offset != off {
                 return Err(corrupt(
                     pos,

@@ -26,6 +26,11 @@ use super::{
 };
 use crate::log::LogError;
 
+/// How long a held fetch that has only a new high watermark to tell waits for records to tell it
+/// with. Followers need the HW for their readers and as their truncation floor, neither of which
+/// needs it within microseconds; the leader's commit does not depend on it at all.
+const HW_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// An internal request that failed; the body is `{"code", "message", ...}`.
 #[derive(Debug, thiserror::Error)]
 pub enum InternalError {
@@ -171,21 +176,36 @@ async fn fetch(
     hw_rx.borrow_and_update();
     durable_rx.borrow_and_update();
     repl.record_fetch(term, &query.name, &query.incarnation, query.from);
-    let nothing_new =
-        store.durable_end() <= query.from && query.hw.is_none_or(|known| known >= store.high_watermark());
-    if nothing_new && !query.wait.is_zero() {
+    if !query.wait.is_zero() {
         // Held at most half the lag bound: a follower is judged caught up by its fetches'
         // arrivals, so an idle one must arrive again well within `--replica-lag-max` or it would
         // leave the ISR (and fail to join it) for lack of news, not for lag.
         let hold = query.wait.min(repl.settings().replica_lag_max / 2);
-        let _ = tokio::time::timeout(hold, async {
+        let deadline = tokio::time::Instant::now() + hold;
+        let mut hw_news_since = None;
+        loop {
+            if store.durable_end() > query.from || repl.is_draining() {
+                break;
+            }
+            // A new HW alone waits up to `HW_LINGER` for records to carry it: the HW this very
+            // fetch reports usually moves a moment after it arrives, and answering that at once
+            // cost every follower a second request/answer pair per commit round (issue 14).
+            let until = if query.hw.is_none_or(|known| known < store.high_watermark()) {
+                let since = *hw_news_since.get_or_insert_with(tokio::time::Instant::now);
+                deadline.min(since + HW_LINGER)
+            } else {
+                deadline
+            };
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
             tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
                 _ = hw_rx.changed() => {}
                 _ = durable_rx.changed() => {}
-                _ = repl.draining() => {}
+                _ = repl.draining() => break,
             }
-        })
-        .await;
+        }
     }
     let chunk = match store.read_frames(query.from, query.max_bytes).await {
         Ok(chunk) => chunk,

@@ -490,6 +490,11 @@ impl Replication {
         self.inner.draining.cancelled().await;
     }
 
+    /// Whether [`draining`](Self::draining) has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
     /// Whether replication lets the leader of `term` take a write now.
     ///
     /// # Errors

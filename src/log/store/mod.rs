@@ -19,7 +19,7 @@ use std::{
         mpsc, Arc, Weak,
     },
     thread::JoinHandle,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -604,13 +604,21 @@ impl LogStore {
     /// but at least one batch when any exists, up to the [durable end](Self::durable_end)
     /// (records above the high watermark included: followers need them), never past the end of
     /// the segment holding `from` (the next call continues in the next one). Control records are
-    /// included. What the leader answers a fetch with. Every frame's CRC is checked; the bytes are
-    /// returned as stored, read with (usually) one `pread`, payloads not decoded.
+    /// included. What the leader answers a fetch with. Every frame's structure and offset are
+    /// checked, not its CRC (the follower verifies each frame before storing it); the bytes are
+    /// returned as stored, read with (usually) one `pread`, payloads not decoded. A read of the
+    /// last few KiB of the log (a caught-up follower's fetch: the pages were just written, so
+    /// they are in the page cache) runs on the calling task; a longer one on the blocking pool.
     ///
     /// # Errors
     /// [`LogError::OffsetTrimmed`] below the first retained offset; [`LogError::Corrupt`].
     pub async fn read_frames(&self, from: u64, max_bytes: usize) -> Result<FrameChunk, LogError> {
         let shared = self.inner.shared.clone();
+        if shared.config.fault_injector.is_none() && shared.frames_span(from) <= INLINE_READ_BYTES {
+            // Two thread hand-offs (to the blocking pool and back) cost more than this `pread`
+            // from the page cache (issue 14: once per follower per commit round).
+            return shared.read_frames_blocking(from, max_bytes);
+        }
         tokio::task::spawn_blocking(move || shared.read_frames_blocking(from, max_bytes))
             .await
             .map_err(|_| LogError::Closed)?
@@ -784,6 +792,10 @@ impl LogStore {
 /// exposed HW to `hw.checkpoint` until the file holds the newest one, then ends. Holds the store
 /// only through `shared` (weak) and never across a wait, so it never keeps a closed store's
 /// directory locked; it stops once the store is closed or gone.
+/// Least time between two `hw.checkpoint` writes behind [`LogStore::advance_high_watermark`]
+/// (Kafka checkpoints its HW every 5 s).
+const HW_CHECKPOINT_SPACING: Duration = Duration::from_millis(100);
+
 async fn persist_behind(shared: Weak<Shared>) {
     loop {
         let Some(file) = shared.upgrade().map(|s| s.hw_file.clone()) else {
@@ -810,7 +822,14 @@ async fn persist_behind(shared: Weak<Shared>) {
         };
         let (file, path, seq) = checkpoint.next_write();
         match tokio::task::spawn_blocking(move || hw::store(file, &path, seq, target)).await {
-            Ok(Ok(file)) => checkpoint.stored(file, seq, target),
+            Ok(Ok(file)) => {
+                checkpoint.stored(file, seq, target);
+                drop(checkpoint);
+                // Spaced out: every HW move of a busy log would otherwise cost an `fdatasync`
+                // beside the log's own (one per commit round on every node, all on the same
+                // disk), and nothing needs the file sooner (`close` writes the last value).
+                tokio::time::sleep(HW_CHECKPOINT_SPACING).await;
+            }
             Ok(Err(err)) => {
                 tracing::warn!(%err, hw = target, "cannot persist the high watermark; retrying with its next move");
                 if let Some(s) = shared.upgrade() {
@@ -845,6 +864,8 @@ async fn persist_exposed(shared: &Arc<Shared>) -> Result<(), LogError> {
 /// Fetched chunks up to this size are verified on the calling task; larger ones on the blocking
 /// pool.
 const VERIFY_INLINE_BYTES: usize = 256 * 1024;
+/// Largest [`LogStore::read_frames`] done on the calling task instead of the blocking pool.
+const INLINE_READ_BYTES: u64 = 64 * 1024;
 
 /// Whole batches of raw frames, as [`LogStore::read_frames`] returns them.
 #[derive(Debug, Clone)]
@@ -885,6 +906,19 @@ impl Shared {
             }
         }
         Ok(cursor.out)
+    }
+
+    /// How many bytes a [`LogStore::read_frames`] from `from` would read at most: from the index
+    /// entry at or before `from` to the end of the segment's synced records (0: nothing to read,
+    /// or `from` is not in the log, which the read reports).
+    fn frames_span(&self, from: u64) -> u64 {
+        let guard = self.state.read();
+        if from < guard.start || from >= guard.durable {
+            return 0;
+        }
+        guard
+            .view(from)
+            .map_or(0, |view| view.len.saturating_sub(view.start.1))
     }
 
     /// [`LogStore::read_frames`] on the blocking pool: like [`read_blocking`](Self::read_blocking),

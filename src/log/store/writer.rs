@@ -261,6 +261,7 @@ pub(super) fn spawn(
         poison: None,
         lost: None,
         crowded: false,
+        spin: SpinLuck::default(),
     };
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
@@ -293,6 +294,42 @@ pub(super) struct Writer {
     /// connection, a follower's fetch loop) comes back only after a network round trip; spinning
     /// for it burned the CPU the rest of the node needs (issue 14).
     crowded: bool,
+    /// Whether spinning has been paying off (see [`SpinLuck`]).
+    spin: SpinLuck,
+}
+
+/// Whether the writer's spin before sleeping has been catching commands. Appenders that send
+/// again as soon as they are acknowledged (`--acks leader`, the log benchmark) arrive within the
+/// spin; appenders acknowledged later, when the replicas have the records (`--acks all`), do not,
+/// and spinning for them only took a core from the tasks and the followers that the commit waits
+/// for (issue 14). After a spin that caught nothing, the writer sleeps at once for the next
+/// [`SPIN_RETRY_AFTER`] groups, then tries again.
+#[derive(Debug, Default)]
+struct SpinLuck {
+    /// Groups since the last spin that caught nothing (`None`: the last spin caught something).
+    since_miss: Option<u32>,
+}
+
+/// Groups after a fruitless spin before the writer spins again.
+const SPIN_RETRY_AFTER: u32 = 16;
+
+impl SpinLuck {
+    /// Whether to spin now (one call per sleep).
+    fn try_now(&mut self) -> bool {
+        match &mut self.since_miss {
+            None => true,
+            Some(n) if *n >= SPIN_RETRY_AFTER => true,
+            Some(n) => {
+                *n += 1;
+                false
+            }
+        }
+    }
+
+    /// What the spin came to.
+    fn caught(&mut self, something: bool) {
+        self.since_miss = if something { None } else { Some(0) };
+    }
 }
 
 impl Writer {
@@ -374,15 +411,19 @@ impl Writer {
     /// without a futex sleep/wake round trip shortens every group-commit cycle. Otherwise (or
     /// after the spin) block.
     fn recv_soon(&mut self) -> Result<Command, mpsc::RecvError> {
-        if self.config().durability == Durability::Always && self.crowded {
+        if self.config().durability == Durability::Always && self.crowded && self.spin.try_now() {
             let deadline = Instant::now() + SPIN_BEFORE_SLEEP;
             while Instant::now() < deadline {
                 match self.rx.try_recv() {
-                    Ok(cmd) => return Ok(cmd),
+                    Ok(cmd) => {
+                        self.spin.caught(true);
+                        return Ok(cmd);
+                    }
                     Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
                     Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
                 }
             }
+            self.spin.caught(false);
         }
         self.rx.recv()
     }
@@ -1128,5 +1169,33 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer spins while spinning catches commands; after a miss it sleeps at once for
+    /// `SPIN_RETRY_AFTER` groups, then tries again.
+    #[test]
+    fn spin_only_while_it_pays() {
+        let mut luck = SpinLuck::default();
+        assert!(luck.try_now(), "spins at first");
+        luck.caught(true);
+        assert!(luck.try_now(), "a hit keeps it spinning");
+        luck.caught(false);
+        for group in 0..SPIN_RETRY_AFTER {
+            assert!(!luck.try_now(), "no spin for group {group} after a miss");
+        }
+        assert!(luck.try_now(), "tries again");
+        luck.caught(false);
+        assert!(!luck.try_now(), "another miss: back to sleeping at once");
+        for _ in 1..SPIN_RETRY_AFTER {
+            luck.try_now();
+        }
+        assert!(luck.try_now());
+        luck.caught(true);
+        assert!(luck.try_now() && luck.try_now(), "a hit: spinning every time");
     }
 }
