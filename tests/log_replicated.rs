@@ -9,7 +9,8 @@ use std::{path::Path, time::Duration};
 
 use bytes::Bytes;
 use simpleloggers::log::{
-    AppendOutcome, Durability, LogConfig, LogError, LogStore, ProducerBatch, ProducerSeq, Record,
+    AppendOutcome, Durability, FaultInjector, LogConfig, LogError, LogStore, ProducerBatch, ProducerSeq,
+    Record,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -452,6 +453,75 @@ async fn read_frames_serves_durable_whole_batches() -> TestResult {
         log.read_frames(0, 100).await,
         Err(LogError::OffsetTrimmed { offset: 0, .. })
     ));
+    Ok(())
+}
+
+/// A replicated log under `always` serves written records before their sync (a leader's
+/// followers fetch while it syncs); the high watermark never passes its durable end. When that
+/// sync fails, the records are dropped and the term is lost for writing: appends in it are refused
+/// (a follower may hold the dropped records at offsets the leader would otherwise reuse with other
+/// records in the same term), the next term starts at the rolled-back end, and the leader's
+/// answer for the lost term makes the follower cut the copies.
+#[tokio::test]
+async fn served_records_lost_to_a_failed_sync_end_the_term() -> TestResult {
+    let (ldir, fdir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let faults = FaultInjector::new();
+    let mut cfg = config(ldir.path(), 1 << 20, true);
+    cfg.fault_injector = Some(faults.clone());
+    let leader = LogStore::open(cfg).await?;
+    let follower = LogStore::open(config(fdir.path(), 1 << 20, true)).await?;
+    leader.append(1, None, (0..3).map(payload).collect()).await?;
+    copy(&leader, &follower, 1 << 20).await?;
+    assert_eq!(leader.advance_high_watermark(3), 3);
+
+    // The next append's sync is slow and then fails; meanwhile its record is servable.
+    faults.slow_syncs(Duration::from_millis(400));
+    faults.fail_syncs(1, libc::EIO);
+    let writer = leader.clone();
+    let append = tokio::spawn(async move { writer.append(1, None, vec![payload(3)]).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leader.servable_end() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the written record never became servable"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(leader.durable_end(), 3, "servable before it is durable");
+    assert_eq!(
+        leader.advance_high_watermark(4),
+        3,
+        "the HW never passes the durable end"
+    );
+    let served = leader.read_frames(3, 1 << 20).await?;
+    assert_eq!((served.first, served.end), (3, 4));
+    assert_eq!(
+        follower.append_frames(served.bytes).await?,
+        4,
+        "the follower stores it"
+    );
+    let failed = append.await?.expect_err("the sync failed");
+    assert!(matches!(failed, LogError::Io { .. }), "{failed}");
+    faults.clear();
+    assert_eq!(leader.write_health().lost_term, Some(1));
+
+    // Term 1 is over for writing here; a new term starts where the log was rolled back to.
+    let refused = leader
+        .append(1, None, vec![payload(9)])
+        .await
+        .expect_err("term 1 was lost");
+    assert!(
+        matches!(refused, LogError::TermLost { term: 1, lost: 1 }),
+        "{refused}"
+    );
+    assert_eq!(leader.begin_term(2).await?, 3, "offset 3 is reused, in term 2");
+    assert_eq!(leader.append(2, None, vec![payload(4)]).await?.first(), 4);
+    // The follower holds a term-1 record at 3 that the leader does not: the leader's answer for
+    // term 1 (it ends at 3) is where the follower cuts (the truncation rule), then it copies.
+    assert_eq!(leader.end_offset_for(1), Some((1, 3)));
+    follower.truncate_suffix(3).await?;
+    copy(&leader, &follower, 1 << 20).await?;
+    assert_eq!(all_frames(&follower).await?, all_frames(&leader).await?);
     Ok(())
 }
 

@@ -138,6 +138,18 @@ pub enum LogError {
         /// One past the last dropped offset.
         to: u64,
     },
+    /// An append or term start in `term`, after a failed sync dropped records of term `lost`
+    /// (at or above it) that this log had already served to followers: the term must not go on
+    /// here with other records at those offsets. A new term (another election) must begin.
+    #[error(
+        "records of term {lost} that followers may hold were lost to a failed sync here; this node must not write in term {term} again (a new term must begin)"
+    )]
+    TermLost {
+        /// The term asked.
+        term: u64,
+        /// The highest term whose served records were dropped.
+        lost: u64,
+    },
     /// The store was closed (or its writer thread stopped).
     #[error("log store closed")]
     Closed,
@@ -159,6 +171,7 @@ impl LogError {
                 | LogError::Corrupt { .. }
                 | LogError::Poisoned { .. }
                 | LogError::NotDurable { .. }
+                | LogError::TermLost { .. }
         )
     }
 
@@ -208,6 +221,10 @@ impl LogError {
             LogError::StaleTerm { term, last_term } => LogError::StaleTerm {
                 term: *term,
                 last_term: *last_term,
+            },
+            LogError::TermLost { term, lost } => LogError::TermLost {
+                term: *term,
+                lost: *lost,
             },
             LogError::StaleSequence {
                 producer_id,

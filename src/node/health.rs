@@ -40,6 +40,24 @@ pub struct LogFacts {
     pub problem: Option<String>,
     /// Term of the log's last record: the log refuses appends with a lower term.
     pub last_term: Option<u64>,
+    /// The highest term whose records, already servable to followers, a failed sync dropped
+    /// ([`WriteHealth::lost_term`]): the log refuses appends in it, and a node leading it must
+    /// step down so that a new term begins.
+    pub lost_term: Option<u64>,
+}
+
+/// Why a leader of `state`'s term must give the term up, if it must: a failed sync dropped
+/// records of that term that followers may hold, so it cannot go on writing in it. The Consul
+/// check fails for this (Consul then ends the session and another election starts a new term)
+/// and write admission refuses. Only while leading: once the session has ended the check passes
+/// again, so the node can take part in the next election (a lone replica too).
+pub fn must_step_down(state: &LeaderState, log: &LogFacts) -> Option<String> {
+    let lost = log.lost_term?;
+    (state.role == crate::election::Role::Leader && state.term <= lost).then(|| {
+        format!(
+            "a failed sync dropped records of term {lost} that followers may hold: leading needs a new term"
+        )
+    })
 }
 
 /// Why a write is refused before it reaches the log.
@@ -91,6 +109,9 @@ pub fn admit_replicated(
 /// append or the term is stale.
 pub fn admit(state: &LeaderState, now: Instant, log: &LogFacts) -> Result<u64, Refusal> {
     let term = state.write_term(now).map_err(Refusal::NotLeader)?;
+    if let Some(reason) = must_step_down(state, log) {
+        return Err(Refusal::Log(reason));
+    }
     if let Some(problem) = &log.problem {
         return Err(Refusal::Log(format!(
             "leader, but the log cannot append: {problem}"
@@ -187,6 +208,7 @@ impl LogHealth {
         LogFacts {
             problem: self.problem(),
             last_term: self.store.last_term().map(|(term, _)| term),
+            lost_term: self.store.write_health().lost_term,
         }
     }
 
@@ -336,6 +358,7 @@ mod tests {
         let healthy = LogFacts {
             problem: None,
             last_term: Some(5),
+            lost_term: None,
         };
         assert_eq!(
             admit(&leader(5, now), now, &healthy),
@@ -356,6 +379,7 @@ mod tests {
         let sick = LogFacts {
             problem: Some("disk full".into()),
             last_term: None,
+            lost_term: None,
         };
         let refused = admit(&leader(6, now), now, &sick).unwrap_err();
         assert!(refused.reason().contains("disk full"), "{refused:?}");
@@ -370,6 +394,39 @@ mod tests {
             admit(&leader(6, now), lapsed, &healthy),
             Err(Refusal::NotLeader(_))
         ));
+    }
+
+    /// A leader of a term whose servable records a failed sync dropped must step down: its
+    /// writes are refused and (through `/consul-check`) its session ends; not while it follows,
+    /// so that it can take part in the election of the next term, and not in a later term.
+    #[test]
+    fn a_lost_term_is_given_up() {
+        let now = Instant::now();
+        let lost = LogFacts {
+            problem: None,
+            last_term: Some(5),
+            lost_term: Some(5),
+        };
+        let refused = admit(&leader(5, now), now, &lost).unwrap_err();
+        assert!(
+            matches!(&refused, Refusal::Log(r) if r.contains("term 5") && r.contains("new term")),
+            "{refused:?}"
+        );
+        assert!(must_step_down(&leader(5, now), &lost).is_some());
+        assert!(
+            must_step_down(&leader(4, now), &lost).is_some(),
+            "an older term too"
+        );
+        assert_eq!(admit(&leader(6, now), now, &lost), Ok(6), "the next term writes");
+        assert_eq!(must_step_down(&leader(6, now), &lost), None);
+        let mut follower = leader(5, now);
+        follower.role = Role::Follower;
+        assert_eq!(
+            must_step_down(&follower, &lost),
+            None,
+            "a follower's check passes"
+        );
+        assert_eq!(must_step_down(&leader(5, now), &LogFacts::default()), None);
     }
 
     /// A failure holds until a probe passes, and a probe older than the last failure clears
@@ -395,6 +452,7 @@ mod tests {
             poisoned: Some("sync failed".into()),
             failures: 1,
             last_failure: Some("sync failed".into()),
+            lost_term: None,
         };
         assert!(t.problem(&poisoned).unwrap().contains("sync failed"));
         t.probe_passed(t.generation);

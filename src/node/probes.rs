@@ -160,7 +160,10 @@ pub async fn healthz(State(node): State<Node>) -> impl IntoResponse {
 /// writer. A failing check invalidates the session, so a leader that cannot write loses the lock
 /// and a healthy node takes over; it passes again once a probe of the data directory succeeds.
 pub async fn consul_check(State(node): State<Node>) -> impl IntoResponse {
-    match node.health.problem() {
+    let step_down = node
+        .elector
+        .with_current(|state| super::health::must_step_down(state, &node.health.facts()));
+    match step_down.or_else(|| node.health.problem()) {
         None => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
         Some(problem) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -329,6 +332,7 @@ mod tests {
         let full = LogFacts {
             problem: Some("disk full".into()),
             last_term: None,
+            lost_term: None,
         };
         assert_eq!(writes(&leader, now, &full, ok).reason, "log_unavailable");
         let short = writes(&leader, now, &healthy, |_| {
@@ -353,6 +357,7 @@ mod tests {
         let full = LogFacts {
             problem: Some("disk full".into()),
             last_term: None,
+            lost_term: None,
         };
         let r = readiness(&leader, now, &full, |_| Ok(()));
         assert!(!r.ready, "a full disk makes the leader unready");
@@ -360,6 +365,7 @@ mod tests {
         let ahead = LogFacts {
             problem: None,
             last_term: Some(8),
+            lost_term: None,
         };
         assert!(
             !readiness(&leader, now, &ahead, |_| Ok(())).ready,

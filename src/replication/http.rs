@@ -171,10 +171,12 @@ async fn fetch(
         |t| store.end_offset_for(t),
     )?;
     // Subscribe before recording the progress: the HW move it causes must wake this poll.
+    // Records are servable once written (before the leader's own sync: `servable_end`), so the
+    // follower's fetch and sync overlap the leader's sync.
     let mut hw_rx = store.subscribe();
-    let mut durable_rx = store.subscribe_durable();
+    let mut records_rx = store.subscribe_servable();
     hw_rx.borrow_and_update();
-    durable_rx.borrow_and_update();
+    records_rx.borrow_and_update();
     repl.record_fetch(term, &query.name, &query.incarnation, query.from);
     if !query.wait.is_zero() {
         // Held at most half the lag bound: a follower is judged caught up by its fetches'
@@ -184,7 +186,7 @@ async fn fetch(
         let deadline = tokio::time::Instant::now() + hold;
         let mut hw_news_since = None;
         loop {
-            if store.durable_end() > query.from || repl.is_draining() {
+            if store.servable_end() > query.from || repl.is_draining() {
                 break;
             }
             // A new HW alone waits up to `HW_LINGER` for records to carry it: the HW this very
@@ -202,7 +204,7 @@ async fn fetch(
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 _ = hw_rx.changed() => {}
-                _ = durable_rx.changed() => {}
+                _ = records_rx.changed() => {}
                 _ = repl.draining() => break,
             }
         }

@@ -1,7 +1,7 @@
 //! [`LogStore`]: the cheap-`Clone` handle the node uses, and the state it shares with the writer
 //! thread (visible log shape, durable end, high watermark, producer table, write health, the
 //! command queue). Reads run here, on the blocking pool, up to the high watermark only, holding no
-//! lock across disk reads; so do `read_frames` (raw frames for followers, up to the durable end),
+//! lock across disk reads; so do `read_frames` (raw frames for followers, up to the servable end),
 //! `advance_high_watermark` (which exposes a new HW at once and persists `hw.checkpoint` behind
 //! it, one write at a time) and `set_high_watermark` (which persists before exposing). Every
 //! mutation of the log is a `Command` to the single writer: `writer` group-commits appends (and
@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, watch};
 
 use self::writer::WriterState;
 use super::{
-    config::LogConfig,
+    config::{Durability, LogConfig},
     epochs::{Epoch, EpochCache},
     error::LogError,
     frames::{self, VerifiedFrames},
@@ -92,6 +92,8 @@ struct LogState {
     durable: u64,
     /// `LogConfig::replicated`: whether reads stop at `hw` (else at `end`).
     replicated: bool,
+    /// [`Shared::serve_written`], for [`LogState::servable`].
+    serve_written: bool,
     /// The exposed high watermark of a replicated log (at most `durable`): reads stop here.
     hw: u64,
     /// The highest HW that is or may soon be in `hw.checkpoint` (at or above `hw`: an exposed
@@ -111,6 +113,10 @@ pub struct WriteHealth {
     pub failures: u64,
     /// The most recent failure, kept after recovery.
     pub last_failure: Option<String>,
+    /// The highest term of records a failed sync dropped after `read_frames` could serve them
+    /// (a replicated log under `always`): appends and term starts in that term or below are
+    /// refused ([`LogError::TermLost`]), and a node leading such a term must step down.
+    pub lost_term: Option<u64>,
 }
 
 /// State shared between the handles and the writer thread.
@@ -134,6 +140,12 @@ struct Shared {
     /// [`LogState::durable`], for `subscribe_durable`. Only sent through
     /// [`Shared::refresh_durable`].
     durable: watch::Sender<u64>,
+    /// Where [`LogStore::read_frames`] ends ([`LogState::servable`]), for `subscribe_servable`.
+    /// Only sent through [`Shared::refresh_servable`] (which `refresh_durable` also calls).
+    servable: watch::Sender<u64>,
+    /// `LogConfig::replicated` under `always`: a part's records are servable to followers once
+    /// written, before their sync (`Writer::expose_written`).
+    serve_written: bool,
     /// The largest HW asked of `set_high_watermark` and not yet taken by a persisting caller (0:
     /// none pending): the caller holding `hw_file` persists it for every caller waiting behind it.
     hw_pending: Mutex<u64>,
@@ -317,11 +329,14 @@ impl LogStore {
             rewrites: 0,
             durable: end,
             replicated: config.replicated,
+            serve_written: config.replicated && config.durability == Durability::Always,
             hw,
             hw_reserved: hw,
         };
         let (visible, _) = watch::channel(state.read_end());
         let (durable, _) = watch::channel(end);
+        let (servable, _) = watch::channel(end);
+        let serve_written = config.replicated && config.durability == Durability::Always;
         let shared = Arc::new(Shared {
             config,
             state: RwLock::new(state),
@@ -329,6 +344,8 @@ impl LogStore {
             epochs: Mutex::new(rec.epochs),
             visible,
             durable,
+            servable,
+            serve_written,
             hw_pending: Mutex::new(0),
             hw_file: Arc::new(tokio::sync::Mutex::new(checkpoint)),
             hw_persisting: AtomicBool::new(false),
@@ -419,8 +436,10 @@ impl LogStore {
             .map_err(|_| LogError::Closed)?
     }
 
-    /// The log end: next offset to assign, one past the last acknowledged record (the durable end
-    /// under `always`). Readers stop earlier, at the [high watermark](Self::high_watermark).
+    /// The log end: next offset to assign, one past the last written record (the durable end
+    /// under `always`, except on a replicated log, whose written groups count before their sync
+    /// completes: see [`servable_end`](Self::servable_end)). Readers stop earlier, at the
+    /// [high watermark](Self::high_watermark).
     pub fn end_offset(&self) -> u64 {
         self.inner.shared.state.read().end
     }
@@ -601,8 +620,9 @@ impl LogStore {
 
     /// Raw frames of whole batches from `from` (which should be a batch start, as every fetch
     /// offset is; from inside a batch, the rest of that batch comes first), at most `max_bytes`
-    /// but at least one batch when any exists, up to the [durable end](Self::durable_end)
-    /// (records above the high watermark included: followers need them), never past the end of
+    /// but at least one batch when any exists, up to the [servable end](Self::servable_end)
+    /// (records above the high watermark included: followers need them; on a replicated log under
+    /// `always`, records written and not yet synced too), never past the end of
     /// the segment holding `from` (the next call continues in the next one). Control records are
     /// included. What the leader answers a fetch with. Every frame's structure and offset are
     /// checked, not its CRC (the follower verifies each frame before storing it); the bytes are
@@ -672,6 +692,18 @@ impl LogStore {
     /// `always`, equal to [`end_offset`](Self::end_offset)).
     pub fn durable_end(&self) -> u64 {
         self.inner.shared.state.read().durable
+    }
+
+    /// One past the last record [`read_frames`](Self::read_frames) serves: the log end of a
+    /// replicated log under `always` (written records before their sync included: a leader's
+    /// followers fetch while it syncs), else [`durable_end`](Self::durable_end).
+    pub fn servable_end(&self) -> u64 {
+        self.inner.shared.state.read().servable()
+    }
+
+    /// A watch of [`servable_end`](Self::servable_end), for a leader holding a fetch.
+    pub fn subscribe_servable(&self) -> watch::Receiver<u64> {
+        self.inner.shared.servable.subscribe()
     }
 
     /// A watch of [`durable_end`](Self::durable_end) (it goes down only with a truncation). What a
@@ -913,7 +945,7 @@ impl Shared {
     /// or `from` is not in the log, which the read reports).
     fn frames_span(&self, from: u64) -> u64 {
         let guard = self.state.read();
-        if from < guard.start || from >= guard.durable {
+        if from < guard.start || from >= guard.servable() {
             return 0;
         }
         guard
@@ -933,7 +965,7 @@ impl Shared {
                     start: guard.start,
                 });
             }
-            let bound = guard.durable;
+            let bound = guard.servable();
             let view = (from < bound).then(|| guard.view(from)).flatten();
             let Some(view) = view else {
                 return Ok(FrameChunk {
@@ -979,10 +1011,22 @@ impl Shared {
         });
     }
 
-    /// Publish the durable end now (as [`refresh_visible`](Self::refresh_visible)).
+    /// Publish the durable end now (as [`refresh_visible`](Self::refresh_visible)), and where
+    /// `read_frames` ends.
     fn refresh_durable(&self) {
         self.durable.send_if_modified(|v| {
             let now = self.state.read().durable;
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
+        self.refresh_servable();
+    }
+
+    /// Publish where `read_frames` ends now ([`LogState::servable`]).
+    fn refresh_servable(&self) {
+        self.servable.send_if_modified(|v| {
+            let now = self.state.read().servable();
             let changed = *v != now;
             *v = now;
             changed
@@ -1034,6 +1078,17 @@ impl Shared {
 }
 
 impl LogState {
+    /// Where [`LogStore::read_frames`] ends: the log end for a replicated log under `always`
+    /// (records written and not yet synced included, see `Writer::expose_written`), else the
+    /// durable end.
+    fn servable(&self) -> u64 {
+        if self.serve_written {
+            self.end
+        } else {
+            self.durable
+        }
+    }
+
     /// The high watermark: `hw` for a replicated log, else the visible end.
     fn high_watermark(&self) -> u64 {
         if self.replicated {

@@ -163,6 +163,9 @@ struct Part {
     next_after: u64,
     /// Last `(term, offset)` after the part.
     last_term_after: Option<(u64, u64)>,
+    /// Its records were made visible to `read_frames` once written, before their sync (a
+    /// replicated log under `always`: see [`Writer::expose_written`]).
+    exposed: bool,
 }
 
 /// A part that is written and whose `fdatasync` is running on the sync thread; the writer
@@ -514,6 +517,10 @@ impl Writer {
                 return;
             }
         }
+        if let Some(lost) = self.lost_term_refusal(term) {
+            let _ = reply.send(Err(lost));
+            return;
+        }
         let count = payloads.len() as u32;
         if let Some(p) = &producer {
             match self.shared.producers.lock().admit(p, count, now_ms()) {
@@ -783,6 +790,10 @@ impl Writer {
                 return;
             }
         }
+        if let Some(lost) = self.lost_term_refusal(term) {
+            let _ = reply.send(Err(lost));
+            return;
+        }
         if let Err(e) = self.roll_if_full(record::frame_len(0, 0) as u64) {
             let _ = reply.send(Err(e));
             return;
@@ -859,6 +870,9 @@ impl Writer {
         part.len_after = self.st.written_len;
         part.next_after = self.st.next_offset;
         part.last_term_after = self.st.last_term;
+        if self.shared.serve_written {
+            self.expose_written(&mut part);
+        }
         // Keep the encode buffer's allocation for the next group (no regrowth, no page faults).
         let mut buf = std::mem::take(&mut part.buf);
         buf.clear();
@@ -888,6 +902,10 @@ impl Writer {
         let (tx, done) = mpsc::sync_channel(1);
         match self.injected_sync_error(true) {
             Some(e) => {
+                // A failing disk takes its time too (a test's slow-sync fault applies).
+                if let Some(faults) = &self.shared.config.fault_injector {
+                    faults.before_sync();
+                }
                 let _ = tx.send(Err(e));
             }
             // Nothing queued to write meanwhile: sync here. Handing the sync to the sync thread
@@ -954,6 +972,19 @@ impl Writer {
     /// Make a written (and, under `always`, synced) part visible and acknowledge it.
     fn publish(&mut self, part: Part) {
         let end = part.next_after;
+        if part.exposed {
+            // Its shape is visible already (and later parts' may be too): only durability moves.
+            {
+                let mut state = self.shared.state.write();
+                state.durable = self.st.synced_end.min(state.end);
+            }
+            self.shared.refresh_durable();
+            self.shared.refresh_visible();
+            for reply in part.replies {
+                reply.ok();
+            }
+            return;
+        }
         {
             let mut state = self.shared.state.write();
             let interval = self.shared.config.index_interval_bytes;
@@ -978,6 +1009,43 @@ impl Writer {
         }
     }
 
+    /// Make a written part's records visible to [`read_frames`](super::LogStore::read_frames)
+    /// before its sync: the log's shape (segment length, end, index, control records, last term)
+    /// moves now, its durable end and its replies when the sync completes
+    /// ([`publish`](Self::publish)). A leader's followers then fetch while the leader syncs, so
+    /// one `fdatasync` is on the commit path instead of two in series (docs/replication.md, "The
+    /// leader serves what it has written"). Reads of records stop at the high watermark, which is
+    /// never above this log's durable end, so nothing unsynced is ever read as committed.
+    fn expose_written(&mut self, part: &mut Part) {
+        {
+            let mut state = self.shared.state.write();
+            let interval = self.shared.config.index_interval_bytes;
+            if let Some(seg) = state.segments.last_mut() {
+                for &(offset, position) in &part.positions {
+                    seg.index.maybe_add(offset, position, interval);
+                }
+                seg.controls.extend_from_slice(&part.controls);
+                seg.len = part.len_after;
+                seg.end = part.next_after;
+                seg.last_term = part.last_term_after;
+                seg.max_timestamp_ms = seg.max_timestamp_ms.max(part.max_ts);
+            }
+            state.end = part.next_after;
+            state.last_term = part.last_term_after;
+        }
+        part.exposed = true;
+        self.shared.refresh_servable();
+    }
+
+    /// The refusal of an append or term start in `term` when a failed sync dropped records of
+    /// that term (or a later one) that followers may already hold: writing other records at
+    /// their offsets in the same term would break log matching, which no term change would
+    /// reveal. Leading needs a new term (the node's Consul check fails meanwhile).
+    fn lost_term_refusal(&self, term: u64) -> Option<LogError> {
+        let lost = self.shared.health.lock().lost_term?;
+        (term <= lost).then_some(LogError::TermLost { term, lost })
+    }
+
     /// Roll back failed parts (newest first): restore the producer table and offsets, cut the
     /// file back to where the oldest one started, poison the store (recovery keeps that
     /// position: under `always` it is the last synced one, since a part is only visible once
@@ -986,6 +1054,19 @@ impl Writer {
         tracing::error!(error = %e, "append failed; rolling back to the last good position");
         let mut replies = Vec::new();
         let mut cut_to = self.st.written_len;
+        let lost = parts
+            .iter()
+            .filter(|p| p.exposed)
+            .filter_map(|p| p.last_term_after.map(|(term, _)| term))
+            .max();
+        if let Some(lost) = lost {
+            let mut health = self.shared.health.lock();
+            health.lost_term = health.lost_term.max(Some(lost));
+            tracing::error!(
+                term = lost,
+                "records of this term that followers may hold were dropped: this node will not write in it again"
+            );
+        }
         for part in parts {
             let mut producers = self.shared.producers.lock();
             for (id, prior) in part.undo.into_iter().rev() {
