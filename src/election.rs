@@ -589,21 +589,40 @@ impl Elector {
         };
         let consul = shared.consul.with_timeout(RESIGN_STEP_TIMEOUT);
         if let Some(session) = &session {
+            let report = shared.keys.report(&shared.config.name);
+            let mut report_deleted = false;
             if held {
+                // The lock and our replica report go in one transaction: the next leader, which
+                // can only take the lock after this, never sees our report still there, so it
+                // drops us from the ISR at its first look instead of a poll later (issue 14:
+                // the graceful handover's tail). Deleting the report first would cost a round
+                // trip before the release.
                 let value = serde_json::to_vec(&shared.our_record(None)).unwrap_or_default();
-                match consul
-                    .kv_release(&shared.config.election_key, session, value)
-                    .await
-                {
-                    Ok(true) => tracing::info!(key = %shared.config.election_key, "released the leader lock"),
-                    Ok(false) => tracing::warn!("the leader lock was no longer ours to release"),
+                let ops = [
+                    TxnOp::Unlock {
+                        key: shared.config.election_key.clone(),
+                        value,
+                        flags: 0,
+                        session: session.clone(),
+                    },
+                    TxnOp::Delete { key: report.clone() },
+                ];
+                match consul.txn(&ops).await {
+                    Ok(TxnOutcome::Committed(_)) => {
+                        report_deleted = true;
+                        tracing::info!(key = %shared.config.election_key, "released the leader lock");
+                    }
+                    Ok(TxnOutcome::RolledBack(errors)) => {
+                        tracing::warn!(?errors, "the leader lock was no longer ours to release");
+                    }
                     Err(err) => tracing::warn!(%err, "could not release the leader lock"),
                 }
             }
             // Deleted before the session goes, so no lock-delay is left on it for our next start.
-            let report = shared.keys.report(&shared.config.name);
-            if let Err(err) = consul.kv_delete(&report, &DeleteOptions::default()).await {
-                tracing::debug!(%err, "could not delete our report");
+            if !report_deleted {
+                if let Err(err) = consul.kv_delete(&report, &DeleteOptions::default()).await {
+                    tracing::debug!(%err, "could not delete our report");
+                }
             }
             if let Err(err) = consul.session_destroy(session).await {
                 tracing::warn!(%err, "could not destroy the session");
