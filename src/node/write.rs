@@ -174,7 +174,7 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 /// `POST /api/v1/log`.
 pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let term = match node.admit() {
+    let term = match admit_soon(&node).await {
         Ok(term) => term,
         Err(Refusal::Log(reason)) => return Err(ApiError::NotServing(reason)),
         Err(Refusal::Replication(refusal)) => return Err(refused(&node, refusal)),
@@ -262,6 +262,28 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
         })
         .into_response()
     })
+}
+
+/// How long a write that reaches a new leader before its term has begun (term-start record
+/// not yet durable, ISR not yet read) waits for it instead of being refused.
+pub const TERM_START_WAIT: Duration = Duration::from_secs(1);
+
+/// [`Node::admit`], waiting up to [`TERM_START_WAIT`] while this node leads a term that has not
+/// begun yet. A producer that finds the new leader a few milliseconds after the election (it
+/// watches the key) would otherwise get a 503 and retry only after its back-off, which was most
+/// of a graceful handover's time (issue 14); every other refusal is answered at once.
+async fn admit_soon(node: &Node) -> Result<u64, Refusal> {
+    let deadline = tokio::time::Instant::now() + TERM_START_WAIT;
+    loop {
+        match node.admit() {
+            Err(Refusal::Replication(WriteRefusal::TermStarting { .. } | WriteRefusal::IsrUnknown))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The error for a write replication refuses, counted by reason.

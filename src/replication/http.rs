@@ -26,6 +26,10 @@ use super::{
 };
 use crate::log::LogError;
 
+/// How long a fetch or end-offset question that reaches a new leader before its term has begun
+/// waits for it (instead of a 503 that costs the follower its back-off).
+const TERM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a held fetch that has only a new high watermark to tell waits for records to tell it
 /// with. Followers need the HW for their readers and as their truncation floor, neither of which
 /// needs it within microseconds; the leader's commit does not depend on it at all.
@@ -109,7 +113,7 @@ async fn end_offset(
     RawQuery(query): RawQuery,
 ) -> Result<Json<EndOffsetAnswer>, InternalError> {
     let query = EndOffsetQuery::parse(query.as_deref())?;
-    repl.serving()?;
+    repl.serving_soon(TERM_START_WAIT).await?;
     Ok(Json(EndOffsetAnswer::from_lookup(
         repl.store().end_offset_for(query.term),
     )))
@@ -157,7 +161,7 @@ async fn fetch(
     RawQuery(query): RawQuery,
 ) -> Result<Response, InternalError> {
     let query = FetchQuery::parse(query.as_deref())?;
-    let (term, session) = repl.serving()?;
+    let (term, session) = repl.serving_soon(TERM_START_WAIT).await?;
     if query.term > term {
         repl.deposed(term, query.term);
         return Err(FetchRefusal::StaleTerm { term }.into());

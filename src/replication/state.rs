@@ -445,6 +445,26 @@ impl Replication {
         }
     }
 
+    /// [`serving`](Self::serving), waiting up to `wait` while this node leads a term whose
+    /// term-start record is not durable yet (a few milliseconds after winning the election). A
+    /// follower that finds the new leader that early would otherwise get a 503 and come back only
+    /// after its back-off (100 ms: most of a handover, issue 14).
+    ///
+    /// # Errors
+    /// As [`serving`](Self::serving).
+    pub async fn serving_soon(&self, wait: std::time::Duration) -> Result<(u64, String), FetchRefusal> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let beginning = matches!(self.inner.leader.lock().as_ref(), Some(t) if t.begun.is_none());
+            match self.serving() {
+                Err(_) if beginning && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Records a checked fetch from `from` by follower `name`/`incarnation` in `term`.
     pub fn record_fetch(&self, term: u64, name: &str, incarnation: &str, from: u64) {
         let leader_end = self.inner.store.durable_end();
