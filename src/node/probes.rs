@@ -160,9 +160,10 @@ pub async fn healthz(State(node): State<Node>) -> impl IntoResponse {
 /// writer. A failing check invalidates the session, so a leader that cannot write loses the lock
 /// and a healthy node takes over; it passes again once a probe of the data directory succeeds.
 pub async fn consul_check(State(node): State<Node>) -> impl IntoResponse {
+    let facts = node.health.facts();
     let step_down = node
         .elector
-        .with_current(|state| super::health::must_step_down(state, &node.health.facts()));
+        .with_current(|state| super::health::must_step_down(state, &facts));
     match step_down.or_else(|| node.health.problem()) {
         None => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
         Some(problem) => (

@@ -207,8 +207,9 @@ async fn fetch(
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
-                _ = hw_rx.changed() => {}
-                _ = records_rx.changed() => {}
+                // An error: the store is closing; answer now rather than spin on it.
+                changed = hw_rx.changed() => if changed.is_err() { break },
+                changed = records_rx.changed() => if changed.is_err() { break },
                 _ = repl.draining() => break,
             }
         }

@@ -21,7 +21,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{now_ms, AppendOutcome, Command, Shared};
+use super::{now_ms, AppendOutcome, Command, LogState, Shared};
 use crate::log::{
     config::{Durability, LogConfig},
     error::LogError,
@@ -219,6 +219,23 @@ impl Poison {
             None => self.failure.clone(),
         }
     }
+}
+
+/// Extend the visible log's shape by a written part: the active segment's index entries, control
+/// records, length, end, last term and newest timestamp, and the log's end and last term.
+fn apply_shape(state: &mut LogState, part: &Part, index_interval: u32) {
+    if let Some(seg) = state.segments.last_mut() {
+        for &(offset, position) in &part.positions {
+            seg.index.maybe_add(offset, position, index_interval);
+        }
+        seg.controls.extend_from_slice(&part.controls);
+        seg.len = part.len_after;
+        seg.end = part.next_after;
+        seg.last_term = part.last_term_after;
+        seg.max_timestamp_ms = seg.max_timestamp_ms.max(part.max_ts);
+    }
+    state.end = part.next_after;
+    state.last_term = part.last_term_after;
 }
 
 /// A request to the sync thread: sync this file, report here.
@@ -971,36 +988,14 @@ impl Writer {
 
     /// Make a written (and, under `always`, synced) part visible and acknowledge it.
     fn publish(&mut self, part: Part) {
-        let end = part.next_after;
-        if part.exposed {
-            // Its shape is visible already (and later parts' may be too): only durability moves.
-            {
-                let mut state = self.shared.state.write();
-                state.durable = self.st.synced_end.min(state.end);
-            }
-            self.shared.refresh_durable();
-            self.shared.refresh_visible();
-            for reply in part.replies {
-                reply.ok();
-            }
-            return;
-        }
         {
             let mut state = self.shared.state.write();
-            let interval = self.shared.config.index_interval_bytes;
-            if let Some(seg) = state.segments.last_mut() {
-                for &(offset, position) in &part.positions {
-                    seg.index.maybe_add(offset, position, interval);
-                }
-                seg.controls.extend_from_slice(&part.controls);
-                seg.len = part.len_after;
-                seg.end = end;
-                seg.last_term = part.last_term_after;
-                seg.max_timestamp_ms = seg.max_timestamp_ms.max(part.max_ts);
+            // An exposed part's shape is visible already (and later parts' may be too): only
+            // durability moves then.
+            if !part.exposed {
+                apply_shape(&mut state, &part, self.shared.config.index_interval_bytes);
             }
-            state.end = end;
-            state.last_term = part.last_term_after;
-            state.durable = self.st.synced_end.min(end);
+            state.durable = self.st.synced_end.min(state.end);
         }
         self.shared.refresh_durable();
         self.shared.refresh_visible();
@@ -1017,22 +1012,11 @@ impl Writer {
     /// leader serves what it has written"). Reads of records stop at the high watermark, which is
     /// never above this log's durable end, so nothing unsynced is ever read as committed.
     fn expose_written(&mut self, part: &mut Part) {
-        {
-            let mut state = self.shared.state.write();
-            let interval = self.shared.config.index_interval_bytes;
-            if let Some(seg) = state.segments.last_mut() {
-                for &(offset, position) in &part.positions {
-                    seg.index.maybe_add(offset, position, interval);
-                }
-                seg.controls.extend_from_slice(&part.controls);
-                seg.len = part.len_after;
-                seg.end = part.next_after;
-                seg.last_term = part.last_term_after;
-                seg.max_timestamp_ms = seg.max_timestamp_ms.max(part.max_ts);
-            }
-            state.end = part.next_after;
-            state.last_term = part.last_term_after;
-        }
+        apply_shape(
+            &mut self.shared.state.write(),
+            part,
+            self.shared.config.index_interval_bytes,
+        );
         part.exposed = true;
         self.shared.refresh_servable();
     }
