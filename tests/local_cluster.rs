@@ -97,7 +97,11 @@ async fn restart_keeps_address_and_log() {
         (got == expected).then_some(got)
     })
     .await;
-    assert_eq!(read_back, Some(expected), "the restarted node serves its log again");
+    assert_eq!(
+        read_back,
+        Some(expected),
+        "the restarted node serves its log again"
+    );
 }
 
 /// Dropping the cluster kills the dev Consul and every node, a paused one included.
