@@ -91,6 +91,13 @@ pub struct LogConfig {
 }
 
 impl LogConfig {
+    /// Whether a written group's records are servable to followers before their sync (a
+    /// replicated log under `always`; `Writer::expose_written`, docs/replication.md "The leader
+    /// serves what it has written").
+    pub fn serves_written(&self) -> bool {
+        self.replicated && self.durability == Durability::Always
+    }
+
     /// A configuration with the defaults: 64 MiB segments, `always`, 1 MiB records, 4 KiB index
     /// interval, no retention limits, producers forgotten after 7 idle days.
     pub fn new(dir: impl Into<PathBuf>) -> Self {

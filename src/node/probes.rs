@@ -164,7 +164,7 @@ pub async fn consul_check(State(node): State<Node>) -> impl IntoResponse {
     let step_down = node
         .elector
         .with_current(|state| super::health::must_step_down(state, &facts));
-    match step_down.or_else(|| node.health.problem()) {
+    match step_down.or(facts.problem) {
         None => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
         Some(problem) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -19,7 +19,7 @@ use super::{ApiError, FollowerWrites, Node, Refusal};
 use crate::{
     flags::Acks,
     log::{AppendOutcome, LogError, LogStore, ProducerBatch},
-    replication::WriteRefusal,
+    replication::{state::TERM_START_WAIT, WriteRefusal},
 };
 
 /// Header naming the producer of an idempotent write.
@@ -263,10 +263,6 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Body) ->
         .into_response()
     })
 }
-
-/// How long a write that reaches a new leader before its term has begun (term-start record
-/// not yet durable, ISR not yet read) waits for it instead of being refused.
-pub const TERM_START_WAIT: Duration = Duration::from_secs(1);
 
 /// [`Node::admit`], waiting up to [`TERM_START_WAIT`] while this node leads a term that has not
 /// begun yet. A producer that finds the new leader a few milliseconds after the election (it

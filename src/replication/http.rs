@@ -22,13 +22,10 @@ use super::{
         EndOffsetAnswer, EndOffsetQuery, FetchQuery, FetchRefusal, QueryError, END_OFFSET_PATH, FETCH_PATH,
         HEADER_HW, HEADER_LOG_END, HEADER_LOG_START, HEADER_NEXT, HEADER_SESSION, HEADER_TERM,
     },
+    state::TERM_START_WAIT,
     Replication,
 };
 use crate::log::LogError;
-
-/// How long a fetch or end-offset question that reaches a new leader before its term has begun
-/// waits for it (instead of a 503 that costs the follower its back-off).
-const TERM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a held fetch that has only a new high watermark to tell waits for records to tell it
 /// with. Followers need the HW for their readers and as their truncation floor, neither of which

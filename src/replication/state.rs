@@ -184,6 +184,12 @@ struct Inner {
     deposed_by: AtomicU64,
 }
 
+/// How long a request that reaches a new leader before its term has begun (term-start record not
+/// yet durable) waits for it instead of being refused: a fetch, an end-offset question
+/// ([`Replication::serving_soon`]) or a write (`node::write`). A 503 then cost the follower or
+/// producer its back-off, most of a handover (issue 14).
+pub const TERM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The node's replication state. Cheap to clone.
 #[derive(Clone)]
 pub struct Replication {
@@ -445,7 +451,7 @@ impl Replication {
         }
     }
 
-    /// [`serving`](Self::serving), waiting up to `wait` while this node leads a term whose
+    /// [`serving`](Self::serving), waiting up to `wait` ([`TERM_START_WAIT`]) while this node leads a term whose
     /// term-start record is not durable yet (a few milliseconds after winning the election). A
     /// follower that finds the new leader that early would otherwise get a 503 and come back only
     /// after its back-off (100 ms: most of a handover, issue 14).

@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, watch};
 
 use self::writer::WriterState;
 use super::{
-    config::{Durability, LogConfig},
+    config::LogConfig,
     epochs::{Epoch, EpochCache},
     error::LogError,
     frames::{self, VerifiedFrames},
@@ -92,7 +92,7 @@ struct LogState {
     durable: u64,
     /// `LogConfig::replicated`: whether reads stop at `hw` (else at `end`).
     replicated: bool,
-    /// [`Shared::serve_written`], for [`LogState::servable`].
+    /// [`LogConfig::serves_written`], for [`LogState::servable`].
     serve_written: bool,
     /// The exposed high watermark of a replicated log (at most `durable`): reads stop here.
     hw: u64,
@@ -143,9 +143,6 @@ struct Shared {
     /// Where [`LogStore::read_frames`] ends ([`LogState::servable`]), for `subscribe_servable`.
     /// Only sent through [`Shared::refresh_servable`] (which `refresh_durable` also calls).
     servable: watch::Sender<u64>,
-    /// `LogConfig::replicated` under `always`: a part's records are servable to followers once
-    /// written, before their sync (`Writer::expose_written`).
-    serve_written: bool,
     /// The largest HW asked of `set_high_watermark` and not yet taken by a persisting caller (0:
     /// none pending): the caller holding `hw_file` persists it for every caller waiting behind it.
     hw_pending: Mutex<u64>,
@@ -329,14 +326,13 @@ impl LogStore {
             rewrites: 0,
             durable: end,
             replicated: config.replicated,
-            serve_written: config.replicated && config.durability == Durability::Always,
+            serve_written: config.serves_written(),
             hw,
             hw_reserved: hw,
         };
         let (visible, _) = watch::channel(state.read_end());
         let (durable, _) = watch::channel(end);
         let (servable, _) = watch::channel(end);
-        let serve_written = config.replicated && config.durability == Durability::Always;
         let shared = Arc::new(Shared {
             config,
             state: RwLock::new(state),
@@ -345,7 +341,6 @@ impl LogStore {
             visible,
             durable,
             servable,
-            serve_written,
             hw_pending: Mutex::new(0),
             hw_file: Arc::new(tokio::sync::Mutex::new(checkpoint)),
             hw_persisting: AtomicBool::new(false),

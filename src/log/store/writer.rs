@@ -887,7 +887,7 @@ impl Writer {
         part.len_after = self.st.written_len;
         part.next_after = self.st.next_offset;
         part.last_term_after = self.st.last_term;
-        if self.shared.serve_written {
+        if self.config().serves_written() {
             self.expose_written(&mut part);
         }
         // Keep the encode buffer's allocation for the next group (no regrowth, no page faults).
