@@ -195,6 +195,11 @@ pub async fn serve(
                 }
             }
         };
+        // Answers are written whole; Nagle would only hold the tail of one back for the ACK
+        // of the previous one (a replication answer, an acknowledgement).
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, %peer, "cannot set TCP_NODELAY");
+        }
         let connection = Connection {
             app: app.clone(),
             limits: limits.clone(),
