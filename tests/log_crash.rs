@@ -6,7 +6,7 @@ mod segments;
 
 use std::path::{Path, PathBuf};
 
-use segments::last_segment;
+use segments::{data_len, last_segment};
 
 use bytes::Bytes;
 use simpleloggers::log::{Durability, LogConfig, LogError, LogStore};
@@ -55,7 +55,7 @@ async fn build_log(dir: &Path, segment_bytes: u64, n: u64) -> Result<Vec<Acked>,
             .await?;
         assert_eq!(out.first(), next);
         let segment = last_segment(dir)?;
-        let end_pos = std::fs::metadata(&segment)?.len();
+        let end_pos = data_len(&segment)?;
         acked.push(Acked {
             first: next,
             count,
@@ -230,5 +230,71 @@ async fn drop_without_close_reopens() -> TestResult {
     let log = LogStore::open(config(dir.path(), 4096)).await?;
     assert_eq!(log.end_offset(), 50);
     assert_eq!(log.last_term(), Some((3, 49)));
+    Ok(())
+}
+
+/// The writer reserves space ahead of its writes (zeros at the end of the active segment, so that
+/// its syncs need not write the file's size): a copy taken while the log is open, which is what a
+/// crash leaves, reopens with every record and appends right after them; the segments sealed
+/// meanwhile hold exactly their records (their indexes are used as they are, and their strict
+/// scan would refuse zeros); a clean close leaves no reserved space behind.
+#[tokio::test]
+async fn reserved_space_is_cut_by_the_recovery_and_at_close() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let segment_bytes = 8 * 1024;
+    let log = LogStore::open(config(dir.path(), segment_bytes)).await?;
+    let n = 300;
+    for i in 0..n {
+        log.append(1, None, vec![payload(i)]).await?;
+    }
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let active = segments.pop().ok_or("no segment")?;
+    assert!(
+        segments.len() >= 2,
+        "the log rolled: {} sealed segments",
+        segments.len()
+    );
+    for sealed in &segments {
+        assert_eq!(
+            std::fs::metadata(sealed)?.len(),
+            data_len(sealed)?,
+            "{} holds its records only",
+            sealed.display()
+        );
+    }
+    let data = data_len(&active)?;
+    assert!(
+        std::fs::metadata(&active)?.len() > data,
+        "space is reserved after the {data} bytes of records"
+    );
+
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    let reopened = LogStore::open(config(copy.path(), segment_bytes)).await?;
+    assert_eq!(reopened.end_offset(), n);
+    let records = reopened.read(0, usize::MAX, usize::MAX).await?;
+    assert_eq!(records.len() as u64, n);
+    assert!(records.iter().all(|r| r.payload == payload(r.offset)));
+    let copied = copy.path().join(active.file_name().ok_or("name")?);
+    assert_eq!(
+        std::fs::metadata(&copied)?.len(),
+        data,
+        "the reserved zeros are cut, nothing else"
+    );
+    let next = reopened.append(1, None, vec![payload(n)]).await?;
+    assert_eq!(next.first(), n);
+    reopened.close().await?;
+
+    log.close().await?;
+    let active = last_segment(dir.path())?;
+    assert_eq!(
+        std::fs::metadata(&active)?.len(),
+        data_len(&active)?,
+        "a clean close keeps no reserved space"
+    );
     Ok(())
 }

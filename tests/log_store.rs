@@ -3,6 +3,9 @@
 //! poisoned state after a failed sync, and its recovery) and reads racing with truncation and
 //! retention.
 
+#[path = "support/segments.rs"]
+mod segments;
+
 use std::{collections::HashSet, time::Duration};
 
 use bytes::Bytes;
@@ -259,7 +262,8 @@ async fn disk_errors_fail_cleanly_and_recover() -> TestResult {
     log.append(1, producer("p", 0), vec![payload(0), payload(1)])
         .await?;
     let seg = dir.path().join(format!("{:020}.log", 0));
-    let good_len = std::fs::metadata(&seg)?.len();
+    // What the frames fill (the file also holds the space reserved ahead of the writes).
+    let good_len = segments::data_len(&seg)?;
 
     faults.fail_writes(libc::ENOSPC);
     let err = log
@@ -792,7 +796,8 @@ async fn failed_background_sync_poisons_and_is_never_reported_durable() -> TestR
     }
     log.flush().await?;
     let seg = dir.path().join(format!("{:020}.log", 0));
-    let durable_len = std::fs::metadata(&seg)?.len();
+    // What the frames fill (the file also holds the space reserved ahead of the writes).
+    let durable_len = segments::data_len(&seg)?;
 
     faults.lose_unsynced_on_sync_failure();
     faults.fail_syncs_until_clear(libc::EIO);
@@ -850,7 +855,8 @@ async fn recovery_reverifies_the_tail_from_disk() -> TestResult {
         log.append(1, None, vec![payload(i)]).await?;
     }
     let seg = dir.path().join(format!("{:020}.log", 0));
-    let durable_len = std::fs::metadata(&seg)?.len();
+    // What the frames fill (the file also holds the space reserved ahead of the writes).
+    let durable_len = segments::data_len(&seg)?;
 
     faults.lose_unsynced_on_sync_failure();
     faults.fail_syncs(1, libc::EIO);

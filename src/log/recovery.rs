@@ -236,14 +236,23 @@ pub fn recover(config: &LogConfig) -> Result<Recovered, LogError> {
         }
     })?;
     if let Some(torn) = &out.torn {
-        tracing::warn!(
-            file = %path.display(),
-            position = torn.position,
-            dropped_bytes = torn.dropped_bytes,
-            kept_until_offset = out.end,
-            reason = %torn.reason,
-            "cutting a torn tail from the active segment"
-        );
+        if torn.only_zeros {
+            tracing::debug!(
+                file = %path.display(),
+                position = torn.position,
+                reserved_bytes = torn.dropped_bytes,
+                "cutting the space reserved ahead of the writes from the active segment"
+            );
+        } else {
+            tracing::warn!(
+                file = %path.display(),
+                position = torn.position,
+                dropped_bytes = torn.dropped_bytes,
+                kept_until_offset = out.end,
+                reason = %torn.reason,
+                "cutting a torn tail from the active segment"
+            );
+        }
         active
             .file
             .set_len(out.good_len)

@@ -110,6 +110,9 @@ pub struct TornTail {
     pub dropped_bytes: u64,
     /// Why the first dropped frame was refused.
     pub reason: String,
+    /// Whether everything dropped is zeros: space the writer reserved ahead of its writes
+    /// (`fallocate`), not a torn write.
+    pub only_zeros: bool,
 }
 
 /// Result of scanning a segment's bytes.
@@ -132,6 +135,7 @@ fn torn_tail(buf: &[u8], good: usize, good_end: u64, reason: String) -> ScanOutc
             position: good as u64,
             dropped_bytes: (buf.len() - good) as u64,
             reason,
+            only_zeros: buf[good..].iter().all(|&b| b == 0),
         }),
     }
 }
@@ -190,7 +194,9 @@ pub fn scan(
             Err(DecodeError::Invalid(reason)) => Some(reason),
         };
         if let Some(reason) = failure {
-            if mode == ScanMode::Strict || valid_frame_after(buf, pos + 1) {
+            // Zeros to the end are reserved space (and hold no frame): no need to look further.
+            let zeros_after = buf[pos..].iter().all(|&b| b == 0);
+            if mode == ScanMode::Strict || (!zeros_after && valid_frame_after(buf, pos + 1)) {
                 return Err(corrupt(pos, reason));
             }
             return Ok(torn_tail(buf, good, good_end, reason));

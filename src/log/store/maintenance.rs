@@ -46,6 +46,18 @@ impl Writer {
     /// Seal the active segment (sync it, persist its index) and start a new one at the current
     /// end, with a the last term and the producers the sealed segment changed; then apply retention.
     pub(super) fn roll(&mut self) -> Result<(), LogError> {
+        // A sealed segment holds its records and nothing else: its index records that length, and
+        // recovery scans it strictly. The sync makes the cut durable before the next segment exists.
+        if self.st.allocated_len > self.st.written_len {
+            let len = self.st.written_len;
+            self.cut_file(len).map_err(|e| {
+                LogError::io(
+                    "cut the reserved space of a full segment",
+                    &self.st.active_path,
+                    e,
+                )
+            })?;
+        }
         self.sync()?;
         let dir = self.shared.config.dir.clone();
         let (meta, base) = {
@@ -95,6 +107,7 @@ impl Writer {
         self.st.active = file;
         self.st.active_path = path;
         self.st.written_len = 0;
+        self.st.allocated_len = 0;
         self.st.synced_len = 0;
         self.st.synced_end = base;
         tracing::debug!(base, "rolled to a new segment");
@@ -245,6 +258,7 @@ impl Writer {
         self.st.active = active;
         self.st.active_path = active_path;
         self.st.written_len = position;
+        self.st.allocated_len = position;
         self.st.next_offset = from;
         self.st.last_term = last_term;
         self.st.synced_len = position;
@@ -329,6 +343,7 @@ impl Writer {
         self.st.active = segment;
         self.st.active_path = final_path;
         self.st.written_len = 0;
+        self.st.allocated_len = 0;
         self.st.next_offset = start;
         self.st.last_term = None;
         self.st.synced_len = 0;
@@ -438,6 +453,7 @@ impl Writer {
         }
         self.st.active = file;
         self.st.written_len = len;
+        self.st.allocated_len = len;
         self.st.synced_len = len;
         self.st.synced_end = end;
         self.st.next_offset = end;

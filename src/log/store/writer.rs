@@ -38,6 +38,12 @@ const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// admitted (one `fdatasync` still covers the whole group): the copy into the page cache then
 /// reads data that is still in the CPU cache instead of a cold multi-MiB buffer.
 const WRITE_CHUNK: usize = 1024 * 1024;
+/// Space reserved ahead of the writes in the active segment (`fallocate`), so that most
+/// `fdatasync`s write the data only: an append that grows the file makes every sync write the
+/// inode too (its size), one more device write on each commit (issue 14; BENCHMARKS.md). The
+/// reserved tail reads as zeros, which the recovery cuts like any torn tail, and a roll cuts it
+/// before the segment is sealed.
+pub(super) const PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
 /// How long the writer polls for the next append before sleeping (see `Writer::recv_soon`), when
 /// the last group had more than one command.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
@@ -69,6 +75,10 @@ pub(super) struct WriterState {
     pub(super) synced_len: u64,
     /// The offset at `synced_len`.
     pub(super) synced_end: u64,
+    /// Bytes of the active segment's file reserved so far (its length: `written_len` plus the
+    /// zeros [`PREALLOCATE_BYTES`] reserved ahead). Only a hint: a low value costs one more
+    /// `fallocate`, a high one plain growing appends; every cut of the file resets it.
+    pub(super) allocated_len: u64,
 }
 
 impl WriterState {
@@ -84,6 +94,7 @@ impl WriterState {
             last_sync: Instant::now(),
             synced_len: active.len,
             synced_end: active.end,
+            allocated_len: active.len,
         }
     }
 }
@@ -427,8 +438,22 @@ impl Writer {
                 }
             }
         }
-        if self.drain().is_ok() && self.st.dirty && self.poison.is_none() {
-            let _ = self.sync();
+        if self.drain().is_ok() && self.poison.is_none() {
+            self.release_reserved();
+            if self.st.dirty {
+                let _ = self.sync();
+            }
+        }
+    }
+
+    /// A log closed cleanly keeps no reserved space: its files hold exactly its records. Marks
+    /// the file dirty, so that the closing sync makes the cut durable.
+    fn release_reserved(&mut self) {
+        if self.st.allocated_len > self.st.written_len {
+            match self.cut_file(self.st.written_len) {
+                Ok(()) => self.st.dirty = true,
+                Err(e) => tracing::debug!(error = %e, "cannot cut the reserved space at close"),
+            }
         }
     }
 
@@ -502,7 +527,12 @@ impl Writer {
                 let _ = reply.send(self.recover_now());
             }
             Command::Close { reply } => {
-                let _ = reply.send(self.flush());
+                let mut closed = self.drain();
+                if closed.is_ok() && self.poison.is_none() {
+                    self.release_reserved();
+                }
+                closed = closed.and_then(|()| self.flush());
+                let _ = reply.send(closed);
                 // Wake tailing readers so that `wait_for` can report the store as closed.
                 self.shared.closed.store(true, Ordering::Release);
                 self.shared.visible.send_modify(|_| {});
@@ -1090,16 +1120,40 @@ impl Writer {
             let _ = self.st.active.write_all_at(&buf[..buf.len() / 2], at);
             return Err(LogError::io("write segment", path, e));
         }
+        let end = at + buf.len() as u64;
+        if end > self.st.allocated_len {
+            self.reserve(end);
+        }
+        let path = &self.st.active_path;
         self.st
             .active
             .write_all_at(buf, at)
             .map_err(|e| LogError::io("write segment", path, e))
     }
 
+    /// Reserves the active segment's file up to at least `end`: [`PREALLOCATE_BYTES`] more, up
+    /// to the segment size. A failure (a full disk, a file system without `fallocate`) only
+    /// means the writes grow the file as they go.
+    fn reserve(&mut self, end: u64) {
+        let from = self.st.allocated_len;
+        let to = end.max((from + PREALLOCATE_BYTES).min(self.config().segment_bytes));
+        match preallocate(&self.st.active, from, to) {
+            Ok(()) => self.st.allocated_len = to,
+            Err(e) => tracing::debug!(error = %e, from, to, "cannot reserve segment space ahead"),
+        }
+    }
+
+    /// Cuts the active segment's file back to `len` (what it holds), reserved space included.
+    pub(super) fn cut_file(&mut self, len: u64) -> std::io::Result<()> {
+        self.st.active.set_len(len)?;
+        self.st.allocated_len = len;
+        Ok(())
+    }
+
     /// After a failed write or sync: remove whatever part of it reached the file at once (the
     /// recovery cuts again through a fresh descriptor; this only keeps the file tidy meanwhile).
     fn cut_back(&mut self) {
-        if let Err(e) = self.st.active.set_len(self.st.written_len) {
+        if let Err(e) = self.cut_file(self.st.written_len) {
             tracing::error!(error = %e, "could not cut a failed write back; the recovery will");
         }
     }
@@ -1257,6 +1311,21 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+}
+
+/// `fallocate(2)` of `from .. to` (mode 0: the file's length becomes at least `to`, the new range
+/// reads as zeros).
+fn preallocate(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to.saturating_sub(from))) else {
+        return Err(std::io::Error::other("offset out of range"));
+    };
+    // SAFETY: a plain system call on an open descriptor; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
