@@ -4,7 +4,7 @@
 
 use std::{
     fs::OpenOptions,
-    io::Write as _,
+    os::unix::fs::FileExt as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -341,7 +341,8 @@ fn addr_of(url: &str) -> String {
         .to_string()
 }
 
-/// Appends a torn frame to the active segment of the log in `dir`: the first half of a copy of
+/// Writes a torn frame right after the last frame of the active segment of the log in `dir` (into
+/// the zeros the writer reserved there, or at the end of the file): the first half of a copy of
 /// its last frame (a write cut short), or with `garble` the whole copy with its last byte flipped
 /// (a write whose sectors landed but not its content). Answers what it did.
 ///
@@ -356,7 +357,8 @@ fn tear_tail(dir: &Path, garble: bool) -> Result<String, String> {
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
         let end = at + 8 + len;
-        if end > bytes.len() {
+        // A zero length is where the reserved space begins.
+        if len == 0 || end > bytes.len() {
             break;
         }
         last = Some(at..end);
@@ -373,10 +375,10 @@ fn tear_tail(dir: &Path, garble: bool) -> Result<String, String> {
         format!("half a frame ({} bytes) appended", tail.len())
     };
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&segment)
-        .and_then(|mut f| f.write_all(&tail))
-        .map_err(|e| format!("append to {}: {e}", segment.display()))?;
+        .and_then(|f| f.write_all_at(&tail, at as u64))
+        .map_err(|e| format!("write to {}: {e}", segment.display()))?;
     Ok(what)
 }
 
@@ -423,5 +425,15 @@ mod tests {
         let mut garbled = frame(20, 2);
         *garbled.last_mut().unwrap() ^= 0xff;
         assert_eq!(&after[original.len()..], &garbled[..]);
+
+        // In the zeros the writer reserved after the last frame, right after that frame.
+        let reserved = [original.clone(), vec![0; 4096]].concat();
+        std::fs::write(&segment, &reserved).unwrap();
+        tear_tail(dir.path(), false).unwrap();
+        let after = std::fs::read(&segment).unwrap();
+        assert_eq!(after.len(), reserved.len());
+        assert_eq!(&after[..original.len()], &original[..]);
+        assert_eq!(&after[original.len()..original.len() + 14], &frame(20, 2)[..14]);
+        assert!(after[original.len() + 14..].iter().all(|&b| b == 0));
     }
 }
