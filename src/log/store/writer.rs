@@ -43,7 +43,7 @@ const WRITE_CHUNK: usize = 1024 * 1024;
 /// inode too (its size), one more device write on each commit (issue 14; BENCHMARKS.md). The
 /// reserved tail reads as zeros, which the recovery cuts like any torn tail, and a roll cuts it
 /// before the segment is sealed.
-pub(super) const PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
+const PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
 /// How long the writer polls for the next append before sleeping (see `Writer::recv_soon`), when
 /// the last group had more than one command.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
