@@ -167,12 +167,24 @@ pub fn check_leadership(samples: &[ReadySample], acks: &[TimedAck]) -> Vec<Strin
         }
         if let Some(n) = newest.filter(|n| n.term > s.term) {
             problems.push(format!(
-                "{} was Ready in term {} after {} had been seen Ready in term {}",
-                s.node, s.term, n.node, n.term
+                "{} was Ready in term {} after {} had been seen Ready in term {} (asked at {}, \
+                 the newer answer received at {}; compare the node logs)",
+                s.node,
+                s.term,
+                n.node,
+                n.term,
+                wall_clock(s.sent),
+                wall_clock(n.received)
             ));
         }
     }
     problems
+}
+
+/// The UTC time (to the millisecond) of `at`, to find an instant in the nodes' logs.
+fn wall_clock(at: Instant) -> String {
+    let ago = Instant::now().saturating_duration_since(at);
+    humantime::format_rfc3339_millis(std::time::SystemTime::now() - ago).to_string()
 }
 
 #[cfg(test)]

@@ -389,6 +389,37 @@ impl Chaos {
             self.load.ack_count()
         );
         report.add_final(result);
+        if !report.violations().is_empty() {
+            dump_logs(self.cluster.0.dir());
+        }
+    }
+}
+
+/// Prints the end of every process log of the cluster in `dir` (the directory goes with the
+/// cluster, and a CI machine with it): what a violation needs to be explained.
+fn dump_logs(dir: &std::path::Path) {
+    const LINES: usize = 400;
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("(unreadable: {e})"));
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!(
+            "chaos: ==== {} (last {} of {} lines) ====",
+            log.display(),
+            lines.len().min(LINES),
+            lines.len()
+        );
+        for line in &lines[lines.len().saturating_sub(LINES)..] {
+            eprintln!("{line}");
+        }
     }
 }
 
