@@ -1,5 +1,5 @@
 //! The node API's errors and their one mapping to an HTTP status with a JSON body
-//! `{"error": "...", ...}`; errors a client branches on also carry a stable `"code"`.
+//! `{"error": "...", "code": "...", ...}`: the words for people, a stable `code` for clients.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
@@ -106,6 +106,35 @@ impl ApiError {
         }
     }
 
+    /// The stable machine-readable `code` of the JSON body, one per kind of failure a client
+    /// may branch on (the `error` words may change; these do not).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge(_) | ApiError::Log(LogError::RecordTooLarge { .. }) => "too_large",
+            ApiError::NotLeader(_) => "not_leader",
+            ApiError::NotServing(_) => "not_serving",
+            ApiError::NotEnoughReplicas { .. } => "not_enough_replicas",
+            ApiError::CommitTimeout(_) => "commit_timeout",
+            ApiError::LeaseLapsed => "lease_lapsed",
+            ApiError::Log(err) if err.is_disk_full() => "disk_full",
+            ApiError::Log(LogError::OutOfOrderSequence { .. }) => "out_of_order_sequence",
+            ApiError::Log(LogError::StaleSequence { .. }) => "stale_sequence",
+            ApiError::Log(LogError::SequenceOverflow { .. }) => "sequence_overflow",
+            ApiError::Log(LogError::ProducerIdTooLong { .. }) => "producer_id_too_long",
+            ApiError::Log(LogError::Poisoned { .. }) => "log_recovering",
+            ApiError::Log(LogError::OffsetTrimmed { .. }) => "offset_trimmed",
+            ApiError::Log(_) => "log_unavailable",
+            ApiError::Forward { .. } => "forward_failed",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::UnknownProducer(_) => "unknown_producer",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Overloaded { .. } => "overloaded",
+        }
+    }
+
     /// The error for a request body that could not be read within `limit` bytes: 408 when it
     /// came too slowly, else 413 naming `flag`.
     pub fn body(err: &axum::Error, flag: &str, limit: usize) -> ApiError {
@@ -119,11 +148,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = json!({ "error": self.to_string() });
+        let mut body = json!({ "error": self.to_string(), "code": self.code() });
         let mut leader_header = None;
         match &self {
             ApiError::NotLeader(not_leader) => {
-                body["code"] = json!("not_leader");
                 body["role"] = json!(not_leader.role.as_str());
                 body["leader"] = match &not_leader.leader {
                     Some(l) => {
@@ -135,24 +163,16 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotServing(_) => body["role"] = json!("leader (not serving)"),
             ApiError::NotEnoughReplicas { isr, min_insync } => {
-                body["code"] = json!("not_enough_replicas");
                 body["isr"] = json!(isr);
                 body["min_insync"] = json!(min_insync);
             }
-            ApiError::CommitTimeout(_) => body["code"] = json!("commit_timeout"),
             ApiError::Log(LogError::OffsetTrimmed { start, .. }) => body["start_offset"] = json!(start),
             ApiError::Log(LogError::OutOfOrderSequence { expected, .. }) => {
-                body["code"] = json!("out_of_order_sequence");
                 body["expected"] = json!(expected);
             }
             ApiError::Log(LogError::StaleSequence { last_seq, .. }) => {
-                body["code"] = json!("stale_sequence");
                 body["last_seq"] = json!(last_seq);
             }
-            ApiError::Log(LogError::SequenceOverflow { .. }) => body["code"] = json!("sequence_overflow"),
-            ApiError::Log(LogError::Poisoned { .. }) => body["code"] = json!("log_recovering"),
-            ApiError::UnknownProducer(_) => body["code"] = json!("unknown_producer"),
-            ApiError::Unauthorized(_) => body["code"] = json!("unauthorized"),
             _ => {}
         }
         let mut response = (status, Json(body)).into_response();
@@ -297,5 +317,71 @@ mod tests {
             (status, body["code"].as_str()),
             (StatusCode::NOT_FOUND, Some("unknown_producer"))
         );
+    }
+
+    /// Bad input, a body over its limit, a full disk and the other refusals carry a `code` too,
+    /// next to the words.
+    #[tokio::test]
+    async fn every_error_carries_a_code() {
+        let cases = [
+            (
+                ApiError::BadRequest("bad header".into()),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                ApiError::TooLarge("too big".into()),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+            ),
+            (
+                ApiError::Log(LogError::DiskFull {
+                    op: "append",
+                    path: PathBuf::from("x"),
+                    source: io(std::io::ErrorKind::StorageFull),
+                }),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+            ),
+            (
+                ApiError::Log(LogError::Io {
+                    op: "sync",
+                    path: PathBuf::from("x"),
+                    source: io(std::io::ErrorKind::Other),
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_unavailable",
+            ),
+            (
+                ApiError::NotFound("/x".into()),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                ApiError::MethodNotAllowed,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                ApiError::LeaseLapsed,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lease_lapsed",
+            ),
+            (
+                ApiError::Overloaded { limit: 1 },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+            ),
+        ];
+        for (error, want_status, want_code) in cases {
+            let words = error.to_string();
+            let (status, body) = json_of(error).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (want_status, Some(want_code)),
+                "{body}"
+            );
+            assert_eq!(body["error"].as_str(), Some(words.as_str()));
+        }
     }
 }
