@@ -6,7 +6,7 @@ mod segments;
 
 use std::path::{Path, PathBuf};
 
-use segments::{data_len, last_segment};
+use segments::{data_len, last_segment, segment_files};
 
 use bytes::Bytes;
 use simpleloggers::log::{Durability, LogConfig, LogError, LogStore};
@@ -247,11 +247,7 @@ async fn reserved_space_is_cut_by_the_recovery_and_at_close() -> TestResult {
     for i in 0..n {
         log.append(1, None, vec![payload(i)]).await?;
     }
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
+    let mut segments = segment_files(dir.path())?;
     let active = segments.pop().ok_or("no segment")?;
     assert!(
         segments.len() >= 2,

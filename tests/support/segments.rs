@@ -2,15 +2,22 @@
 
 use std::path::{Path, PathBuf};
 
-/// The newest segment file of a log directory.
-#[allow(dead_code)] // not every test binary that includes this module uses it
-pub fn last_segment(dir: &Path) -> Result<PathBuf, std::io::Error> {
+/// The segment files of a log directory, oldest first.
+pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     logs.sort();
-    logs.pop().ok_or_else(|| std::io::Error::other("no segment"))
+    Ok(logs)
+}
+
+/// The newest segment file of a log directory.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn last_segment(dir: &Path) -> Result<PathBuf, std::io::Error> {
+    segment_files(dir)?
+        .pop()
+        .ok_or_else(|| std::io::Error::other("no segment"))
 }
 
 /// Bytes of a segment file that hold frames: up to the first zero length prefix (the space the

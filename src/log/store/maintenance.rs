@@ -49,8 +49,7 @@ impl Writer {
         // A sealed segment holds its records and nothing else: its index records that length, and
         // recovery scans it strictly. The sync makes the cut durable before the next segment exists.
         if self.st.allocated_len > self.st.written_len {
-            let len = self.st.written_len;
-            self.cut_file(len).map_err(|e| {
+            self.cut_file(self.st.written_len).map_err(|e| {
                 LogError::io(
                     "cut the reserved space of a full segment",
                     &self.st.active_path,

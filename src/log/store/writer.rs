@@ -438,23 +438,20 @@ impl Writer {
                 }
             }
         }
-        if self.drain().is_ok() && self.poison.is_none() {
-            self.release_reserved();
-            if self.st.dirty {
-                let _ = self.sync();
-            }
-        }
+        // Every handle dropped without `close`: close all the same (nobody hears the outcome).
+        let _ = self.close_out();
     }
 
-    /// A log closed cleanly keeps no reserved space: its files hold exactly its records. Marks
-    /// the file dirty, so that the closing sync makes the cut durable.
-    fn release_reserved(&mut self) {
-        if self.st.allocated_len > self.st.written_len {
-            match self.cut_file(self.st.written_len) {
-                Ok(()) => self.st.dirty = true,
-                Err(e) => tracing::debug!(error = %e, "cannot cut the reserved space at close"),
+    /// Closing: everything admitted is written and synced, and the reserved space is cut (a log
+    /// closed cleanly holds exactly its records), then [`flush`](Self::flush)'s answer.
+    fn close_out(&mut self) -> Result<(), LogError> {
+        self.drain()?;
+        if self.poison.is_none() && self.st.allocated_len > self.st.written_len {
+            if let Err(e) = self.cut_file(self.st.written_len) {
+                tracing::debug!(error = %e, "cannot cut the reserved space at close");
             }
         }
+        self.flush()
     }
 
     /// Under `always`, after a group of several commands, poll the queue for a short while before
@@ -527,12 +524,7 @@ impl Writer {
                 let _ = reply.send(self.recover_now());
             }
             Command::Close { reply } => {
-                let mut closed = self.drain();
-                if closed.is_ok() && self.poison.is_none() {
-                    self.release_reserved();
-                }
-                closed = closed.and_then(|()| self.flush());
-                let _ = reply.send(closed);
+                let _ = reply.send(self.close_out());
                 // Wake tailing readers so that `wait_for` can report the store as closed.
                 self.shared.closed.store(true, Ordering::Release);
                 self.shared.visible.send_modify(|_| {});
@@ -1108,7 +1100,6 @@ impl Writer {
 
     /// Write encoded bytes at position `at` of the active segment (no sync).
     fn write_part(&mut self, buf: &[u8], at: u64) -> Result<(), LogError> {
-        let path = &self.st.active_path;
         if let Some(e) = self
             .shared
             .config
@@ -1118,7 +1109,7 @@ impl Writer {
         {
             // Simulate a disk filling up mid-write: half the bytes land, then the error.
             let _ = self.st.active.write_all_at(&buf[..buf.len() / 2], at);
-            return Err(LogError::io("write segment", path, e));
+            return Err(LogError::io("write segment", &self.st.active_path, e));
         }
         let end = at + buf.len() as u64;
         if end > self.st.allocated_len {
